@@ -316,6 +316,55 @@ def test_chunked_and_threaded_results_do_not_depend_on_thread_count(monkeypatch,
     assert ulp_distance(chunked, expected).max() <= 1
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+@pytest.mark.parametrize(("shape", "dim"), [((37, 5, 6), 0), ((37, 5, 6), 1), ((37, 5, 6), 2),
+                                            ((37, 5, 6), None), ((9,), 0), ((), None)])
+def test_fold_into_hands_over_the_same_bits_in_pieces_from_threads(monkeypatch, shape, dim,
+                                                                   dtype):
+    import threading
+
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal(shape).astype(numpy_dtype(dtype))
+    g = rng.uniform(0.5, 2.0, numerics.g_shape_for(shape, dim)).astype(numpy_dtype(dtype))
+    # Whole-tensor norms are summed per chunk, so compare at the same chunk size.
+    monkeypatch.setattr(numerics, "_CHUNK_ELEMENTS", 13)
+    monkeypatch.setattr(numerics, "_THREADS", 1)
+    whole, whole_stats = numerics.fold(g, v, dim)
+    monkeypatch.setattr(numerics, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(numerics, "_THREADS", 3)
+    received = bytearray(v.nbytes)
+    covered = np.zeros(v.nbytes, dtype=np.int64)
+    lock = threading.Lock()
+
+    def write(offset: int, piece: np.ndarray) -> None:
+        assert piece.dtype == v.dtype and piece.flags.c_contiguous
+        with lock:
+            received[offset : offset + piece.nbytes] = piece.tobytes()
+            covered[offset : offset + piece.nbytes] += 1
+
+    stats = numerics.fold_into(g, v, dim, write)
+    assert (covered == 1).all()  # every byte exactly once
+    assert bytes(received) == whole.tobytes()
+    assert stats == whole_stats
+
+
+def test_fold_into_counts_zero_and_nonfinite_rows_across_pieces(monkeypatch):
+    monkeypatch.setattr(numerics, "_CHUNK_ELEMENTS", 4)
+    v = np.ones((6, 4), dtype=np.float32)
+    v[1] = 0
+    v[4] = 0
+    v[5, 2] = np.nan
+    g = np.ones((6, 1), dtype=np.float32)
+    g[2] = np.inf
+    pieces = {}
+    stats = numerics.fold_into(g, v, 0, lambda offset, piece: pieces.update({offset: piece.copy()}))
+    assert stats == numerics.FoldStats(zero_norm_rows=2, nonfinite_rows=2)
+    w = np.frombuffer(b"".join(pieces[k].tobytes() for k in sorted(pieces)), np.float32)
+    w = w.reshape(6, 4)
+    assert (w[1] == 0).all() and (w[4] == 0).all()
+    assert np.isnan(w[5]).all()
+
+
 # --------------------------------------------------------------------------- correct rounding
 
 # (bit pattern of +inf, 2**(emax + 1): the value just past the largest finite one)
