@@ -11,14 +11,21 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import numerics
 from .dtypes import is_floating, numpy_to_tensor
 from .errors import InputError, WeightNormWarning
-from .formats.source import DictSource, PlannedTensor, TensorInfo, TensorSource, source_of
+from .formats.source import (
+    DictSource,
+    PlannedTensor,
+    TensorInfo,
+    TensorSource,
+    read_view,
+    source_of,
+)
 from .keys import STYLES, PairKeys, Style, find_pair_keys, pair_keys, restyle_key_map
 
 if TYPE_CHECKING:
@@ -131,15 +138,33 @@ def _conversion(
 # --------------------------------------------------------------------------- producers
 
 
-def _fold_producer(source: TensorSource, pair: Pair):
+def _planned_fold(source: TensorSource, pair: Pair, key: str | None = None) -> PlannedTensor:
+    """The plan entry that folds ``pair`` into ``key`` (default: the pair's weight name).
+
+    Both ways of making it read ``g`` and ``v`` through :func:`read_view` (a memory map for
+    safetensors) and warn from the calling thread once the pair is done.
+    """
+
     def produce() -> np.ndarray:
         w, stats = numerics.fold(
-            source.load(pair.keys.g_key), source.load(pair.keys.v_key), pair.dim
+            read_view(source, pair.keys.g_key), read_view(source, pair.keys.v_key), pair.dim
         )
         _warn_fold(pair.weight_key, stats)
         return w
 
-    return produce
+    def write_into(write: Callable[[int, np.ndarray], None]) -> None:
+        stats = numerics.fold_into(
+            read_view(source, pair.keys.g_key), read_view(source, pair.keys.v_key), pair.dim, write
+        )
+        _warn_fold(pair.weight_key, stats)
+
+    return PlannedTensor(
+        key or pair.weight_key,
+        TensorInfo(pair.shape, pair.dtype),
+        pair.keys.v_key,
+        produce,
+        write_into,
+    )
 
 
 def _warn_fold(name: str, stats: numerics.FoldStats) -> None:
@@ -165,8 +190,7 @@ def _decompose_producers(source: TensorSource, key: str, dim: int | None, g_shap
     def produce_g() -> np.ndarray:
         import numpy as np
 
-        w = source.load(key)
-        g, _, zero = numerics.decompose(w, dim)
+        g, _, zero = numerics.decompose(read_view(source, key), dim)
         if zero:
             warnings.warn(
                 f"{key}: {zero} row(s) with zero norm; g is 0 there and PyTorch's weight norm "
@@ -212,14 +236,7 @@ def plan_fold(state: Mapping[str, Any] | TensorSource) -> Conversion:
                 "the checkpoint is inconsistent (remove one of them)"
             )
         emitted.add(pair.weight_key)
-        plan.append(
-            PlannedTensor(
-                pair.weight_key,
-                TensorInfo(pair.shape, pair.dtype),
-                pair.keys.v_key,
-                _fold_producer(source, pair),
-            )
-        )
+        plan.append(_planned_fold(source, pair))
     return _conversion("fold", plan, pairs, source)
 
 
@@ -401,14 +418,7 @@ def _plan_like(source: TensorSource, template: TensorSource) -> Conversion:
             sp = source_pairs[tkey]
             used.update((sp.keys.g_key, sp.keys.v_key))
             if shape_ok(tkey, sp.shape, template.info(tkey).shape):
-                plan.append(
-                    PlannedTensor(
-                        tkey,
-                        TensorInfo(sp.shape, sp.dtype),
-                        sp.keys.v_key,
-                        _fold_producer(source, sp),
-                    )
-                )
+                plan.append(_planned_fold(source, sp, tkey))
                 notes.append(f"folded {tkey} (the template has no weight norm there)")
         else:
             missing.append(tkey)

@@ -14,6 +14,7 @@ import numpy as np
 from . import numerics
 from .convert import find_pairs, select_for_decompose
 from .formats import Checkpoint
+from .formats.source import read_view
 
 SCHEMA_VERSION = 1
 
@@ -30,7 +31,7 @@ def inspect_checkpoint(
     pair_rows = []
     for i, pair in enumerate(pairs):
         g = source.load(pair.keys.g_key).astype(np.float64)
-        norms = numerics.squared_norms(source.load(pair.keys.v_key), pair.dim)
+        norms = numerics.squared_norms(read_view(source, pair.keys.v_key), pair.dim)
         finite_g = g[np.isfinite(g)]
         pair_rows.append(
             {

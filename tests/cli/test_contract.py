@@ -372,7 +372,7 @@ def test_existing_output_shard_needs_force(tmp_path, save_sharded, cli, assert_o
 
 
 def _fail_on_second_fold(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
-    real = numerics.fold
+    real = numerics.fold_into
     calls = {"n": 0}
 
     def fold(*args, **kwargs):
@@ -381,7 +381,7 @@ def _fail_on_second_fold(monkeypatch: pytest.MonkeyPatch, exc: BaseException) ->
             raise exc
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(numerics, "fold", fold)
+    monkeypatch.setattr(numerics, "fold_into", fold)
 
 
 def two_pairs() -> dict[str, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 from pathlib import Path
@@ -11,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 
 from wnconvert import InputError
@@ -131,11 +132,60 @@ def test_copy_raw_passes_bytes_through_unchanged(tmp_path, save_st):
         assert bits(loaded[key]) == bits(tensor)
 
 
-def test_produced_tensors_are_checked_against_the_plan():
+def test_produced_tensors_are_checked_against_the_plan(tmp_path):
     plan = [PlannedTensor("w", TensorInfo((2,), "float32"), "w",
                           lambda: np.zeros(3, dtype=np.float32))]
-    with pytest.raises(AssertionError, match="internal error: w"):
-        st.write_safetensors(io.BytesIO(), plan, None)
+    with open(tmp_path / "out.safetensors", "wb") as out, \
+            pytest.raises(AssertionError, match="internal error: w"):
+        st.write_safetensors(out, plan, None)
+
+
+def test_streamed_pieces_are_checked_against_the_plan(tmp_path):
+    def write_into(write):
+        write(4, np.zeros(2, dtype=np.float32))  # bytes 4..12 of an 8-byte tensor
+
+    plan = [PlannedTensor("w", TensorInfo((2,), "float32"), "w", None, write_into)]
+    with open(tmp_path / "out.safetensors", "wb") as out, \
+            pytest.raises(AssertionError, match="internal error: w"):
+        st.write_safetensors(out, plan, None)
+
+
+def test_streamed_pieces_land_at_their_offsets_in_any_order(tmp_path):
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+
+    def write_into(write):
+        for row in (3, 1, 0, 2):  # out of order, as threads may finish
+            write(row * 12, w[row : row + 1])
+
+    plan = [PlannedTensor("b", TensorInfo((1,), "float16"), "b",
+                          lambda: np.ones(1, dtype=np.float16)),
+            PlannedTensor("w", TensorInfo((4, 3), "float32"), "w", None, write_into),
+            PlannedTensor("z", TensorInfo((0,), "float32"), "z",
+                          lambda: np.zeros(0, dtype=np.float32))]
+    path = tmp_path / "out.safetensors"
+    with open(path, "wb") as out:
+        size = st.write_safetensors(out, plan, None, metadata={"k": "v"})
+    assert path.stat().st_size == size
+    loaded = load_numpy(str(path))
+    assert np.array_equal(loaded["w"], w)
+    assert np.array_equal(loaded["b"], np.ones(1, dtype=np.float16))
+    assert loaded["z"].shape == (0,)
+
+
+def test_view_is_a_read_only_map_of_the_file(tmp_path):
+    path = tmp_path / "in.safetensors"
+    tensors = {"a": np.arange(5, dtype=np.float32), "b": np.arange(7, dtype=np.float64),
+               "e": np.zeros((0, 3), dtype=np.float32)}
+    save_numpy(tensors, str(path))
+    source = st.open_safetensors(path)
+    for key, want in tensors.items():
+        view = source.view(key)
+        assert view.dtype == want.dtype and view.shape == want.shape
+        assert np.array_equal(view, want)
+        if view.size:
+            assert not view.flags.writeable
+            with pytest.raises(ValueError, match="read-only"):
+                view[0] = 1
 
 
 def test_dtype_that_safetensors_cannot_hold():

@@ -11,8 +11,10 @@ kernel (``os.copy_file_range``).
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -109,32 +111,83 @@ class SafetensorsFile:
             raise self._bad(f"tensor {key!r} could not be read in full")
         return buffer.view(numpy_dtype(info.dtype)).reshape(info.shape)
 
-    def copy_raw(self, key: str, out: BinaryIO) -> None:
-        """Copy a tensor's bytes into ``out`` without decoding them."""
+    def view(self, key: str) -> np.ndarray:
+        """A read-only array over the tensor's bytes in the file, through a memory map.
+
+        No copy and no fresh memory to fault in: the arithmetic reads the page cache directly.
+        The map covers this tensor only and is unmapped when the array is garbage collected, so
+        resident memory stays near the tensors in use. Falls back to :meth:`load` where the file
+        cannot be mapped.
+        """
+        info, begin, end = self.entries[key]
+        start = self.data_start + begin
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        if end == begin:
+            return self.load(key)
+        try:
+            with open(self.path, "rb") as f:
+                mapped = mmap.mmap(
+                    f.fileno(),
+                    start - aligned + end - begin,
+                    offset=aligned,
+                    access=mmap.ACCESS_READ,
+                )
+        except (OSError, ValueError):
+            return self.load(key)
+        if hasattr(mapped, "madvise"):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)  # read ahead: each tensor is read front to back
+        flat = np.frombuffer(
+            mapped, dtype=numpy_dtype(info.dtype), count=info.numel, offset=start - aligned
+        )
+        return flat.reshape(info.shape)
+
+    def copy_raw(self, key: str, out_fd: int, out_offset: int) -> None:
+        """Copy a tensor's bytes to ``out_fd`` at ``out_offset`` without decoding them."""
         _, begin, end = self.entries[key]
-        out.flush()
         with open(self.path, "rb") as src:
-            _copy_range(src.fileno(), self.data_start + begin, out.fileno(), end - begin)
+            _copy_range(src.fileno(), self.data_start + begin, out_fd, out_offset, end - begin)
 
 
-def _copy_range(src_fd: int, offset: int, dst_fd: int, count: int) -> None:
-    """Copy ``count`` bytes from ``src_fd`` at ``offset`` to ``dst_fd`` at its position."""
+def _copy_range(src_fd: int, offset: int, dst_fd: int, dst_offset: int, count: int) -> None:
+    """Copy ``count`` bytes from ``src_fd`` at ``offset`` to ``dst_fd`` at ``dst_offset``."""
     copy_range = getattr(os, "copy_file_range", None)
     while count > 0:
         done = 0
         if copy_range is not None:
             try:
-                done = copy_range(src_fd, dst_fd, count, offset)
+                done = copy_range(src_fd, dst_fd, count, offset, dst_offset)
             except OSError:
                 copy_range = None  # e.g. across file systems on older kernels
                 continue
         else:
             chunk = os.pread(src_fd, min(count, 64 << 20), offset)
-            done = os.write(dst_fd, chunk)
+            write_at(dst_fd, chunk, dst_offset)
+            done = len(chunk)
         if done <= 0:
             raise OSError("short copy while writing output")
         offset += done
+        dst_offset += done
         count -= done
+
+
+_seek_lock = threading.Lock()
+
+
+def write_at(fd: int, data: memoryview | bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (thread-safe; does not move the file position)."""
+    view = memoryview(data).cast("B")
+    pwrite = getattr(os, "pwrite", None)
+    while view.nbytes:
+        if pwrite is not None:
+            done = pwrite(fd, view, offset)
+        else:  # Windows: no pwrite
+            with _seek_lock:
+                os.lseek(fd, offset, os.SEEK_SET)
+                done = os.write(fd, view)
+        if done <= 0:
+            raise OSError("short write while writing output")
+        view = view[done:]
+        offset += done
 
 
 class SafetensorsSource:
@@ -153,8 +206,11 @@ class SafetensorsSource:
     def load(self, key: str) -> np.ndarray:
         return self.files[key].load(key)
 
-    def copy_raw(self, key: str, out: BinaryIO) -> None:
-        self.files[key].copy_raw(key, out)
+    def view(self, key: str) -> np.ndarray:
+        return self.files[key].view(key)
+
+    def copy_raw(self, key: str, out_fd: int, out_offset: int) -> None:
+        self.files[key].copy_raw(key, out_fd, out_offset)
 
 
 def open_safetensors(path: Path) -> SafetensorsSource:
@@ -176,8 +232,15 @@ def write_safetensors(
     metadata: dict[str, str] | None = None,
     on_tensor: Callable[[str], None] | None = None,
 ) -> int:
-    """Stream ``plan`` into ``out`` in safetensors layout; return the number of bytes written."""
+    """Stream ``plan`` into ``out`` in safetensors layout; return the number of bytes written.
+
+    The header fixes every tensor's place in the file before any data exists, so tensors are
+    written at their offsets (``pwrite``): a streamed fold writes its pieces from several
+    threads at once, pass-through tensors are copied file to file by the kernel, and nothing
+    depends on the order writes finish in.
+    """
     header: dict[str, object] = {}
+    offsets: list[int] = []
     offset = 0
     for item in plan:
         header[item.key] = {
@@ -185,6 +248,7 @@ def write_safetensors(
             "shape": list(item.info.shape),
             "data_offsets": [offset, offset + item.info.nbytes],
         }
+        offsets.append(offset)
         offset += item.info.nbytes
     if metadata:
         header = {"__metadata__": dict(metadata), **header}
@@ -192,13 +256,22 @@ def write_safetensors(
     raw += b" " * (-(8 + len(raw)) % _ALIGN)  # keep tensor data 8-byte aligned
     out.write(struct.pack("<Q", len(raw)))
     out.write(raw)
-    # Write-behind: one thread writes tensor i (in order) while this one reads and computes
-    # tensor i + 1. At most one write is in flight, so memory stays near two tensors.
+    out.flush()
+    fd = out.fileno()
+    data_start = 8 + len(raw)
+    total = data_start + offset
+    # Write-behind for whole arrays: one thread writes tensor i while this one reads and
+    # computes tensor i + 1. At most one such write is in flight, so memory stays near two
+    # tensors. Streamed tensors write their own pieces as they are computed.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wnconvert-write") as writer:
         pending: Future[None] | None = None
-        for item in plan:
-            if item.produce is None and hasattr(source, "copy_raw"):
-                job = partial(source.copy_raw, item.source_key, out)  # type: ignore[union-attr]
+        for item, at in zip(plan, offsets, strict=True):
+            position = data_start + at
+            job: Callable[[], None] | None = None
+            if item.write_into is not None:
+                item.write_into(partial(_write_piece, item, fd, position))
+            elif item.produce is None and hasattr(source, "copy_raw"):
+                job = partial(source.copy_raw, item.source_key, fd, position)  # type: ignore[union-attr]
             else:
                 array = item.produce() if item.produce is not None else source.load(item.source_key)  # type: ignore[union-attr]
                 if tuple(array.shape) != item.info.shape or array.dtype != numpy_dtype(
@@ -208,13 +281,27 @@ def write_safetensors(
                         f"internal error: {item.key} is {tuple(array.shape)} {array.dtype}, "
                         f"planned {item.info.shape} {item.info.dtype}"
                     )
-                job = partial(out.write, array_bytes(array))
+                job = partial(write_at, fd, array_bytes(array), position)
                 del array
-            if pending is not None:
-                pending.result()  # keeps the order, and raises the writer's errors here
-            pending = writer.submit(job)
+            if job is not None:
+                if pending is not None:
+                    pending.result()  # bounds memory, and raises the writer's errors here
+                pending = writer.submit(job)
             if on_tensor is not None:
                 on_tensor(item.key)
         if pending is not None:
             pending.result()
-    return 8 + len(raw) + offset
+    os.ftruncate(fd, total)  # the size is exact even if the last tensors are empty
+    out.seek(total)
+    return total
+
+
+def _write_piece(
+    item: PlannedTensor, fd: int, position: int, offset: int, piece: np.ndarray
+) -> None:
+    if offset < 0 or offset + piece.nbytes > item.info.nbytes:
+        raise AssertionError(
+            f"internal error: {item.key} got bytes {offset}..{offset + piece.nbytes}, "
+            f"planned {item.info.nbytes}"
+        )
+    write_at(fd, array_bytes(piece), position + offset)

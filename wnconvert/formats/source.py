@@ -86,6 +86,13 @@ class LazyStateDict(Mapping):
         return self.source.info(key)
 
 
+def read_view(source: TensorSource, key: str) -> np.ndarray:
+    """A tensor for reading only: a memory-mapped view where the source offers one
+    (safetensors), else :meth:`TensorSource.load`. Never write into the result."""
+    view = getattr(source, "view", None)
+    return view(key) if view is not None else source.load(key)
+
+
 def source_of(state_dict: Mapping[str, torch.Tensor]) -> TensorSource:
     """The TensorSource behind a state dict (lazy ones keep their streaming source)."""
     if isinstance(state_dict, LazyStateDict):
@@ -99,9 +106,13 @@ class PlannedTensor:
 
     ``produce`` is ``None`` for a tensor copied unchanged from ``source_key`` (writers may copy
     its bytes without decoding). ``source_key`` also decides which shard a tensor goes to.
+    ``write_into``, where given, makes the same tensor as ``produce`` but hands it over in
+    pieces: ``write_into(write)`` calls ``write(byte_offset, piece)`` (see
+    :func:`wnconvert.numerics.fold_into`); streaming writers prefer it.
     """
 
     key: str
     info: TensorInfo
     source_key: str
     produce: Callable[[], np.ndarray] | None = None
+    write_into: Callable[[Callable[[int, np.ndarray], None]], None] | None = None
