@@ -130,3 +130,29 @@ def test_import_outside_the_repository_gives_the_real_package(tmp_path):
     proc = run([sys.executable, "-c", "import wnconvert; print(wnconvert.__version__)"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == __version__
+
+
+QUIET_FOLD_MODULES = """
+import sys
+from wnconvert.cli import main
+sys.argv = ["wnconvert", "fold", sys.argv[1], "-o", sys.argv[2], "--quiet"]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(",".join(sorted(m for m in ("torch", "onnx", "rich", "pydantic") if m in sys.modules)))
+"""
+
+
+def test_quiet_safetensors_fold_imports_neither_torch_nor_rich(tmp_path):
+    # Start-up is most of a small fold's time: a quiet run needs numpy and typer, nothing else.
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"a.weight_g": np.ones((2, 1), np.float32),
+               "a.weight_v": np.ones((2, 3), np.float32)}, str(tmp_path / "in.safetensors"))
+    proc = run([sys.executable, "-c", QUIET_FOLD_MODULES, "in.safetensors", "out.safetensors"],
+               tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
+    assert (tmp_path / "out.safetensors").exists()

@@ -21,7 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # Plain (click) help and usage errors: typer's rich help needs rich and markdown-it at
+    # start-up, which doubles the time of `wnconvert --help` (0.33 s -> 0.15 s here).
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

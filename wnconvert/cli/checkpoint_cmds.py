@@ -57,7 +57,7 @@ def _about(path: Path) -> Iterator[None]:
 
 
 @app.command(
-    epilog="Example: wnconvert inspect generator.pt --json > layout.json",
+    epilog="\b\nExample:\n  wnconvert inspect generator.pt --json > layout.json",
 )
 def inspect(
     path: PathArg,
@@ -104,9 +104,10 @@ def _parse_dim(text: str) -> int | None:
 
 @app.command(
     epilog=(
-        "Examples: wnconvert decompose generator.pt  ·  "
-        "wnconvert decompose plain.safetensors --like template.pt -o wn.safetensors  ·  "
-        "wnconvert decompose enc.pt --include 'pos_conv.*.weight' --dim 2"
+        "\b\nExamples:\n"
+        "  wnconvert decompose generator.pt\n"
+        "  wnconvert decompose plain.safetensors --like template.pt -o wn.safetensors\n"
+        "  wnconvert decompose enc.pt --include 'pos_conv.*.weight' --dim 2"
     ),
 )
 def decompose(
@@ -190,9 +191,11 @@ def decompose(
 
 @app.command(
     epilog=(
-        "Examples: wnconvert fold generator.pt  ·  wnconvert fold model.safetensors.index.json  ·  "
-        "wnconvert fold g.pt --to onnx --model models.py:build --input 1x80x200 --dynamic 0:2  ·  "
-        "wnconvert fold model.onnx -o clean.onnx"
+        "\b\nExamples:\n"
+        "  wnconvert fold generator.pt\n"
+        "  wnconvert fold model.safetensors.index.json\n"
+        "  wnconvert fold g.pt --to onnx --model models.py:build --input 1x80x200 --dynamic 0:2\n"
+        "  wnconvert fold model.onnx -o clean.onnx"
     ),
 )
 def fold(
@@ -221,7 +224,6 @@ def fold(
         typer.Option(
             "--model",
             help="[onnx] MODULE:CALLABLE or path/to/file.py:CALLABLE that returns the nn.Module.",
-            rich_help_panel="Export to ONNX",
         ),
     ] = None,
     model_kwargs: Annotated[
@@ -229,7 +231,6 @@ def fold(
         typer.Option(
             "--model-kwargs",
             help="[onnx] JSON object of keyword arguments for --model.",
-            rich_help_panel="Export to ONNX",
         ),
     ] = None,
     input_shapes: Annotated[
@@ -238,7 +239,6 @@ def fold(
             "--input",
             help="[onnx] SHAPE[:DTYPE] of a positional input, e.g. "
             "1x80x200 or 1x80x200:float16 (once per input).",
-            rich_help_panel="Export to ONNX",
         ),
     ] = None,
     inputs_file: Annotated[
@@ -246,7 +246,6 @@ def fold(
         typer.Option(
             "--inputs",
             help="[onnx] .npz file with real input arrays (in order).",
-            rich_help_panel="Export to ONNX",
         ),
     ] = None,
     dynamic: Annotated[
@@ -255,14 +254,11 @@ def fold(
             "--dynamic",
             help="[onnx] Dynamic axis [INPUT:]AXIS[=NAME], e.g. 0:2=time (axis 2 of the "
             "first input, named time); repeatable.",
-            rich_help_panel="Export to ONNX",
         ),
     ] = None,
     opset: Annotated[
         int | None,
-        typer.Option(
-            "--opset", help="[onnx] ONNX opset to export with.", rich_help_panel="Export to ONNX"
-        ),
+        typer.Option("--opset", help="[onnx] ONNX opset to export with."),
     ] = None,
     exporter: Annotated[
         str,
@@ -270,7 +266,6 @@ def fold(
             "--exporter",
             help="[onnx] auto (torch.export, falling back to the TorchScript tracer when the model "
             "cannot be captured), dynamo or legacy.",
-            rich_help_panel="Export to ONNX",
         ),
     ] = "auto",
     # --- verification (--to onnx, and .onnx inputs) ---
@@ -278,75 +273,71 @@ def fold(
         bool,
         typer.Option(
             "--verify/--no-verify",
-            help="Check the result on ONNX Runtime.",
-            rich_help_panel="Verification",
+            help="[verify] Check the result on ONNX Runtime.",
         ),
     ] = True,
     provider: Annotated[
         list[str] | None,
         typer.Option(
             "--provider",
-            help="ONNX Runtime provider to check on: cpu, cuda, ... "
+            help="[verify] ONNX Runtime provider to check on: cpu, cuda, ... "
             "(repeatable; default cpu, plus cuda when available).",
-            rich_help_panel="Verification",
         ),
     ] = None,
     seed: Annotated[
         int,
-        typer.Option("--seed", help="Seed of the random inputs.", rich_help_panel="Verification"),
+        typer.Option("--seed", help="[verify] Seed of the random inputs."),
     ] = 0,
     runs: Annotated[
         int,
-        typer.Option(
-            "--runs", help="Number of random input draws.", rich_help_panel="Verification"
-        ),
+        typer.Option("--runs", help="[verify] Number of random input draws."),
     ] = 1,
     atol: Annotated[
         float | None,
         typer.Option(
             "--atol",
-            help="Absolute tolerance (default by dtype; 1e-5 for float32).",
-            rich_help_panel="Verification",
+            help="[verify] Absolute tolerance (default by dtype; 1e-5 for float32).",
         ),
     ] = None,
     rtol: Annotated[
         float | None,
         typer.Option(
             "--rtol",
-            help="Relative tolerance (default by dtype; 1e-4 for float32).",
-            rich_help_panel="Verification",
+            help="[verify] Relative tolerance (default by dtype; 1e-4 for float32).",
         ),
     ] = None,
     output_tol: Annotated[
         list[str] | None,
         typer.Option(
             "--tol",
-            help="Per-output tolerance NAME=ATOL[:RTOL] (repeatable).",
-            rich_help_panel="Verification",
+            help="[verify] Per-output tolerance NAME=ATOL[:RTOL] (repeatable).",
         ),
     ] = None,
     weights: Annotated[
         str,
         typer.Option(
             "--weights",
-            help="Compare weights by name (checkpoint vs ONNX initializers): fail, report or off.",
-            rich_help_panel="Verification",
+            help=(
+                "[verify] Compare weights by name (checkpoint vs ONNX initializers): fail, "
+                "report or off."
+            ),
         ),
     ] = "fail",
     tf32: Annotated[
         bool,
         typer.Option(
             "--tf32",
-            help="Allow TF32 on the CUDA provider (off by default so float32 results compare).",
-            rich_help_panel="Verification",
+            help=(
+                "[verify] Allow TF32 on the CUDA provider (off by default so float32 results "
+                "compare)."
+            ),
         ),
     ] = False,
     report: Annotated[
         list[Path] | None,
         typer.Option(
             "--report",
-            help="Write the verification report: .json or .xml (JUnit); repeatable.",
-            rich_help_panel="Verification",
+            help="[verify] Write the verification report: .json or .xml (JUnit); repeatable.",
         ),
     ] = None,
 ) -> None:
@@ -453,7 +444,7 @@ def fold(
 
 
 @app.command(
-    epilog="Example: wnconvert restyle old_hifigan.pt --style parametrize -o new_keys.pt",
+    epilog="\b\nExample:\n  wnconvert restyle old_hifigan.pt --style parametrize -o new_keys.pt",
 )
 def restyle(
     path: PathArg,
@@ -512,7 +503,6 @@ def _write(
     """Write a planned conversion with a progress bar, then print the summary."""
     from .. import render
     from ..formats import default_output, output_format, write_checkpoint
-    from ..render.checkpoint import print_conversion
 
     started = time.perf_counter()
     fmt = output_format(output, to, checkpoint)
@@ -546,4 +536,6 @@ def _write(
     if json_out:
         render.print_json(summary)
     elif not quiet:
+        from ..render.checkpoint import print_conversion
+
         print_conversion(summary)

@@ -210,9 +210,11 @@ def _emit(json_out: bool, quiet: bool, *, export_result: Any = None,
 
 @app.command(
     epilog=(
-        "Examples: wnconvert verify model.onnx --reference generator.pt --model models.py:build "
-        "--input 1x80x200 --report verify.json  ·  wnconvert verify folded.onnx --reference "
-        "original.onnx --provider cpu --provider cuda --report junit.xml"
+        "\b\nExamples:\n"
+        "  wnconvert verify model.onnx --reference generator.pt --model models.py:build \\\n"
+        "      --input 1x80x200 --report verify.json\n"
+        "  wnconvert verify folded.onnx --reference original.onnx \\\n"
+        "      --provider cpu --provider cuda --report junit.xml"
     ),
 )
 def verify(

@@ -143,8 +143,10 @@ def inspect_onnx_command(*, path: Path, json_out: bool, quiet: bool) -> None:
 
 @app.command(
     epilog=(
-        "Examples: wnconvert check model.onnx  ·  wnconvert check model.onnx --json > lint.json  "
-        "(exit 0 clean, 1 weight norm still computed at run time, 2 unreadable input)"
+        "\b\nExamples (exit 0 clean, 1 weight norm still computed at run time, 2 unreadable "
+        "input):\n"
+        "  wnconvert check model.onnx\n"
+        "  wnconvert check model.onnx --json > lint.json"
     ),
 )
 def check(

@@ -10,10 +10,12 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
+# rich is imported on first use: a quiet run never pays for it (about 60 ms of start-up).
 # Consoles are created per call so that typer's CliRunner (which swaps sys.stdout/sys.stderr)
 # captures them.
 
@@ -22,6 +24,8 @@ _PIPE_WIDTH = 160  # when writing to a pipe or file, do not squeeze tables into 
 
 
 def _console(stream: Any) -> Console:
+    from rich.console import Console
+
     console = Console(file=stream, soft_wrap=True, highlight=False)
     if not console.is_terminal:
         console = Console(file=stream, soft_wrap=True, highlight=False, width=_PIPE_WIDTH)
@@ -70,8 +74,11 @@ def progress(description: str, *, quiet: bool = False) -> Iterator[ProgressCallb
 
     Yields ``None`` (no bar) when quiet or when stderr is not a terminal.
     """
+    if quiet:
+        yield None
+        return
     console = stderr()
-    if quiet or not console.is_terminal:
+    if not console.is_terminal:
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
