@@ -6,7 +6,8 @@ Compares, each in a fresh subprocess (so start-up and imports count, as for a us
   (b)         a plain PyTorch loop: load_file, `torch._weight_norm` per pair, save_file
 
 Reports wall time and peak RSS (from the kernel, via os.wait4) of each, best of --repeat runs
-after one warm-up run (so the input is in the page cache for everybody). Targets (issue 2):
+after one warm-up run each (so the input is in the page cache for everybody); the runs are
+interleaved round-robin so machine noise spreads over all cases. Targets (issue 2):
 wnconvert <= 0.5x the time of (b), no slower than (a), peak RSS < 400 MB.
 
     python benchmarks/bench_checkpoint_fold.py [--size-gb 1.0] [--repeat 3] [--keep]
@@ -122,12 +123,22 @@ def main() -> None:
                 str(work / "b.safetensors"),
             ],
         }
-        results = {}
+        outputs = {
+            name: Path(cmd[-1] if "wnconvert" not in name else cmd[4])
+            for name, cmd in cases.items()
+        }
         for name, cmd in cases.items():
-            out = Path(cmd[-1] if "wnconvert" not in name else cmd[4])
-            run(cmd, out)  # warm-up: page cache, .pyc files
-            times, rss = zip(*(run(cmd, out) for _ in range(args.repeat)), strict=True)
-            results[name] = {"seconds": min(times), "peak_rss_mb": max(rss)}
+            run(cmd, outputs[name])  # warm-up: page cache, .pyc files
+        # Round-robin (w, a, b, w, a, b, ...) rather than all runs of one case in a row: on a
+        # shared machine a noisy minute then hurts every case alike instead of just one.
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+        for _ in range(args.repeat):
+            for name, cmd in cases.items():
+                samples[name].append(run(cmd, outputs[name]))
+        results = {
+            name: {"seconds": min(t for t, _ in runs), "peak_rss_mb": max(r for _, r in runs)}
+            for name, runs in samples.items()
+        }
         ulps = _check_same(work)
     finally:
         if not args.keep and args.dir is None:
@@ -152,7 +163,7 @@ def main() -> None:
         return
     print(
         f"checkpoint: {summary['checkpoint_mb']} MB float32, {os.cpu_count()} CPUs, "
-        f"best of {args.repeat} after a warm-up"
+        f"best of {args.repeat} interleaved runs after a warm-up"
     )
     print(f"{'':32} {'wall s':>8} {'peak RSS MB':>12}")
     for name, r in results.items():
