@@ -216,10 +216,10 @@ def fold(g: np.ndarray, v: np.ndarray, dim: int | None) -> tuple[np.ndarray, Fol
     Rows whose norm is zero come out as zeros (PyTorch gives NaN); their count is in the stats.
     """
     out = np.empty(np.shape(v), dtype=np.asarray(v).dtype)
-    out_bytes = out.reshape(-1).view(np.uint8) if out.size else None
+    out_bytes = out.reshape(-1).view(np.uint8)
 
     def write(offset: int, piece: np.ndarray) -> None:
-        out_bytes[offset : offset + piece.nbytes] = piece.reshape(-1).view(np.uint8)  # type: ignore[index]
+        out_bytes[offset : offset + piece.nbytes] = piece.reshape(-1).view(np.uint8)
 
     return out, fold_into(g, v, dim, write)
 

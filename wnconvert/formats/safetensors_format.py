@@ -120,10 +120,10 @@ class SafetensorsFile:
         cannot be mapped.
         """
         info, begin, end = self.entries[key]
+        if end == begin:
+            return self.load(key)  # mmap cannot map zero bytes
         start = self.data_start + begin
         aligned = start - start % mmap.ALLOCATIONGRANULARITY
-        if end == begin:
-            return self.load(key)
         try:
             with open(self.path, "rb") as f:
                 mapped = mmap.mmap(

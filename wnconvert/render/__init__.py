@@ -74,11 +74,8 @@ def progress(description: str, *, quiet: bool = False) -> Iterator[ProgressCallb
 
     Yields ``None`` (no bar) when quiet or when stderr is not a terminal.
     """
-    if quiet:
-        yield None
-        return
-    console = stderr()
-    if not console.is_terminal:
+    console = None if quiet else stderr()  # quiet: not even a Console (no rich import)
+    if console is None or not console.is_terminal:
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
