@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import InputError, WeightNormWarning
+from .errors import InputError, InputNotFound, WeightNormWarning
 
 if TYPE_CHECKING:
     import numpy as np
@@ -152,7 +152,7 @@ def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
     import numpy as np
 
     if not path.exists():
-        raise InputError(f"{path}: no such file; check --inputs")
+        raise InputNotFound(f"{path}: no such file; check --inputs")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}
@@ -543,7 +543,7 @@ def load_program(path: Path) -> Any:
     import torch
 
     if not path.exists():
-        raise InputError(f"{path}: no such file; check the path")
+        raise InputNotFound(f"{path}: no such file; check the path")
     try:
         return torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad archives

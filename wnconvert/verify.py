@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._version import __version__
 from .dtypes import name_of_numpy, numpy_dtype, numpy_to_tensor, tensor_to_numpy
-from .errors import InputError
+from .errors import InputError, InputNotFound
 from .export import (
     DynamicAxis,
     InputSpec,
@@ -1250,7 +1250,7 @@ def _candidate_signature(candidate: Path) -> list[InputSignature]:
     import onnx
 
     if not candidate.exists():
-        raise InputError(f"{candidate}: no such file; check the path")
+        raise InputNotFound(f"{candidate}: no such file; check the path")
     try:
         model = onnx.load(str(candidate), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf/IO errors have many types

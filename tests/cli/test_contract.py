@@ -256,7 +256,7 @@ def test_debug_shows_the_traceback_and_keeps_exit_code_2(command, tmp_path, runn
     result = runner.invoke(app, [str(a) for a in command_args(command, path, "--debug")])
     assert result.exit_code == 2
     assert "Traceback" in result.stderr
-    assert "InputError" in result.stderr
+    assert "wnconvert.errors.InputNotFound" in result.stderr  # the library error, not a wrapper
     assert "missing.pt" in result.stderr
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .. import render
-from ..errors import CheckFailed, InputError, WeightNormWarning
+from ..errors import CheckFailed, InputNotFound, WeightNormWarning, WnConvertError
 
 if TYPE_CHECKING:
     from ..verify import VerificationReport
@@ -75,7 +75,8 @@ class ExportCliOptions:
 def command_context(*, debug: bool, quiet: bool = False) -> Iterator[None]:
     """Run a command body: route library warnings to stderr, map errors to exit codes.
 
-    An :class:`InputError` prints one line and exits 2; :class:`CheckFailed` exits 1; anything
+    An :class:`InputError` prints one line and exits 2; :class:`CheckFailed` exits 1,
+    :class:`ConversionNotPossible` exits 3; anything
     unexpected exits 2 with a one-line message too (``--debug`` re-raises for the traceback).
     """
     with warnings.catch_warnings(record=True) as caught:
@@ -85,7 +86,7 @@ def command_context(*, debug: bool, quiet: bool = False) -> Iterator[None]:
         except typer.Exit:
             _flush_warnings(caught)
             raise
-        except (InputError, CheckFailed) as exc:
+        except WnConvertError as exc:
             _flush_warnings(caught)
             if debug:
                 traceback.print_exc()
@@ -181,5 +182,5 @@ def finish_verification(
 
 def require_exists(path: Path) -> Path:
     if not path.exists():
-        raise InputError(f"{path}: no such file or directory; check the path")
+        raise InputNotFound(f"{path}: no such file or directory; check the path")
     return path

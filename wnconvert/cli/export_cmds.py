@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .. import render
-from ..errors import InputError
+from ..errors import InputError, InputNotFound
 from . import app
 from .common import (
     DebugOpt,
@@ -62,7 +62,7 @@ def fold_to_onnx_command(
 
     is_program = path.suffix.lower() == ".pt2"
     if not path.exists():
-        raise InputError(f"{path}: no such file or directory; check the path")
+        raise InputNotFound(f"{path}: no such file or directory; check the path")
     if not is_program and not export.model:
         raise InputError(f"{path}: --to onnx needs --model MODULE:CALLABLE (or path/to/file.py:"
                          "CALLABLE) that builds the network, or a .pt2 program as input")
@@ -318,7 +318,7 @@ def verify_command(*, candidate: Path, reference: Path, key: str | None, force: 
 
     for path in (candidate, reference):
         if not path.exists():
-            raise InputError(f"{path}: no such file or directory; check the path")
+            raise InputNotFound(f"{path}: no such file or directory; check the path")
     if candidate.suffix.lower() != ".onnx":
         raise InputError(f"{candidate}: expected an .onnx model to verify")
     if export.input_shapes and export.inputs_file is not None:

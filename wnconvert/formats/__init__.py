@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..dtypes import numpy_to_tensor
-from ..errors import InputError, WeightNormWarning
+from ..errors import InputError, InputNotFound, WeightNormWarning
 from . import safetensors_format as st
 from . import torch_pickle as tp
 from .atomic import atomic_file, atomic_files, check_output
@@ -122,7 +122,7 @@ def load_checkpoint(
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: no such file or directory; check the path")
+        raise InputNotFound(f"{path}: no such file or directory; check the path")
     if path.is_dir():
         path = _resolve_directory(path)
     fmt = detect_format(path)

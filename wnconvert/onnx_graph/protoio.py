@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ..errors import InputError
+from ..errors import InputError, InputNotFound
 
 if TYPE_CHECKING:
     import numpy as np
@@ -179,7 +179,7 @@ def load_model(path: Path) -> LazyModel:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file; check the path") from None
+        raise InputNotFound(f"{path}: no such file; check the path") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror}); check permissions") from None
     if path.is_dir():
