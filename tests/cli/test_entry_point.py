@@ -89,7 +89,7 @@ def test_debug_prints_a_traceback(tmp_path):
     proc = run([*ENTRY_POINTS["python-m"], "fold", "missing.pt", "--debug"], tmp_path)
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr
-    assert "InputError" in proc.stderr
+    assert "wnconvert.errors.InputNotFound" in proc.stderr
     assert proc.stdout == ""
 
 
