@@ -23,6 +23,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from wnconvert import export as ex
+from wnconvert.cli.parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs
 from wnconvert.errors import InputError
 from wnconvert.verify import VerifyOptions, verify_onnx_against_torch
 
@@ -81,7 +82,7 @@ def build_zoo(api="parametrize", seed=0):
 ZOO_NAMED = {"fc.weight", "fc.bias", "conv.weight", "conv.bias", "up.weight", "up.bias",
              "res.convs.0.weight", "res.convs.0.bias", "res.convs.1.weight", "res.convs.1.bias",
              "conv2d.weight", "conv2d.bias"}
-ZOO_INPUTS = [ex.parse_input_spec("2x5x8"), ex.parse_input_spec("1x1x6x6")]
+ZOO_INPUTS = [parse_input_spec("2x5x8"), parse_input_spec("1x1x6x6")]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def zoo_exports(zoo_file: Path, tmp_path_factory: pytest.TempPathFactory,
         prepared = ex.prepare_model(state, model=spec, model_kwargs={"api": module_api},
                                     source=f"{case}.pt")
         exported[case] = _export(prepared, ZOO_INPUTS, out_dir / f"{case}.onnx",
-                                 dynamic=[ex.parse_dynamic_axis("0:1=frames")])
+                                 dynamic=[parse_dynamic_axis("0:1=frames")])
     return exported
 
 
@@ -189,14 +190,14 @@ def generator_export(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     prepared = ex.prepare_model(state, model=GENERATOR, model_kwargs={"weight_norm": "none"},
                                 source="legacy.pt")
     out = tmp_path_factory.mktemp("gen") / "generator.onnx"
-    return _export(prepared, [ex.parse_input_spec("1x16x12")], out,
-                   dynamic=[ex.parse_dynamic_axis("2=time")])
+    return _export(prepared, [parse_input_spec("1x16x12")], out,
+                   dynamic=[parse_dynamic_axis("2=time")])
 
 
 def test_dynamic_time_axis_is_verified_at_two_lengths(generator_export: Exported) -> None:
     report = verify_onnx_against_torch(
         generator_export.path, generator_export.prepared.reference,
-        options=VerifyOptions(input_specs=(ex.parse_input_spec("1x16x12"),)),
+        options=VerifyOptions(input_specs=(parse_input_spec("1x16x12"),)),
     )
     assert report.passed, report.failures()
     shapes = [case.inputs["mel"][0] for case in report.cases]
@@ -227,7 +228,7 @@ def test_perturbed_onnx_weight_fails_and_names_output_and_weight(
     onnx.save(model, bad)
     report = verify_onnx_against_torch(
         bad, generator_export.prepared.reference,
-        options=VerifyOptions(input_specs=(ex.parse_input_spec("1x16x12"),)),
+        options=VerifyOptions(input_specs=(parse_input_spec("1x16x12"),)),
         reference_weights=generator_export.prepared.weights,
     )
     assert not report.passed
@@ -241,7 +242,7 @@ def test_existing_output_is_not_overwritten_without_force(generator_export: Expo
     before = generator_export.path.read_bytes()
     with pytest.raises(InputError, match="already exists"):
         ex.export_onnx(generator_export.prepared.plain,
-                       ex.example_inputs([ex.parse_input_spec("1x16x12")]),
+                       ex.example_inputs([parse_input_spec("1x16x12")]),
                        output=generator_export.path)
     assert generator_export.path.read_bytes() == before
 
@@ -249,17 +250,17 @@ def test_existing_output_is_not_overwritten_without_force(generator_export: Expo
 def test_large_models_use_external_data(tmp_path: Path, generator_export: Exported,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # Pretend the 2 GB limit is 0 bytes so the tiny generator takes the external-data path.
-    monkeypatch.setattr(ex, "EXTERNAL_DATA_THRESHOLD", 0)
+    monkeypatch.setattr("wnconvert.export.onnx_export.EXTERNAL_DATA_THRESHOLD", 0)
     out = tmp_path / "big.onnx"
     result = ex.export_onnx(generator_export.prepared.plain,
-                            ex.example_inputs([ex.parse_input_spec("1x16x12")]), output=out)
+                            ex.example_inputs([parse_input_spec("1x16x12")]), output=out)
     assert result.external_data == tmp_path / "big.onnx.data"
     assert result.external_data.stat().st_size > 10_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
     assert out.stat().st_size < result.external_data.stat().st_size
     report = verify_onnx_against_torch(
         out, generator_export.prepared.reference,
-        options=VerifyOptions(input_specs=(ex.parse_input_spec("1x16x12"),)),
+        options=VerifyOptions(input_specs=(parse_input_spec("1x16x12"),)),
         reference_weights=generator_export.prepared.weights)
     assert report.passed, report.failures()
     assert report.weights is not None and len(report.weights.compared) == 16
@@ -415,11 +416,11 @@ def test_model_errors_are_one_line_input_errors(spec: str, kwargs: dict[str, Any
 
 
 def test_model_kwargs_must_be_a_json_object() -> None:
-    assert ex.parse_model_kwargs('{"a": 1}') == {"a": 1}
-    assert ex.parse_model_kwargs(None) == {}
+    assert parse_model_kwargs('{"a": 1}') == {"a": 1}
+    assert parse_model_kwargs(None) == {}
     for bad in ("{a: 1}", "[1]"):
         with pytest.raises(InputError, match="--model-kwargs"):
-            ex.parse_model_kwargs(bad)
+            parse_model_kwargs(bad)
 
 
 # --------------------------------------------------------------------------- state dicts
@@ -468,26 +469,26 @@ def test_strip_weight_norm_removes_both_apis_and_keeps_other_parametrizations() 
 
 
 def test_parse_input_spec() -> None:
-    assert ex.parse_input_spec("1x80x200") == ex.InputSpec((1, 80, 200), "float32", None,
+    assert parse_input_spec("1x80x200") == ex.InputSpec((1, 80, 200), "float32", None,
                                                            "1x80x200")
-    spec = ex.parse_input_spec("mel=1x80x200:fp16")
+    spec = parse_input_spec("mel=1x80x200:fp16")
     assert (spec.name, spec.shape, spec.dtype) == ("mel", (1, 80, 200), "float16")
-    assert ex.parse_input_spec("3:int64").dtype == "int64"
+    assert parse_input_spec("3:int64").dtype == "int64"
     for bad in ("", "1xax2", "1x-1", "1x2:complex7"):
         with pytest.raises(InputError, match="--input"):
-            ex.parse_input_spec(bad)
+            parse_input_spec(bad)
 
 
 def test_parse_dynamic_axis() -> None:
-    assert ex.parse_dynamic_axis("2") == ex.DynamicAxis(2, 0, None, "2")
-    assert ex.parse_dynamic_axis("0:2") == ex.DynamicAxis(2, 0, None, "0:2")
-    assert ex.parse_dynamic_axis("mel:2=time") == ex.DynamicAxis(2, "mel", "time", "mel:2=time")
-    assert ex.parse_dynamic_axis("0:2").symbol(["mel"]) == "mel_dim2"
+    assert parse_dynamic_axis("2") == ex.DynamicAxis(2, 0, None, "2")
+    assert parse_dynamic_axis("0:2") == ex.DynamicAxis(2, 0, None, "0:2")
+    assert parse_dynamic_axis("mel:2=time") == ex.DynamicAxis(2, "mel", "time", "mel:2=time")
+    assert parse_dynamic_axis("0:2").symbol(["mel"]) == "mel_dim2"
     for bad in ("x", "0:-1", "0:2=not valid"):
         with pytest.raises(InputError, match="--dynamic"):
-            ex.parse_dynamic_axis(bad)
+            parse_dynamic_axis(bad)
     with pytest.raises(InputError, match="no input 'audio'"):
-        ex.parse_dynamic_axis("audio:1").input_name(["mel"])
+        parse_dynamic_axis("audio:1").input_name(["mel"])
 
 
 @dataclass
@@ -561,7 +562,7 @@ def test_auto_exporter_falls_back_when_the_dynamic_axis_does_not_work(tmp_path: 
     module = _LstmHead().eval()
     output = tmp_path / "lstm.onnx"
     result = ex.export_onnx(module, [torch.randn(2, 5, 8)], output=output,
-                            dynamic=[ex.parse_dynamic_axis("0:1=time")])
+                            dynamic=[parse_dynamic_axis("0:1=time")])
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     for length in (5, 7, 11):
         x = torch.randn(2, length, 8)

@@ -37,8 +37,6 @@ from .export import (
     flatten_outputs,
     load_inputs_npz,
     output_names,
-    parse_dynamic_axis,
-    parse_input_spec,
 )
 
 if TYPE_CHECKING:
@@ -161,6 +159,7 @@ class VerifyOptions:
         cuda_tf32: bool = False,
     ) -> VerifyOptions:
         """Parse the command line's raw strings (raises :class:`InputError` on bad ones)."""
+        from .cli.parse import parse_dynamic_axis, parse_input_spec  # interim, see verify/ split
         overrides: dict[str, ToleranceOverride] = {}
         for text in cli.output_tolerances:
             name, override = parse_output_tolerance(text)

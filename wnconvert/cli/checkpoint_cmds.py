@@ -22,6 +22,7 @@ from .common import (
     VerifyCliOptions,
     command_context,
 )
+from .parse import parse_dim
 
 PathArg = Annotated[
     Path,
@@ -88,20 +89,6 @@ def inspect(
             print_inspection(report)
 
 
-def _parse_dim(text: str) -> int | None:
-    from ..errors import InputError
-
-    if text.strip().lower() in ("none", "null"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise InputError(
-            f"--dim {text!r}: give an integer axis (0, 1, -1...) or 'none' for one norm over "
-            "the whole tensor"
-        ) from None
-
-
 @app.command(
     epilog=(
         "\b\nExamples:\n"
@@ -157,7 +144,7 @@ def decompose(
         from ..errors import InputError
         from ..formats import load_checkpoint
 
-        dim_value = _parse_dim(dim)
+        dim_value = parse_dim(dim)
         checkpoint = load_checkpoint(path, key=key)
         template = load_checkpoint(like).state_dict if like is not None else None
         try:

@@ -25,6 +25,7 @@ from .common import (
     emit_result,
     finish_verification,
 )
+from .parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs
 
 if TYPE_CHECKING:
     from ..export import InputSpec, PreparedModel
@@ -79,9 +80,9 @@ def fold_to_onnx_command(
     # Fail fast on outputs that exist, before the slow export.
     check_output(output, force=force, inputs=[path])
     check_report_paths(verify.reports, force=force, inputs=[path, output])
-    specs = [ex.parse_input_spec(text) for text in export.input_shapes]
-    dynamic = [ex.parse_dynamic_axis(text) for text in export.dynamic]
-    kwargs = ex.parse_model_kwargs(export.model_kwargs)
+    specs = [parse_input_spec(text) for text in export.input_shapes]
+    dynamic = [parse_dynamic_axis(text) for text in export.dynamic]
+    kwargs = parse_model_kwargs(export.model_kwargs)
     options = _verify_options(verify, export)
     if verify.verify:
         from ..verify import resolve_providers
@@ -336,7 +337,7 @@ def verify_command(*, candidate: Path, reference: Path, key: str | None, force: 
             report = verify_onnx_against_onnx(candidate, reference, options=options,
                                               progress=callback)
     else:
-        from ..export import parse_model_kwargs, prepare_program
+        from ..export import prepare_program
 
         if suffix == ".pt2":
             if export.model:

@@ -1,0 +1,102 @@
+"""Every flag string the command line accepts is parsed here, into the library's typed values.
+
+The library never sees ``1x80x200:fp16`` or ``mel:2=time``: it takes :class:`InputSpec`,
+:class:`DynamicAxis`, dicts and ints. Errors name the flag, since the user typed it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ..export import DynamicAxis, InputSpec
+
+#: Short dtype names accepted by ``--input`` (``mel=1x80x200:fp16``).
+DTYPE_ALIASES = {"float": "float32", "half": "float16", "double": "float64", "long": "int64",
+                 "int": "int64", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def parse_input_spec(text: str) -> InputSpec:
+    """``--input [NAME=]SHAPE[:DTYPE]``; SHAPE is sizes joined by ``x`` (``1x80x200``)."""
+    from ..export import DTYPES, InputSpec
+
+    name, eq, rest = text.partition("=")
+    if not eq:
+        name, rest = "", text
+    shape_text, _, dtype_text = rest.partition(":")
+    dtype = DTYPE_ALIASES.get(dtype_text.lower(), dtype_text.lower()) or "float32"
+    try:
+        shape = tuple(int(part) for part in shape_text.lower().split("x")) if shape_text else ()
+    except ValueError:
+        shape = (-1,)
+    if not shape or any(size < 0 for size in shape):
+        raise InputError(
+            f"--input {text!r}: expected [NAME=]SHAPE[:DTYPE] with sizes joined by 'x', e.g. "
+            "--input 1x80x200 or --input mel=1x80x200:float16"
+        )
+    if dtype not in DTYPES:
+        raise InputError(f"--input {text!r}: unknown dtype {dtype_text!r}; use one of "
+                         f"{', '.join(DTYPES)}")
+    try:
+        return InputSpec(shape, dtype, name.strip() or None, text)
+    except InputError as exc:
+        raise InputError(f"--{exc}") from None
+
+
+def parse_dynamic_axis(text: str) -> DynamicAxis:
+    """``--dynamic [INPUT:]AXIS[=NAME]`` (``2``, ``mel:2=time``, ``1:0=batch``)."""
+    from ..export import DynamicAxis
+
+    head, _, dim_name = text.partition("=")
+    input_text, colon, axis_text = head.rpartition(":")
+    if not colon:
+        input_text, axis_text = "", head
+    try:
+        axis = int(axis_text)
+        if axis < 0:
+            raise ValueError
+    except ValueError:
+        raise InputError(
+            f"--dynamic {text!r}: expected [INPUT:]AXIS[=NAME], e.g. --dynamic 2=time (axis 2 of "
+            "the first input) or --dynamic mel:2=time"
+        ) from None
+    dim_name = dim_name.strip() or None
+    if dim_name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", dim_name):
+        raise InputError(f"--dynamic {text!r}: NAME must be an identifier (letters, digits, _)")
+    source: int | str = 0
+    if input_text:
+        source = int(input_text) if input_text.isdigit() else input_text
+    return DynamicAxis(axis, source, dim_name, text)
+
+
+def parse_model_kwargs(text: str | None) -> dict[str, Any]:
+    """``--model-kwargs`` JSON object (``{"weight_norm": "none"}``)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) \
+            else "nested too deeply"
+        raise InputError(f"--model-kwargs: not valid JSON ({detail}); write an object like "
+                         "'{\"channels\": 512}'") from None
+    if not isinstance(value, dict):
+        raise InputError("--model-kwargs: must be a JSON object like '{\"channels\": 512}'")
+    return value
+
+
+def parse_dim(text: str) -> int | None:
+    """``--dim``: an integer axis, or ``none`` for one norm over the whole tensor."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(
+            f"--dim {text!r}: give an integer axis (0, 1, -1...) or 'none' for one norm over "
+            "the whole tensor"
+        ) from None

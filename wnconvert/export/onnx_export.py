@@ -1,0 +1,388 @@
+"""Export a module with no weight norm to ONNX (torch.export-based exporter, with the legacy
+TorchScript exporter as fallback), name its initializers after the parameters, and save it
+atomically (external data over 2 GB).
+
+Why fold before exporting: ``torch.onnx.export`` (dynamo) constant-folds small weight-norm chains
+into initializers named ``mul``/``mul_1`` and leaves ``ReduceL2 -> Div -> Mul`` chains computed at
+run time for large ones; the legacy exporter folds into ``onnx::Conv_123``. Exporting a plain
+module avoids both; names the exporter still loses are restored afterwards
+(:func:`wnconvert.export.names.restore_parameter_names`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import InputError, WeightNormWarning
+from .inputs import DynamicAxis, flatten_outputs, output_names
+from .names import WRAPPER_ATTR, find_runtime_weight_norm, restore_parameter_names
+from .torch_model import _few, forward_input_names
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+    import torch
+
+#: Opset 18 is the dynamo exporter's native opset (its op library is written for it) and is
+#: supported by ONNX Runtime >= 1.14 and TensorRT >= 8.6; ``opset`` overrides it.
+DEFAULT_OPSET = 18
+#: Protobuf cannot serialize a message over 2 GiB; keep a margin for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
+Exporter = Literal["auto", "dynamo", "legacy"]
+
+
+def _make_flat_wrapper(module: torch.nn.Module) -> torch.nn.Module:
+    from torch import nn
+
+    class FlatOutputs(nn.Module):
+        """Returns the wrapped module's outputs as a flat tuple (the exported output order)."""
+
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            setattr(self, WRAPPER_ATTR, inner)
+
+        def forward(self, *args: Any) -> tuple[Any, ...]:
+            return tuple(t for _, t in flatten_outputs(getattr(self, WRAPPER_ATTR)(*args)))
+
+    return FlatOutputs(module).eval()
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote and how."""
+
+    path: Path
+    exporter: str  # "dynamo" or "legacy"
+    opset: int
+    input_names: list[str]
+    input_shapes: dict[str, list[int | str]]  # sizes, or the symbol of a dynamic axis
+    output_names: list[str]
+    dynamic: dict[str, list[int]]  # input -> dynamic axes
+    renamed: dict[str, str]  # exporter's initializer name -> parameter name
+    untransposed: list[str]  # parameters restored from a pre-transposed initializer
+    derived: list[str]  # initializers that are not a single parameter (e.g. LSTM gate packing)
+    parameters_named: int
+    parameters_total: int
+    external_data: Path | None
+    size_bytes: int
+    runtime_weight_norm: list[str]  # nodes that still compute a norm of a weight (should be [])
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["path"] = str(self.path)
+        data["external_data"] = str(self.external_data) if self.external_data else None
+        return data
+
+
+class ExportFailed(Exception):
+    """The exporter itself failed (message is the exporter's first line)."""
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    args: Sequence[torch.Tensor],
+    *,
+    output: Path,
+    input_names: Sequence[str] | None = None,
+    dynamic: Sequence[DynamicAxis] = (),
+    opset: int | None = None,
+    exporter: Exporter = "auto",
+    parameters: Mapping[str, torch.Tensor] | None = None,
+    force: bool = False,
+) -> ExportResult:
+    """Export ``module`` (which must have no weight norm) to ``output`` atomically.
+
+    ``exporter="auto"`` uses ``torch.export`` (dynamo) and falls back to the legacy TorchScript
+    exporter when the model cannot be captured (data-dependent control flow), with a note.
+    ``parameters`` are the tensors whose names initializers get back (default: the module's
+    state dict). Over 2 GB of weights are saved as external data in ``<output>.data``.
+    """
+    import torch
+
+    from ..formats import check_output
+
+    opset = opset or DEFAULT_OPSET
+    external = output.with_name(output.name + ".data")
+    check_output(output, force=force)
+    args = tuple(args)
+    try:
+        with torch.inference_mode():
+            sample = module(*args)
+    except Exception as exc:  # noqa: BLE001 - the user's model may raise anything
+        shapes = ", ".join(f"{list(a.shape)} {str(a.dtype).removeprefix('torch.')}" for a in args)
+        raise InputError(f"the model fails on example inputs {shapes}: {type(exc).__name__}: "
+                         f"{_exporter_message(exc).partition(': ')[2]}; check --input") from None
+    flat = flatten_outputs(sample)
+    if not flat:
+        raise InputError("the model returns no tensors; nothing to export")
+    single = isinstance(sample, torch.Tensor)
+    export_module = module if single else _make_flat_wrapper(module)
+    input_names = list(input_names or forward_input_names(module, len(args)))
+    if len(input_names) != len(args):
+        raise InputError(f"{len(input_names)} input names ({', '.join(input_names)}) for "
+                         f"{len(args)} inputs; give one name per input")
+    out_names = output_names(flat, input_names)
+    dyn = _dynamic_by_input(dynamic, input_names, args)
+    parameters = dict(parameters if parameters is not None else module.state_dict())
+    notes: list[str] = []
+    model = None
+    used = exporter
+    if exporter in ("auto", "dynamo"):
+        try:
+            model = _export_dynamo(export_module, args, input_names=input_names,
+                                   output_names=out_names, dynamic=dyn, opset=opset,
+                                   single=single)
+            used = "dynamo"
+            problem = _fails_at_second_size(model, args, input_names, dyn) if dyn else None
+            if problem is not None:
+                if exporter == "dynamo":
+                    raise InputError(
+                        f"the torch.export-based exporter wrote a graph that fails when a "
+                        f"--dynamic axis changes size ({problem}); try --exporter legacy"
+                    )
+                raise ExportFailed(f"its graph fails when a --dynamic axis changes size: {problem}")
+        except ExportFailed as exc:
+            model = None
+            if exporter == "dynamo":
+                raise InputError(f"the torch.export-based exporter failed: {exc}; try the "
+                                 "legacy exporter") from None
+            notes.append(
+                f"the torch.export-based exporter failed ({exc}); used the legacy "
+                "TorchScript exporter, which traces the path the example inputs take through "
+                "Python control flow"
+            )
+    if model is None:
+        try:
+            model = _export_legacy(export_module, args, input_names=input_names,
+                                   output_names=out_names, dynamic=dyn, opset=opset)
+        except InputError as exc:
+            if not notes:
+                raise
+            # Both exporters failed: the first failure is usually the one to fix.
+            first = notes[0].split(" (", 1)[1].rsplit("); used the legacy", 1)[0]
+            raise InputError(f"the torch.export-based exporter failed ({first}); {exc}") from None
+        used = "legacy"
+    rename = restore_parameter_names(model, parameters)
+    leftover = find_runtime_weight_norm(model)
+    if leftover:
+        warnings.warn(
+            f"{output}: {len(leftover)} nodes still compute a norm of a weight at run time "
+            f"({_few(leftover)}); the model may normalize weights itself",
+            WeightNormWarning, stacklevel=2,
+        )
+    total = sum(_tensor_nbytes(v) for v in model.graph.initializers.values())
+    use_external = total > EXTERNAL_DATA_THRESHOLD
+    if use_external:
+        check_output(external, force=force)
+    _save_atomic(model, output, external if use_external else None)
+    size = output.stat().st_size + (external.stat().st_size if use_external else 0)
+    return ExportResult(
+        path=output, exporter=used, opset=opset, input_names=input_names,
+        input_shapes={
+            value.name or "": [d if isinstance(d, int) else str(d) for d in (value.shape or [])]
+            for value in model.graph.inputs
+        },
+        output_names=out_names,
+        dynamic={name: sorted(axes) for name, axes in dyn.items()},
+        renamed=rename.renamed, untransposed=rename.untransposed, derived=rename.derived,
+        parameters_named=rename.named, parameters_total=rename.total,
+        external_data=external if use_external else None, size_bytes=size,
+        runtime_weight_norm=leftover, notes=notes,
+    )
+
+
+def _fails_at_second_size(model: ir.Model, args: Sequence[torch.Tensor],
+                          input_names: Sequence[str],
+                          dyn: Mapping[str, Mapping[int, str]]) -> str | None:
+    """Run the exported graph once on ONNX Runtime with every dynamic axis doubled.
+
+    torch.export can mark an input axis dynamic yet bake its example size into a Reshape deep in
+    the graph (seen with nn.LSTM): the graph then fails at any other size. Returns ONNX
+    Runtime's complaint, or None when the graph runs. Models too large to serialize in memory
+    are not checked here (verification still runs at a second size).
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnx_ir import serde
+
+    total = sum(_tensor_nbytes(v) for v in model.graph.initializers.values())
+    if total > EXTERNAL_DATA_THRESHOLD or any(a.dtype == torch.bfloat16 for a in args):
+        return None  # too big for memory / no numpy feed for bfloat16: verification covers it
+    feeds = {}
+    for name, arg in zip(input_names, args, strict=True):
+        shape = [size * 2 if axis in dyn.get(name, {}) else size
+                 for axis, size in enumerate(arg.shape)]
+        array = arg.detach().cpu().numpy()
+        feeds[name] = np.resize(array, shape).astype(array.dtype)  # same values, repeated
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # wnconvert reports the failure itself
+    try:
+        session = ort.InferenceSession(serde.serialize_model(model).SerializeToString(),
+                                       sess_options=options, providers=["CPUExecutionProvider"])
+        session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - any ORT failure means the axis is not dynamic
+        return str(exc).splitlines()[0][:200]
+    return None
+
+
+def _dynamic_by_input(dynamic: Sequence[DynamicAxis], names: Sequence[str],
+                      args: Sequence[torch.Tensor]) -> dict[str, dict[int, str]]:
+    out: dict[str, dict[int, str]] = {}
+    for dyn in dynamic:
+        name = dyn.input_name(names)
+        rank = args[names.index(name)].dim()
+        if dyn.axis >= rank:
+            raise InputError(f"--dynamic {dyn.text}: input {name!r} has {rank} axes "
+                             f"(0..{rank - 1}); pick one of them")
+        out.setdefault(name, {})[dyn.axis] = dyn.symbol(names)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporters: their prints, log records and warnings.
+
+    Their chatter (progress lines, graph dumps of failed captures, missing torchvision ops)
+    would mix with results on stdout and bury wnconvert's one-line messages on stderr; what
+    matters from a failure is in the exception, which is reported.
+    """
+    import io
+
+    # torch configures levels per logger, so each torch logger is raised, not just the root.
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == "torch" or name.startswith(("torch.", "onnxscript"))]
+    loggers.append(logging.getLogger("torch"))
+    levels = [(logger, logger.level) for logger in loggers]
+    for logger, _ in levels:
+        logger.setLevel(logging.CRITICAL)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), \
+                contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in levels:
+            logger.setLevel(level)
+
+
+def _export_dynamo(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *,
+                   input_names: Sequence[str], output_names: Sequence[str],
+                   dynamic: Mapping[str, Mapping[int, str]], opset: int, single: bool) -> ir.Model:
+    import torch
+
+    dims: dict[str, Any] = {}
+    specs = []
+    for name in input_names:
+        axes = dynamic.get(name, {})
+        # One Dim object per symbolic name, so axes sharing a name must have equal sizes.
+        specs.append({axis: dims.setdefault(sym, torch.export.Dim(sym)) for axis, sym in
+                      axes.items()} or None)
+    dynamic_shapes: Any = None
+    if dynamic:
+        # The flat-output wrapper takes *args, which torch.export sees as one tuple argument.
+        dynamic_shapes = tuple(specs) if single else (tuple(specs),)
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                module, args, dynamo=True, verbose=False, opset_version=opset,
+                input_names=list(input_names), output_names=list(output_names),
+                dynamic_shapes=dynamic_shapes, optimize=True, report=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many error types
+        raise ExportFailed(_exporter_message(exc)) from None
+    if program is None:
+        raise ExportFailed("torch.onnx.export returned no program")
+    model = program.model
+    # When torch.export finds that the code specializes a dynamic axis, torch.onnx retries with
+    # the axis made constant (its "suggested fix"): a static graph the user did not ask for.
+    static = _specialized_axes(model, dynamic)
+    if static:
+        raise ExportFailed(f"torch.export made dynamic axes constant: {', '.join(static)}")
+    return model
+
+
+def _specialized_axes(model: ir.Model, dynamic: Mapping[str, Mapping[int, str]]) -> list[str]:
+    """Requested dynamic axes that are fixed sizes in the exported graph's inputs."""
+    found = []
+    for value in model.graph.inputs:
+        for axis, symbol in dynamic.get(value.name or "", {}).items():
+            dims = list(value.shape) if value.shape is not None else []
+            if axis < len(dims) and isinstance(dims[axis], int):
+                found.append(f"{value.name} axis {axis} ({symbol}) = {dims[axis]}")
+    return found
+
+
+def _exporter_message(exc: BaseException) -> str:
+    """The first lines of the innermost error, on one line (the exporters wrap the cause)."""
+    cause = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = " ".join(str(cause).split())
+    # torch.export appends links and generic advice after the specific part.
+    for marker in (" For more information", " The error above", " Refer to http"):
+        text = text.split(marker)[0]
+    return f"{type(cause).__name__}: {text[:400]}"
+
+
+def _export_legacy(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *,
+                   input_names: Sequence[str], output_names: Sequence[str],
+                   dynamic: Mapping[str, Mapping[int, str]], opset: int) -> ir.Model:
+    import onnx_ir as ir
+    import torch
+
+    dynamic_axes = {name: dict(axes) for name, axes in dynamic.items()} or None
+    with tempfile.TemporaryDirectory(prefix="wnconvert-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            with _quiet_exporter():
+                torch.onnx.export(
+                    module, args, str(path), dynamo=False, opset_version=opset,
+                    input_names=list(input_names), output_names=list(output_names),
+                    dynamic_axes=dynamic_axes, do_constant_folding=True,
+                )
+        except Exception as exc:  # noqa: BLE001 - the tracer raises many error types
+            raise InputError(f"the legacy ONNX exporter failed: {_exporter_message(exc)}"
+                             ) from None
+        model = ir.load(path)
+        # Read external tensors now: the temporary folder goes away.
+        for value in model.graph.initializers.values():
+            if value.const_value is not None:
+                value.const_value = ir.tensor(value.const_value.numpy(), name=value.name)
+    return model
+
+
+def _tensor_nbytes(value: ir.Value) -> int:
+    tensor = value.const_value
+    return int(getattr(tensor, "nbytes", 0) or 0) if tensor is not None else 0
+
+
+def _save_atomic(model: ir.Model, output: Path, external: Path | None) -> None:
+    """Write into a temp folder next to ``output``, then rename into place (data first)."""
+    import onnx_ir as ir
+
+    parent = output.parent if str(output.parent) else Path(".")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+    try:
+        target = tmp / output.name
+        if external is not None:
+            ir.save(model, target, external_data=external.name,
+                    size_threshold_bytes=1024)
+            os.replace(tmp / external.name, external)
+        else:
+            ir.save(model, target)
+        os.chmod(target, 0o644)
+        os.replace(target, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,299 @@
+"""The user's PyTorch model: build it from ``--model``, find, strip or apply its weight norm,
+load a checkpoint into it strictly, and prepare the reference and the plain module to export.
+
+Importing the model's module runs the user's code: that is what ``model=`` asks for. Everything
+the user's code raises or exits with is reported as an error naming the callable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError
+from .inputs import DynamicAxis
+
+if TYPE_CHECKING:
+    import torch
+
+@contextlib.contextmanager
+def _on_sys_path(folder: Path) -> Iterator[None]:
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """Import ``MODULE:CALLABLE`` (from the current folder or PYTHONPATH) or ``FILE.py:CALLABLE``.
+
+    Importing runs the user's code: that is what ``--model`` asks for.
+    """
+    target, colon, attr = spec.rpartition(":")
+    if not colon or not target or not attr:
+        raise InputError(f"--model {spec!r}: expected MODULE:CALLABLE or path/to/file.py:CALLABLE"
+                         " (e.g. fixtures/models.py:build_generator)")
+    is_file = target.endswith(".py") or "/" in target or os.sep in target
+    try:
+        if is_file:
+            path = Path(target)
+            if not path.is_file():
+                raise InputError(f"--model {spec!r}: {path} does not exist; check the path")
+            name = "_wnconvert_model_" + re.sub(r"\W", "_", str(path.resolve()))
+            module = sys.modules.get(name)
+            if module is None:
+                module_spec = importlib.util.spec_from_file_location(name, path)
+                if module_spec is None or module_spec.loader is None:
+                    raise InputError(f"--model {spec!r}: cannot import {path} as Python")
+                module = importlib.util.module_from_spec(module_spec)
+                # Registered before running so dataclasses/pickling inside it work; its folder is
+                # importable so it can import its sibling modules.
+                sys.modules[name] = module
+                try:
+                    with _on_sys_path(path.resolve().parent):
+                        module_spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[name]
+                    raise
+        else:
+            with _on_sys_path(Path.cwd()):
+                module = importlib.import_module(target)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code can raise anything while importing
+        raise InputError(f"--model {spec!r}: importing {target} failed: "
+                         f"{type(exc).__name__}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"--model {spec!r}: {target} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise InputError(f"--model {spec!r}: {attr} is not callable")
+    return obj
+
+
+def build_model(spec: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
+    """Call the ``--model`` callable; the result must be an ``nn.Module`` (put in eval mode)."""
+    from torch import nn
+
+    factory = load_callable(spec)
+    try:
+        # Deprecation chatter of the user's code (e.g. torch.nn.utils.weight_norm) is not
+        # wnconvert's to report, and must not become an error under -W error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            module = factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - user code can raise anything
+        raise InputError(f"--model {spec!r}: calling it with {dict(kwargs)} raised "
+                         f"{type(exc).__name__}: {exc}; check --model-kwargs") from None
+    if not isinstance(module, nn.Module):
+        raise InputError(f"--model {spec!r}: returned a {type(module).__name__}, not a "
+                         "torch.nn.Module")
+    return module.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Weight norm in modules and state dicts
+
+
+def has_weight_norm(module: torch.nn.Module) -> bool:
+    """True when any submodule has weight norm (parametrization or legacy hook)."""
+    return any(_weight_norm_sites(module))
+
+
+def _weight_norm_sites(module: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, str, str]]:
+    """(submodule, parameter name, 'parametrize'|'legacy') for every weight norm in ``module``."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for sub in module.modules():
+        if parametrize.is_parametrized(sub):
+            for name, plist in sub.parametrizations.items():
+                if any(type(p).__name__ == "_WeightNorm" for p in plist):
+                    yield sub, name, "parametrize"
+        for hook in sub._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm):
+                yield sub, hook.name, "legacy"
+
+
+def strip_weight_norm(module: torch.nn.Module) -> torch.nn.Module:
+    """Remove every weight norm from ``module`` in place (its weights are reloaded afterwards).
+
+    Other parametrizations (spectral norm, orthogonal...) are left alone.
+    """
+    from torch.nn.utils import parametrize, remove_weight_norm
+
+    for sub, name, style in list(_weight_norm_sites(module)):
+        if style == "parametrize":
+            # Weight norm has two originals, so only leave_parametrized=True is allowed.
+            parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
+        else:
+            remove_weight_norm(sub, name)
+    return module
+
+
+def match_state_dict(source: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor], *,
+                     source_name: str, model: str) -> dict[str, torch.Tensor]:
+    """Re-key ``source`` to ``template``'s keys (the module's own state dict).
+
+    Weight-norm pairs are renamed when both sides have them (the original ``g``/``v``, never
+    recomputed), folded when the template wants a plain weight and decomposed when it wants a
+    pair the source stores plain (:func:`wnconvert.convert.decompose_state_dict` with ``like``).
+    """
+    from ..convert import decompose_state_dict
+
+    if list(source) == list(template):
+        return dict(source)
+    try:
+        return decompose_state_dict(source, like=template)
+    except InputError as exc:
+        raise InputError(f"{source_name}: does not fit --model {model}: {exc}; check --key "
+                         "and --model-kwargs") from None
+
+
+def fold_all(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every weight-norm pair (both styles) replaced by its exactly folded weight."""
+    from ..convert import fold_state_dict
+
+    return fold_state_dict(state_dict)
+
+
+def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
+                source: str, model: str) -> None:
+    """``load_state_dict(strict=True)`` after matching keys, with a one-line error."""
+    matched = match_state_dict(state_dict, module.state_dict(), source_name=source, model=model)
+    try:
+        module.load_state_dict(matched, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise InputError(f"{source}: does not fit --model {model}: {detail[:400]}; check "
+                         "--model-kwargs") from None
+
+
+def _few(keys: Sequence[str], n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... {len(keys) - n} more" if len(keys) > n else "")
+
+
+# --------------------------------------------------------------------------------------------
+# Prepared models: the reference and the plain module to export
+
+
+@dataclass
+class PreparedModel:
+    """What export and verification need from a model source."""
+
+    reference: torch.nn.Module  # as the user built it (weight norm computed at run time if any)
+    plain: torch.nn.Module  # no weight norm; weights are the exact fold
+    weights: dict[str, torch.Tensor]  # the reference's state dict (for weight comparison)
+    input_names: list[str]
+    description: dict[str, Any]
+    example_inputs: list[torch.Tensor] | None = None  # from a .pt2 program
+    dynamic_axes: tuple[DynamicAxis, ...] = ()  # from a .pt2 program
+    notes: list[str] = field(default_factory=list)
+
+
+def forward_input_names(module: torch.nn.Module, count: int) -> list[str]:
+    """Names of the first ``count`` positional parameters of ``module.forward``."""
+    names: list[str] = []
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    for param in params:
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            names.append(param.name)
+        elif param.kind == param.VAR_POSITIONAL:
+            break
+    names = names[:count]
+    names += [f"input_{i}" for i in range(len(names), count)]
+    return names
+
+
+def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
+                  model_kwargs: Mapping[str, Any], source: str,
+                  need_plain: bool = True) -> PreparedModel:
+    """Build the reference and the plain module from ``--model`` and a loaded state dict.
+
+    The reference computes weight norm at run time from the checkpoint's own ``g``/``v``: as
+    built when the module has weight norm, otherwise with weight norm applied (parametrize API)
+    where the checkpoint has pairs, so the reference never depends on wnconvert's fold.
+    ``need_plain=False`` (verification only) skips building the module to export.
+    """
+    if model.endswith(".pt2"):
+        from .program import prepare_program
+
+        return prepare_program(Path(model), state_dict=state_dict, source=source)
+    from ..keys import find_pair_keys
+
+    notes: list[str] = []
+    reference = build_model(model, model_kwargs)
+    plain: torch.nn.Module | None = None
+    applied = 0
+    if not has_weight_norm(reference) and find_pair_keys(state_dict):
+        if need_plain:
+            plain = reference  # loads the folded weights below
+            load_strict(plain, state_dict, source=source, model=model)
+            reference = build_model(model, model_kwargs)
+        applied = apply_weight_norm_like(reference, state_dict)
+        notes.append(f"reference: the model with weight norm applied to the {applied} weights "
+                     "the checkpoint stores as g/v pairs")
+    load_strict(reference, state_dict, source=source, model=model)
+    weights = dict(reference.state_dict())
+    if plain is None:
+        if need_plain and has_weight_norm(reference):
+            # A second instance, not a deepcopy: removing weight norm on a deepcopy of a
+            # parametrized module breaks the original's parametrization.
+            plain = strip_weight_norm(build_model(model, model_kwargs))
+            load_strict(plain, fold_all(weights), source=source, model=model)
+            notes.append("weight norm removed from the exported module; weights folded in "
+                         "float64")
+        else:
+            plain = reference
+    description = {"model": model, "model_kwargs": dict(model_kwargs), "checkpoint": source,
+                   "weight_norm": "applied" if applied else (
+                       "as built" if has_weight_norm(reference) else "none")}
+    return PreparedModel(reference, plain, weights, [], description, notes=notes)
+
+
+def apply_weight_norm_like(module: torch.nn.Module,
+                           state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Apply parametrize weight norm where ``state_dict`` has g/v pairs (dim from g's shape).
+
+    Pairs whose module or parameter does not exist are left for the strict load to report.
+    """
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from ..keys import find_pair_keys
+    from ..numerics import check_pair_shapes
+
+    count = 0
+    for pair in find_pair_keys(state_dict):
+        try:
+            sub = module.get_submodule(pair.module)
+        except AttributeError:
+            continue
+        if pair.param not in sub._parameters:
+            continue
+        g, v = state_dict[pair.g_key], state_dict[pair.v_key]
+        dim = check_pair_shapes(pair.weight_key, tuple(g.shape), tuple(v.shape))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. RNN weights "not part of a single block"
+            weight_norm(sub, name=pair.param, dim=dim)
+        count += 1
+    return count
