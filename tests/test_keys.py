@@ -134,3 +134,17 @@ def test_restyle_key_map_gives_the_other_apis_keys(source_api):
 def test_pair_keys_is_a_value_object():
     assert pair_keys("a.weight", "legacy") == PairKeys("a.weight", "a.weight_g", "a.weight_v",
                                                        "legacy")
+
+
+def test_detect_key_prefix_strips_or_adds_a_wrapper_prefix():
+    from wnconvert.keys import detect_key_prefix
+
+    ref = ["conv_pre.weight", "conv_pre.bias", "ups.0.weight"]
+    cand = ["m.conv_pre.weight", "m.conv_pre.bias", "m.ups.0.weight", "onnx::Conv_12"]
+    assert detect_key_prefix(cand, ref) == ("m.", "")
+    assert detect_key_prefix(ref, ["model." + k for k in ref]) == ("", "model.")
+    assert detect_key_prefix(["module.a.w", "module.b.w"], ["model.a.w", "model.b.w"]) == (
+        "module.", "model.")
+    assert detect_key_prefix(ref, ref) is None  # names already match
+    assert detect_key_prefix(["x.y"], ["a.b"]) is None  # no prefix change helps
+    assert detect_key_prefix([], ref) is None

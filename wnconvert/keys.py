@@ -111,3 +111,41 @@ def restyle_key_map(pairs: Iterable[PairKeys], style: Style) -> dict[str, str]:
         mapping[pair.g_key] = target.g_key
         mapping[pair.v_key] = target.v_key
     return mapping
+
+
+def detect_key_prefix(candidate_names: Iterable[str],
+                      reference_names: Iterable[str]) -> tuple[str, str] | None:
+    """The ``(strip, add)`` prefix change that makes the most candidate names match reference
+    names, or None when names match best as they are.
+
+    A candidate name ``strip + rest`` matches reference ``add + rest``. Wrappers add or drop a
+    common module prefix (``m.``, ``model.``, ``module.`` from DataParallel), so only prefixes
+    of one or two dotted components shared by at least half of one side's names are tried.
+    """
+    cands, refs = list(dict.fromkeys(candidate_names)), set(reference_names)
+    if not cands or not refs:
+        return None
+
+    def common_prefixes(names: Iterable[str], total: int) -> list[str]:
+        counts: dict[str, int] = {}
+        for name in names:
+            parts = name.split(".")
+            for depth in (1, 2):
+                if len(parts) > depth:
+                    prefix = ".".join(parts[:depth]) + "."
+                    counts[prefix] = counts.get(prefix, 0) + 1
+        return [""] + sorted(p for p, n in counts.items() if 2 * n >= total)
+
+    def matches(strip: str, add: str) -> int:
+        return sum(1 for name in cands
+                   if name.startswith(strip) and add + name[len(strip):] in refs)
+
+    best, best_count = ("", ""), matches("", "")
+    for strip in common_prefixes(cands, len(cands)):
+        for add in common_prefixes(refs, len(refs)):
+            if strip == add:
+                continue
+            count = matches(strip, add)
+            if count > best_count:
+                best, best_count = (strip, add), count
+    return None if best == ("", "") else best

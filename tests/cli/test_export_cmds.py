@@ -33,6 +33,15 @@ def run(*args: object) -> Result:
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def assert_usage_error(result: Result, *mentions: str) -> None:
+    """typer's own refusal of a bad option value: exit 2, nothing on stdout, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+    for mention in mentions:
+        assert mention in result.stderr, result.stderr
+
+
 @pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
     # --model fixtures/models.py:... is relative to the repository, as in the README.
@@ -220,7 +229,8 @@ def test_verify_input_errors(exported: dict[str, Path], tmp_path: Path,
     ckpt = FIXTURES / "tiny_hifigan_parametrize.pt"
     assert_input_error(run("verify", exported["onnx"], "--reference", ckpt), "--model")
     assert_input_error(run("verify", tmp_path / "none.onnx", "--reference", ckpt), "none.onnx")
-    assert_input_error(run("verify", exported["onnx"], "--reference", ckpt, "--model", MODEL,
+    # An unknown choice is refused by the typed option itself (a usage error, exit 2).
+    assert_usage_error(run("verify", exported["onnx"], "--reference", ckpt, "--model", MODEL,
                            "--weights", "maybe"), "--weights")
     assert_input_error(run("verify", exported["onnx"], "--reference", exported["onnx"],
                            "--tol", "output"), "--tol")

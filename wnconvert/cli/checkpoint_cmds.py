@@ -22,6 +22,19 @@ from .common import (
     VerifyCliOptions,
     command_context,
 )
+from .options import (
+    AtolOpt,
+    ProviderOpt,
+    ReportOpt,
+    RtolOpt,
+    RunsOpt,
+    SeedOpt,
+    Tf32Opt,
+    TolOpt,
+    VerifyFlagOpt,
+    WeightsChoice,
+    WeightsOpt,
+)
 from .parse import parse_dim
 
 PathArg = Annotated[
@@ -255,78 +268,17 @@ def fold(
             "cannot be captured), dynamo or legacy.",
         ),
     ] = "auto",
-    # --- verification (--to onnx, and .onnx inputs) ---
-    verify: Annotated[
-        bool,
-        typer.Option(
-            "--verify/--no-verify",
-            help="[verify] Check the result on ONNX Runtime.",
-        ),
-    ] = True,
-    provider: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--provider",
-            help="[verify] ONNX Runtime provider to check on: cpu, cuda, ... "
-            "(repeatable; default cpu, plus cuda when available).",
-        ),
-    ] = None,
-    seed: Annotated[
-        int,
-        typer.Option("--seed", help="[verify] Seed of the random inputs."),
-    ] = 0,
-    runs: Annotated[
-        int,
-        typer.Option("--runs", help="[verify] Number of random input draws."),
-    ] = 1,
-    atol: Annotated[
-        float | None,
-        typer.Option(
-            "--atol",
-            help="[verify] Absolute tolerance (default by dtype; 1e-5 for float32).",
-        ),
-    ] = None,
-    rtol: Annotated[
-        float | None,
-        typer.Option(
-            "--rtol",
-            help="[verify] Relative tolerance (default by dtype; 1e-4 for float32).",
-        ),
-    ] = None,
-    output_tol: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--tol",
-            help="[verify] Per-output tolerance NAME=ATOL[:RTOL] (repeatable).",
-        ),
-    ] = None,
-    weights: Annotated[
-        str,
-        typer.Option(
-            "--weights",
-            help=(
-                "[verify] Compare weights by name (checkpoint vs ONNX initializers): fail, "
-                "report or off."
-            ),
-        ),
-    ] = "fail",
-    tf32: Annotated[
-        bool,
-        typer.Option(
-            "--tf32",
-            help=(
-                "[verify] Allow TF32 on the CUDA provider (off by default so float32 results "
-                "compare)."
-            ),
-        ),
-    ] = False,
-    report: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--report",
-            help="[verify] Write the verification report: .json or .xml (JUnit); repeatable.",
-        ),
-    ] = None,
+    # --- verification (--to onnx, and .onnx inputs): declared once in .options ---
+    verify: VerifyFlagOpt = True,
+    provider: ProviderOpt = None,
+    seed: SeedOpt = 0,
+    runs: RunsOpt = 1,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    output_tol: TolOpt = None,
+    weights: WeightsOpt = WeightsChoice.fail,
+    tf32: Tf32Opt = False,
+    report: ReportOpt = None,
 ) -> None:
     """Fold every weight-norm pair into plain weights (w = g·v/‖v‖, float64, rounded once).
 
@@ -346,6 +298,7 @@ def fold(
             reports=list(report or []),
             weights=weights,
             cuda_tf32=tf32,
+            debug=debug,
         )
         export_opts = ExportCliOptions(
             model=model,

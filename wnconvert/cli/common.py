@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .. import render
-from ..errors import CheckFailed, InputNotFound, WeightNormWarning, WnConvertError
+from ..errors import CheckFailed, InputError, InputNotFound, WeightNormWarning, WnConvertError
+from .options import MAX_RUNS, WeightsChoice
 
 if TYPE_CHECKING:
-    from ..verify import VerificationReport
+    from ..export import DynamicAxis, InputSpec
+    from ..verify import VerificationReport, VerifyOptions
 
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
 QuietOpt = Annotated[
@@ -44,7 +46,8 @@ KeyOpt = Annotated[
 
 @dataclass
 class VerifyCliOptions:
-    """Raw verification options as typed on the command line (parsed by the verify layer)."""
+    """Verification options as typed on the command line; :func:`build_verify_options` turns
+    them (with the input options) into the library's :class:`~wnconvert.verify.VerifyOptions`."""
 
     verify: bool = True
     providers: list[str] = field(default_factory=list)
@@ -54,8 +57,44 @@ class VerifyCliOptions:
     rtol: float | None = None
     output_tolerances: list[str] = field(default_factory=list)  # NAME=ATOL[:RTOL]
     reports: list[Path] = field(default_factory=list)  # .json or .xml
-    weights: str = "fail"  # fail | report | off: compare weights by name
-    cuda_tf32: bool = False  # allow TF32 on CUDA (off by default so float32 compares)
+    weights: WeightsChoice | str = WeightsChoice.fail
+    cuda_tf32: bool = False  # allow TF32 on CUDA/TensorRT (off so float32 compares)
+    debug: bool = False  # let ONNX Runtime's logger speak
+
+
+def build_verify_options(cli: VerifyCliOptions, *, input_specs: Sequence[InputSpec] = (),
+                         inputs_file: Path | None = None,
+                         dynamic_axes: Sequence[DynamicAxis] = ()) -> VerifyOptions:
+    """The library's typed options from the command line's (InputError names the flag)."""
+    from ..verify import VerifyOptions
+    from .parse import parse_output_tolerances, parse_tolerance_flag
+
+    try:
+        weights = WeightsChoice(cli.weights).value
+    except ValueError:
+        raise InputError(f"--weights {cli.weights}: use one of "
+                         f"{', '.join(c.value for c in WeightsChoice)}") from None
+    if cli.seed < 0:
+        raise InputError(f"--seed {cli.seed}: must be a non-negative integer")
+    if not 1 <= cli.runs <= MAX_RUNS:
+        raise InputError(f"--runs {cli.runs}: must be between 1 and {MAX_RUNS}")
+    if inputs_file is not None and inputs_file.suffix.lower() != ".npz":
+        raise InputError(f"--inputs {inputs_file}: expected an .npz archive (numpy.savez(path, "
+                         "name=array, ...)), one array per model input")
+    return VerifyOptions(
+        providers=tuple(cli.providers),
+        seed=cli.seed,
+        runs=cli.runs,
+        atol=parse_tolerance_flag("--atol", cli.atol),
+        rtol=parse_tolerance_flag("--rtol", cli.rtol),
+        output_tolerances=parse_output_tolerances(cli.output_tolerances),
+        input_specs=tuple(input_specs),
+        inputs_file=inputs_file,
+        dynamic_axes=tuple(dynamic_axes),
+        cuda_tf32=cli.cuda_tf32,
+        weights=weights,  # type: ignore[arg-type]
+        ort_logging=cli.debug,
+    )
 
 
 @dataclass
@@ -134,7 +173,11 @@ def emit_result(
     print_summary: Callable[[], None] | None = None,
 ) -> None:
     """Results on stdout: ``data`` plus the verification as JSON with --json, else the summary
-    and the verification tables (nothing with --quiet)."""
+    and the verification tables (nothing with --quiet). What weakens the verdict (a tolerance
+    too loose for the output, what ONNX Runtime printed) goes to stderr as warnings."""
+    if report is not None:
+        for line in report.warnings():
+            render.warning(line)
     if json_out:
         render.print_json({
             **data,
@@ -168,7 +211,7 @@ def finish_verification(
     if report is None:
         return
     from ..render.verify import print_reports_written
-    from ..report import write_reports
+    from ..verify.report import write_reports
 
     written = write_reports(report, reports, force=force)
     if not quiet and not json_out:

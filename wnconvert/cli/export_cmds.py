@@ -21,9 +21,22 @@ from .common import (
     KeyOpt,
     QuietOpt,
     VerifyCliOptions,
+    build_verify_options,
     command_context,
     emit_result,
     finish_verification,
+)
+from .options import (
+    AtolOpt,
+    ProviderOpt,
+    ReportOpt,
+    RtolOpt,
+    RunsOpt,
+    SeedOpt,
+    Tf32Opt,
+    TolOpt,
+    WeightsChoice,
+    WeightsOpt,
 )
 from .parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs
 
@@ -59,7 +72,7 @@ def fold_to_onnx_command(
     """
     from .. import export as ex
     from ..formats import check_output
-    from ..report import check_report_paths
+    from ..verify.report import check_report_paths
 
     is_program = path.suffix.lower() == ".pt2"
     if not path.exists():
@@ -83,11 +96,14 @@ def fold_to_onnx_command(
     specs = [parse_input_spec(text) for text in export.input_shapes]
     dynamic = [parse_dynamic_axis(text) for text in export.dynamic]
     kwargs = parse_model_kwargs(export.model_kwargs)
-    options = _verify_options(verify, export)
+    options = build_verify_options(verify, input_specs=specs, inputs_file=export.inputs_file,
+                                   dynamic_axes=dynamic)
     if verify.verify:
-        from ..verify import resolve_providers
+        from ..verify import plan_providers
 
-        resolve_providers(options.providers)  # an unavailable provider fails before the export
+        # The same probe verification uses: a provider that cannot start here fails (exit 2)
+        # before the export writes anything.
+        plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
 
     _status(f"loading {path}", quiet=quiet)
     if is_program:
@@ -117,19 +133,6 @@ def fold_to_onnx_command(
         report = _run_verification(output, prepared, options, quiet=quiet)
     _emit(json_out, quiet, export_result=result, report=report)
     finish_verification(report, verify.reports, force=force, quiet=quiet, json_out=json_out)
-
-
-def _verify_options(verify: VerifyCliOptions, export: ExportCliOptions | None) -> VerifyOptions:
-    from ..verify import VerifyOptions
-
-    return VerifyOptions.from_cli(
-        verify,
-        input_shapes=export.input_shapes if export else (),
-        inputs_file=export.inputs_file if export else None,
-        dynamic=export.dynamic if export else (),
-        weights=getattr(verify, "weights", "fail"),
-        cuda_tf32=bool(getattr(verify, "cuda_tf32", False)),
-    )
 
 
 def _with_specs(options: VerifyOptions, args: list[Any], names: list[str]) -> VerifyOptions:
@@ -248,41 +251,15 @@ def verify(
         typer.Option("--dynamic", help="[INPUT:]AXIS[=NAME] to also check at a second size "
                      "(symbolic axes of the model are checked automatically)."),
     ] = None,
-    provider: Annotated[
-        list[str] | None,
-        typer.Option("--provider", help="cpu, cuda, tensorrt, ... (repeatable; default cpu, "
-                     "plus cuda when usable)."),
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
-    runs: Annotated[int, typer.Option("--runs", help="Number of random input draws.")] = 1,
-    atol: Annotated[
-        float | None,
-        typer.Option("--atol", help="Absolute tolerance for every output (default by dtype: "
-                     "1e-5 float32, 1e-3 float16, 1e-2 bfloat16)."),
-    ] = None,
-    rtol: Annotated[
-        float | None,
-        typer.Option("--rtol", help="Relative tolerance (default by dtype: 1e-4 float32, 1e-2 "
-                     "float16, 5e-2 bfloat16)."),
-    ] = None,
-    output_tol: Annotated[
-        list[str] | None,
-        typer.Option("--tol", help="Per-output tolerance NAME=ATOL[:RTOL] (repeatable)."),
-    ] = None,
-    weights: Annotated[
-        str,
-        typer.Option("--weights", help="Compare weights by name: fail (a difference fails the "
-                     "check), report (only report it) or off."),
-    ] = "fail",
-    tf32: Annotated[
-        bool,
-        typer.Option("--tf32/--no-tf32", help="Let ONNX Runtime CUDA use TF32 (off by default "
-                     "so float32 results are comparable)."),
-    ] = False,
-    report: Annotated[
-        list[Path] | None,
-        typer.Option("--report", help="Write the report: .json or .xml (JUnit); repeatable."),
-    ] = None,
+    provider: ProviderOpt = None,
+    seed: SeedOpt = 0,
+    runs: RunsOpt = 1,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    output_tol: TolOpt = None,
+    weights: WeightsOpt = WeightsChoice.fail,
+    tf32: Tf32Opt = False,
+    report: ReportOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -294,28 +271,24 @@ def verify(
     NaN/Inf must agree. Exit 0 when everything passes, 1 when any check fails, 2 on bad input.
     """
     with command_context(debug=debug, quiet=quiet):
-        if weights not in ("fail", "report", "off"):
-            raise InputError(f"--weights {weights}: use fail, report or off")
         cli = VerifyCliOptions(
             verify=True, providers=list(provider or []), seed=seed, runs=runs, atol=atol,
             rtol=rtol, output_tolerances=list(output_tol or []), reports=list(report or []),
+            weights=weights, cuda_tf32=tf32, debug=debug,
         )
         export = ExportCliOptions(model=model, model_kwargs=model_kwargs,
                                   input_shapes=list(input_shapes or []), inputs_file=inputs_file,
                                   dynamic=list(dynamic or []))
         verify_command(candidate=model_path, reference=reference, key=key, force=force,
-                       quiet=quiet, json_out=json_out, export=export, verify=cli,
-                       weights=weights, tf32=tf32)
+                       quiet=quiet, json_out=json_out, export=export, verify=cli)
 
 
 def verify_command(*, candidate: Path, reference: Path, key: str | None, force: bool,
                    quiet: bool, json_out: bool, export: ExportCliOptions,
-                   verify: VerifyCliOptions, weights: str = "fail", tf32: bool = False) -> None:
+                   verify: VerifyCliOptions) -> None:
     """The body of ``wnconvert verify`` (raises InputError / CheckFailed)."""
-    import dataclasses
-
-    from ..report import check_report_paths
-    from ..verify import resolve_providers, verify_onnx_against_onnx, verify_onnx_against_torch
+    from ..verify import plan_providers, verify_onnx_against_onnx, verify_onnx_against_torch
+    from ..verify.report import check_report_paths
 
     for path in (candidate, reference):
         if not path.exists():
@@ -325,9 +298,11 @@ def verify_command(*, candidate: Path, reference: Path, key: str | None, force: 
     if export.input_shapes and export.inputs_file is not None:
         raise InputError("--input and --inputs both given; use one of them")
     check_report_paths(verify.reports, force=force, inputs=[candidate, reference])
-    options = _verify_options(verify, export)
-    options = dataclasses.replace(options, weights=weights, cuda_tf32=tf32)  # type: ignore[arg-type]
-    resolve_providers(options.providers)  # fail before loading anything
+    options = build_verify_options(
+        verify, input_specs=[parse_input_spec(text) for text in export.input_shapes],
+        inputs_file=export.inputs_file,
+        dynamic_axes=[parse_dynamic_axis(text) for text in export.dynamic])
+    plan_providers(options.providers, cuda_tf32=options.cuda_tf32)  # fail before loading
     suffix = reference.suffix.lower()
     if suffix == ".onnx":
         if export.model or key:

@@ -21,6 +21,7 @@ from .common import (
     JsonOpt,
     QuietOpt,
     VerifyCliOptions,
+    build_verify_options,
     command_context,
     emit_result,
     finish_verification,
@@ -29,7 +30,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..onnx_graph import FoldOutcome
-    from ..verify import VerificationReport
+    from ..verify import VerificationReport, VerifyOptions
 
 
 def fold_onnx_command(
@@ -48,7 +49,7 @@ def fold_onnx_command(
     (exit 1) leaves nothing written.
     """
     from ..onnx_graph import FoldJob, default_output
-    from ..report import check_report_paths
+    from ..verify.report import check_report_paths
 
     require_exists(path)
     target = output if output is not None else default_output(path)
@@ -57,7 +58,13 @@ def fold_onnx_command(
     if verify.reports and not verify.verify:
         raise InputError("--report needs verification; drop --no-verify or --report")
     check_report_paths(verify.reports, force=force, inputs=[path, target])
-    options = _verify_options(verify) if verify.verify else None  # bad options fail fast
+    # Every verification option (--tf32, --weights, tolerances...) reaches the check; bad
+    # options and a provider that cannot start here fail before anything is written.
+    options = build_verify_options(verify) if verify.verify else None
+    if options is not None:
+        from ..verify import plan_providers
+
+        plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
 
     started = time.perf_counter()
     with FoldJob(path, target, force=force) as job:
@@ -92,13 +99,7 @@ def _nothing_to_fold(path: Path, skipped: list[Any]) -> str:
             f"(wnconvert inspect {path} lists what it has)")
 
 
-def _verify_options(verify: VerifyCliOptions) -> Any:
-    from ..verify import VerifyOptions
-
-    return VerifyOptions.from_cli(verify)
-
-
-def _verify(staged: Path, reference: Path, options: Any, *, final: Path,
+def _verify(staged: Path, reference: Path, options: VerifyOptions, *, final: Path,
             quiet: bool) -> VerificationReport:
     from ..verify import verify_onnx_against_onnx
 

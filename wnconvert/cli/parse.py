@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 
 if TYPE_CHECKING:
     from ..export import DynamicAxis, InputSpec
+    from ..verify.tolerance import ToleranceOverride
 
 #: Short dtype names accepted by ``--input`` (``mel=1x80x200:fp16``).
 DTYPE_ALIASES = {"float": "float32", "half": "float16", "double": "float64", "long": "int64",
@@ -100,3 +102,47 @@ def parse_dim(text: str) -> int | None:
             f"--dim {text!r}: give an integer axis (0, 1, -1...) or 'none' for one norm over "
             "the whole tensor"
         ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Verification flags (--atol, --rtol, --tol)
+
+
+def parse_tolerance_flag(flag: str, value: float | None) -> float | None:
+    """``--atol``/``--rtol``: a finite, non-negative number (inf or NaN would make the check
+    pass whatever the result; a negative one could never pass)."""
+    import math
+
+    if value is None:
+        return None
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"{flag} {value}: must be a finite, non-negative number (an infinite "
+                         "or NaN tolerance makes the check pass whatever the result)")
+    return value
+
+
+def parse_output_tolerance(text: str) -> tuple[str, ToleranceOverride]:
+    """``--tol NAME=ATOL[:RTOL]`` (e.g. ``logits=1e-4:1e-3``); finite, non-negative values."""
+    import math
+
+    from ..verify.tolerance import ToleranceOverride
+
+    name, eq, values = text.rpartition("=")
+    atol_text, _, rtol_text = values.partition(":")
+    try:
+        if not eq or not name:
+            raise ValueError
+        atol = float(atol_text)
+        rtol = float(rtol_text) if rtol_text else None
+    except ValueError:
+        raise InputError(
+            f"--tol {text!r}: expected NAME=ATOL or NAME=ATOL:RTOL (e.g. output=1e-4:1e-3)"
+        ) from None
+    if any(v is not None and not (math.isfinite(v) and v >= 0) for v in (atol, rtol)):
+        raise InputError(f"--tol {text!r}: tolerances must be finite, non-negative numbers")
+    return name, ToleranceOverride(atol, rtol)
+
+
+def parse_output_tolerances(texts: Sequence[str]) -> dict[str, ToleranceOverride]:
+    """Every ``--tol``; the last one given for an output wins."""
+    return dict(parse_output_tolerance(text) for text in texts)

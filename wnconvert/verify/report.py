@@ -1,4 +1,4 @@
-"""Verification reports for CI: JSON (schema ``wnconvert.verify/1``) and JUnit XML.
+"""Verification reports: the JSON document (schema ``wnconvert.verify/1``) and JUnit XML.
 
 The file type follows the suffix: ``.json`` or ``.xml``. Every path is checked before anything
 is written (an existing file needs ``force``), and each file is written atomically.
@@ -10,12 +10,139 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from .errors import InputError
-from .formats.atomic import atomic_file, check_output
-from .verify import VerificationReport, describe
+from .._version import __version__
+from ..errors import InputError
+from ..formats.atomic import atomic_file, check_output
+from .compare import ArrayComparison, describe, json_number
+from .results import OutputResult, ProviderResult, VerificationReport, WeightsReport
+from .tolerance import REPORT_SCHEMA
 
 REPORT_SUFFIXES = (".json", ".xml")
+
+
+def report_dict(report: VerificationReport) -> dict[str, Any]:
+    """The JSON report of ``report`` (strict JSON: non-finite numbers are null)."""
+    return {
+        "schema": REPORT_SCHEMA,
+        "passed": report.passed,
+        "tool": {"name": "wnconvert", "version": __version__},
+        "rule": report.rule,
+        "candidate": report.candidate,
+        "reference": report.reference,
+        "output_matching": report.output_matching,
+        "cases": [
+            {
+                "label": case.label,
+                "source": case.source,
+                "seed": list(case.seed) if case.seed is not None else None,
+                "inputs": {
+                    name: {"shape": list(shape), "dtype": dtype}
+                    for name, (shape, dtype) in case.inputs.items()
+                },
+            }
+            for case in report.cases
+        ],
+        "providers": [_provider_dict(p) for p in report.providers],
+        "skipped_providers": [{"name": name, "reason": why} for name, why in report.skipped],
+        "weights": _weights_dict(report.weights) if report.weights is not None else None,
+        "notes": list(report.notes),
+        "warnings": report.warnings(),
+        "failures": report.failures(),
+    }
+
+def _comparison_dict(comp: ArrayComparison) -> dict[str, Any]:
+    return {
+        "shape": list(comp.shape),
+        "dtype": comp.dtype,
+        "reference_shape": list(comp.reference_shape),
+        "reference_dtype": comp.reference_dtype,
+        "max_abs": json_number(comp.max_abs),
+        "max_rel": json_number(comp.max_rel),
+        "mean_abs": json_number(comp.mean_abs),
+        "min_atol": json_number(comp.min_atol),
+        "mismatched": comp.mismatched,
+        "nonfinite_mismatch": comp.nonfinite_mismatch,
+        "size": comp.size,
+        "worst_index": list(comp.worst_index) if comp.worst_index is not None else None,
+        "message": comp.message,
+        "reference_max_abs": json_number(comp.ref_max_abs),
+        "passed": comp.passed,
+    }
+
+
+def _output_dict(out: OutputResult) -> dict[str, Any]:
+    first = out.first
+    return {
+        "name": out.name,
+        "reference_name": out.reference_name,
+        "passed": out.passed,
+        "shape": list(first.shape),
+        "dtype": first.dtype,
+        "atol": first.atol,
+        "rtol": first.rtol,
+        "max_abs": json_number(out.max_abs),
+        "max_rel": json_number(out.max_rel),
+        "mean_abs": json_number(out.mean_abs),
+        "min_atol": json_number(out.min_atol),
+        "mismatched": out.mismatched,
+        "failure": None if out.passed else describe(out.worst_case[1]),
+        "reference_max_abs": json_number(out.ref_max_abs),
+        "warning": out.weak_tolerance(),
+        "cases": [{"case": label, **_comparison_dict(comp)} for label, comp in out.cases],
+    }
+
+
+def _provider_dict(provider: ProviderResult) -> dict[str, Any]:
+    return {
+        "name": provider.name,
+        "passed": provider.passed,
+        "options": dict(provider.options),
+        "chain": list(provider.chain),
+        "tf32": provider.tf32,
+        "notes": list(provider.notes),
+        "messages": list(provider.messages),
+        "error": provider.error,
+        "outputs": [_output_dict(out) for out in provider.outputs],
+    }
+
+
+def _weights_dict(weights: WeightsReport) -> dict[str, Any]:
+    worst = weights.worst
+    return {
+        "mode": weights.mode,
+        "passed": weights.passed,
+        "compared": len(weights.compared),
+        "nothing_matched": weights.nothing_matched,
+        "prefix": None if weights.prefix is None
+        else {"strip": weights.prefix[0], "add": weights.prefix[1]},
+        "matched_by_value": [{"candidate": c, "reference": r}
+                             for c, r in weights.matched_by_value],
+        "failed": [w.name for w in weights.failed],
+        "worst": None
+        if worst is None
+        else {"name": worst.name, "max_abs": json_number(worst.max_abs),
+              "max_rel": json_number(worst.max_rel)},
+        "tensors": [
+            {
+                "name": w.name,
+                "shape": list(w.shape),
+                "dtype": w.dtype,
+                "max_abs": json_number(w.max_abs),
+                "max_rel": json_number(w.max_rel),
+                "atol": w.atol,
+                "rtol": w.rtol,
+                "passed": w.passed,
+            }
+            for w in weights.compared
+        ],
+        "skipped": [{"name": name, "reason": why} for name, why in weights.skipped],
+        "only_in_candidate": list(weights.only_in_candidate),
+        "only_in_reference": list(weights.only_in_reference),
+    }
+
+
 
 
 def check_report_paths(paths: Sequence[Path], *, force: bool, inputs: Sequence[Path] = ()) -> None:

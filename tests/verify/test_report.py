@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from wnconvert.errors import InputError
-from wnconvert.report import check_report_paths, to_junit_xml, write_reports
 from wnconvert.verify import (
     CaseInfo,
     OutputResult,
@@ -22,6 +21,7 @@ from wnconvert.verify import (
     WeightsReport,
     compare_arrays,
 )
+from wnconvert.verify.report import check_report_paths, to_junit_xml, write_reports
 
 TOL = Tolerance(1e-5, 1e-4)
 

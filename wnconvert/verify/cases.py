@@ -1,0 +1,232 @@
+"""Input cases: seeded random draws or real data, plus a second size of the dynamic axes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from ..errors import InputError
+from ..export.inputs import InputSpec, check_input_size, load_inputs_npz, random_array
+from .compare import dtype_name
+from .results import CaseInfo
+from .runners import InputSignature
+from .tolerance import VerifyOptions
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class InputCase:
+    info: CaseInfo
+    feeds: dict[str, np.ndarray]
+
+
+class CasePlan:
+    """The input sets to run, generated one at a time (``runs`` draws may be many; only the
+    case in use is in memory). ``len()`` is the number of cases."""
+
+    def __init__(self, signature: Sequence[InputSignature], options: VerifyOptions) -> None:
+        self._options = options
+        self._arrays: dict[str, np.ndarray] | None = None
+        if options.inputs_file is not None:
+            self._arrays = _file_inputs(signature, options.inputs_file)
+            self._shapes = {name: tuple(a.shape) for name, a in self._arrays.items()}
+        else:
+            self._shapes = _input_shapes(signature, options)
+            self._dtypes = _input_dtypes(signature, options)
+            for name, shape in self._shapes.items():
+                check_input_size(f"{name!r} ({_dims_text(shape)})", shape, self._dtypes[name])
+        self._groups = _dynamic_groups(signature, options)
+        self._second: dict[str, tuple[int, ...]] | None = None
+        if self._groups:
+            second = _resize(self._shapes, self._groups, grow=self._arrays is None)
+            if second != self._shapes:
+                self._second = second
+
+    def __len__(self) -> int:
+        first = 1 if self._arrays is not None else self._options.runs
+        return first + (self._second is not None)
+
+    def __iter__(self) -> Iterator[InputCase]:
+        options, second = self._options, self._second
+        if self._arrays is not None:
+            arrays = self._arrays
+            yield _case("inputs file", "file", arrays, None)
+            if second is not None:
+                cropped = {name: a[tuple(slice(0, n) for n in second[name])]
+                           for name, a in arrays.items()}
+                yield _case(_size_label(second, self._groups), "file", cropped, None)
+            return
+        for run in range(options.runs):
+            feeds = _random_feeds(self._shapes, self._dtypes, seed=options.seed, draw=run)
+            yield _case(f"run {run}", "random", feeds, (options.seed, run))
+        if second is not None:
+            feeds = _random_feeds(second, self._dtypes, seed=options.seed, draw=options.runs)
+            yield _case(_size_label(second, self._groups), "random", feeds,
+                        (options.seed, options.runs))
+
+
+def build_cases(signature: Sequence[InputSignature], options: VerifyOptions) -> list[InputCase]:
+    """Every input case at once: ``runs`` draws (or the file's data) plus one at a second size.
+
+    The second size doubles every dynamic axis for random data (doubling keeps any
+    divisibility a model needs) and crops it to half for real data. Verification itself
+    iterates a :class:`CasePlan` so only one case is in memory.
+    """
+    return list(CasePlan(signature, options))
+
+
+def _case(label: str, source: Literal["random", "file"], feeds: dict[str, np.ndarray],
+          seed: tuple[int, int] | None) -> InputCase:
+    info = CaseInfo(label, source, {n: (tuple(a.shape), dtype_name(a)) for n, a in feeds.items()},
+                    seed)
+    return InputCase(info, feeds)
+
+
+def _input_shapes(signature: Sequence[InputSignature],
+                  options: VerifyOptions) -> dict[str, tuple[int, ...]]:
+    specs = _specs_by_input(signature, options.input_specs)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for sig in signature:
+        spec = specs.get(sig.name)
+        if spec is not None:
+            if len(spec.shape) != len(sig.dims):
+                raise InputError(
+                    f"--input {spec.text}: model input {sig.name!r} has rank {len(sig.dims)} "
+                    f"(dims {_dims_text(sig.dims)}), not {len(spec.shape)}; fix the shape"
+                )
+            for axis, (want, have) in enumerate(zip(spec.shape, sig.dims, strict=True)):
+                if isinstance(have, int) and have != want:
+                    raise InputError(
+                        f"--input {spec.text}: model input {sig.name!r} has fixed size {have} on "
+                        f"axis {axis}, not {want}; fix the shape"
+                    )
+            shapes[sig.name] = spec.shape
+        else:
+            shapes[sig.name] = tuple(
+                d if isinstance(d, int) else _symbolic_default(d, options.default_dim)
+                for d in sig.dims
+            )
+    return shapes
+
+
+def _symbolic_default(name: str | None, default: int) -> int:
+    # A batch axis is 1 in deployment; any other symbolic axis (time, tokens) gets `default`.
+    return 1 if name and "batch" in name.lower() else default
+
+
+def _dims_text(dims: Sequence[int | str | None]) -> str:
+    return "x".join(str(d) if d is not None else "?" for d in dims)
+
+
+def _specs_by_input(signature: Sequence[InputSignature],
+                    specs: Sequence[InputSpec]) -> dict[str, InputSpec]:
+    if not specs:
+        return {}
+    names = [sig.name for sig in signature]
+    if any(spec.name for spec in specs):
+        out: dict[str, InputSpec] = {}
+        for spec in specs:
+            if spec.name not in names:
+                raise InputError(f"--input {spec.text}: the model has no input {spec.name!r}; "
+                                 f"its inputs are {', '.join(names)}")
+            out[spec.name] = spec
+        return out
+    if len(specs) != len(names):
+        raise InputError(
+            f"--input given {len(specs)} times but the model has {len(names)} inputs "
+            f"({', '.join(names)}); give one --input per positional input"
+        )
+    return dict(zip(names, specs, strict=True))
+
+
+def _input_dtypes(signature: Sequence[InputSignature], options: VerifyOptions) -> dict[str, str]:
+    specs = _specs_by_input(signature, options.input_specs)
+    dtypes = {}
+    for sig in signature:
+        spec = specs.get(sig.name)
+        dtypes[sig.name] = spec.dtype if spec is not None and spec.dtype else sig.dtype
+        if dtypes[sig.name] != sig.dtype:
+            raise InputError(
+                f"--input {spec.text if spec else sig.name}: model input {sig.name!r} takes "
+                f"{sig.dtype}, not {dtypes[sig.name]}; fix the dtype"
+            )
+    return dtypes
+
+
+def _random_feeds(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], *,
+                  seed: int, draw: int) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    rng = np.random.default_rng([seed, draw])
+    return {name: random_array(rng, shape, dtypes[name]) for name, shape in shapes.items()}
+
+
+def _file_inputs(signature: Sequence[InputSignature], path: Path) -> dict[str, np.ndarray]:
+    data = load_inputs_npz(path)
+    names = [sig.name for sig in signature]
+    if set(data) == set(names):
+        arrays = {name: data[name] for name in names}
+    elif len(data) == len(names):
+        # np.savez(path, a, b) stores arr_0, arr_1...: use file order as positional order.
+        arrays = dict(zip(names, data.values(), strict=True))
+    else:
+        raise InputError(
+            f"{path}: holds {len(data)} arrays ({', '.join(data)}) but the model has "
+            f"{len(names)} inputs ({', '.join(names)}); save one array per input, named after it"
+        )
+    for sig in signature:
+        array = arrays[sig.name]
+        if dtype_name(array) != sig.dtype:
+            raise InputError(f"{path}: array for input {sig.name!r} is {dtype_name(array)}, the "
+                             f"model takes {sig.dtype}; convert it with numpy .astype")
+        if len(array.shape) != len(sig.dims) or any(
+            isinstance(d, int) and d != s for d, s in zip(sig.dims, array.shape, strict=True)
+        ):
+            raise InputError(f"{path}: array for input {sig.name!r} has shape "
+                             f"{list(array.shape)}, the model takes {_dims_text(sig.dims)}")
+    return arrays
+
+
+def _dynamic_groups(signature: Sequence[InputSignature],
+                    options: VerifyOptions) -> dict[str, list[tuple[str, int]]]:
+    """Symbolic size name -> the (input, axis) places that share it."""
+    groups: dict[str, list[tuple[str, int]]] = {}
+    names = [sig.name for sig in signature]
+    for sig in signature:
+        for axis, dim in enumerate(sig.dims):
+            if not isinstance(dim, int):
+                key = dim if dim else f"{sig.name}.{axis}"
+                groups.setdefault(key, []).append((sig.name, axis))
+    for dyn in options.dynamic_axes:
+        name = dyn.input_name(names)
+        place = (name, dyn.axis)
+        if any(place in places for places in groups.values()):
+            continue
+        groups.setdefault(dyn.dim_name or f"{name}.{dyn.axis}", []).append(place)
+    return groups
+
+
+def _resize(shapes: Mapping[str, tuple[int, ...]], groups: Mapping[str, list[tuple[str, int]]],
+            *, grow: bool) -> dict[str, tuple[int, ...]]:
+    new = {name: list(shape) for name, shape in shapes.items()}
+    for places in groups.values():
+        for name, axis in places:
+            if axis >= len(new[name]):
+                raise InputError(f"--dynamic {name}:{axis}: input {name!r} has only "
+                                 f"{len(new[name])} axes")
+        size = shapes[places[0][0]][places[0][1]]
+        target = size * 2 if grow else max(1, size // 2)
+        for name, axis in places:
+            new[name][axis] = target
+    return {name: tuple(shape) for name, shape in new.items()}
+
+
+def _size_label(shapes: Mapping[str, tuple[int, ...]],
+                groups: Mapping[str, list[tuple[str, int]]]) -> str:
+    parts = [f"{key}={shapes[places[0][0]][places[0][1]]}" for key, places in groups.items()]
+    return "second size " + ", ".join(parts)
+
