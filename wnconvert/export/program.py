@@ -23,10 +23,22 @@ def load_program(path: Path) -> Any:
     if not path.exists():
         raise InputNotFound(f"{path}: no such file; check the path")
     try:
-        return torch.export.load(str(path))
+        program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad archives
         raise InputError(f"{path}: cannot load as a torch.export program (.pt2): "
                          f"{type(exc).__name__}: {exc}") from None
+    return program_on_cpu(program)
+
+
+def program_on_cpu(program: Any) -> Any:
+    """The program with its parameters, buffers and device arguments moved to the CPU.
+
+    A program saved on CUDA keeps its device after loading; the reference must run on CPU in
+    float32 (its inputs are CPU tensors, and the weight-norm fold inserts CPU parameters).
+    """
+    from torch.export.passes import move_to_device_pass
+
+    return move_to_device_pass(program, "cpu")
 
 
 def prepare_program(path: Path, *, state_dict: Mapping[str, torch.Tensor] | None = None,

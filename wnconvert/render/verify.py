@@ -97,10 +97,20 @@ def print_report(report: VerificationReport) -> None:
     if report.output_matching == "position":
         console.print("outputs matched to the reference by position (names differ)")
     for provider in report.providers:
+        if provider.tf32:
+            console.print(f"{escape(provider.name)}: {escape(provider.tf32)}")
         for note in provider.notes:
-            console.print(f"{escape(provider.name)}: {escape(note)}")
+            if note != provider.tf32:
+                console.print(f"{escape(provider.name)}: {escape(note)}")
+        shown = {k: v for k, v in provider.options.items() if k in _SHOWN_OPTIONS}
+        if shown:
+            console.print(f"{escape(provider.name)}: options applied by ONNX Runtime: "
+                          + escape(", ".join(f"{k}={v}" for k, v in shown.items())))
+    for name, why in report.skipped:
+        console.print(f"[yellow]skipped[/] {escape(name)}: {escape(why)}")
     for note in report.notes:
-        console.print(f"note: {escape(note)}")
+        if not any(note.startswith(f"{name} skipped") for name, _ in report.skipped):
+            console.print(f"note: {escape(note)}")
     weights = report.weights
     if weights is not None:
         worst = weights.worst
@@ -113,15 +123,26 @@ def print_report(report: VerificationReport) -> None:
             if weights.mode == "report":
                 line += " (reported only)"
         console.print(line)
+        if weights.prefix is not None:
+            strip, add = weights.prefix
+            console.print(f"  names matched after a common prefix change: strip "
+                          f"{escape(repr(strip))}, add {escape(repr(add))}")
+        if weights.matched_by_value:
+            console.print(f"  {len(weights.matched_by_value)} renamed initializers matched by "
+                          "value (same shape and dtype)")
         if weights.only_in_reference:
             console.print(f"  {len(weights.only_in_reference)} reference tensors have no "
-                          "initializer of the same name in the ONNX model")
+                          "matching initializer in the ONNX model")
         if weights.skipped:
             console.print(f"  {len(weights.skipped)} skipped (same name, other shape)")
     for failure in report.failures():
         console.print(f"[bold red]FAIL[/] {escape(failure)}")
     verdict = "[bold green]PASSED[/]" if report.passed else "[bold red]FAILED[/]"
     console.print(f"verification {verdict}")
+
+
+#: Provider options worth a line in the text output (the JSON report has them all).
+_SHOWN_OPTIONS = ("use_tf32", "device_id", "trt_fp16_enable")
 
 
 def print_reports_written(paths: Sequence[Path]) -> None:

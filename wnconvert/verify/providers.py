@@ -85,17 +85,24 @@ class ProviderPlan:
     skipped: tuple[tuple[str, str], ...] = ()
 
 
-def available_providers() -> tuple[str, ...]:
-    import onnxruntime as ort
+def ort_module() -> Any:
+    """``onnxruntime``, or a clear error saying which package to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise InputError("onnxruntime is not installed, so nothing can be verified: pip install "
+                         "'wnconvert[cpu]' (or 'wnconvert[gpu]' for CUDA/TensorRT; never both)"
+                         ) from None
+    return onnxruntime
 
-    return tuple(ort.get_available_providers())
+
+def available_providers() -> tuple[str, ...]:
+    return tuple(ort_module().get_available_providers())
 
 
 def quiet_ort_logger(*, enabled: bool = False) -> None:
     """ORT's process-wide logger: warnings only with ``enabled`` (``--debug``), else fatal."""
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(2 if enabled else 4)
+    ort_module().set_default_logger_severity(2 if enabled else 4)
 
 
 def plan_providers(requested: Sequence[str], *, cuda_tf32: bool = False,

@@ -183,14 +183,17 @@ def to_junit_xml(report: VerificationReport) -> bytes:
     ``<error>``. CI systems (GitHub, GitLab, Jenkins) show each output as a test.
     """
     root = ET.Element("testsuites", name="wnconvert verify")
-    totals = {"tests": 0, "failures": 0, "errors": 0}
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     candidate = str(report.candidate.get("path", ""))
     for provider in report.providers:
         suite_name = f"wnconvert.verify.{provider.name}"
         suite = ET.SubElement(root, "testsuite", name=suite_name)
         props = ET.SubElement(suite, "properties")
+        options = ", ".join(f"{k}={v}" for k, v in provider.options.items())
         for name, value in (("candidate", candidate), ("reference", _ref_text(report)),
-                            ("rule", report.rule), *(("note", n) for n in provider.notes)):
+                            ("rule", report.rule), ("tf32", provider.tf32 or ""),
+                            ("options", options), *(("note", n) for n in provider.notes),
+                            *(("onnxruntime", m) for m in provider.messages)):
             ET.SubElement(props, "property", name=name, value=value)
         counts = {"tests": 0, "failures": 0, "errors": 0}
         if provider.error:
@@ -206,6 +209,9 @@ def to_junit_xml(report: VerificationReport) -> bytes:
             summary = (f"shape {list(first.shape)} {first.dtype}; atol {first.atol:g} rtol "
                        f"{first.rtol:g}; max_abs {out.max_abs:.3g} max_rel {out.max_rel:.3g} "
                        f"mean_abs {out.mean_abs:.3g} min_atol {out.min_atol:.3g}")
+            weak = out.weak_tolerance()
+            if weak:
+                ET.SubElement(case, "system-err").text = f"warning: {weak}"
             if out.passed:
                 ET.SubElement(case, "system-out").text = summary
                 continue
@@ -230,7 +236,24 @@ def to_junit_xml(report: VerificationReport) -> bytes:
                            f"rtol {weight.rtol:g})")
                 ET.SubElement(case, "failure", message=message, type="WeightMismatch").text = \
                     message
+        if report.weights.nothing_matched:
+            case = ET.SubElement(suite, "testcase", classname=suite_name, name="matching",
+                                 time="0")
+            counts["tests"] += 1
+            message = report.weights.nothing_matched_reason()
+            if report.weights.mode == "fail":
+                counts["failures"] += 1
+                ET.SubElement(case, "failure", message=message, type="NothingCompared").text = \
+                    message
+            else:
+                ET.SubElement(case, "system-err").text = f"warning: {message}"
         _finish_suite(suite, counts, totals)
+    for name, why in report.skipped:
+        suite = ET.SubElement(root, "testsuite", name=f"wnconvert.verify.{name}")
+        case = ET.SubElement(suite, "testcase", classname=f"wnconvert.verify.{name}",
+                             name="session", time="0")
+        ET.SubElement(case, "skipped", message=why)
+        _finish_suite(suite, {"tests": 1, "failures": 0, "errors": 0, "skipped": 1}, totals)
     for key, value in totals.items():
         root.set(key, str(value))
     ET.indent(root)
