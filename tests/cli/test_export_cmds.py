@@ -255,18 +255,6 @@ def test_fold_of_a_pt2_program(tmp_path: Path, fixture_models: object) -> None:
     assert len(data["verification"]["cases"]) == 2
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a CUDA device")
-def test_verify_on_cuda_with_tf32_off(exported: dict[str, Path]) -> None:
-    result = run("verify", exported["onnx"], "--reference", FIXTURES / "tiny_hifigan_legacy.pt",
-                 "--model", MODEL, "--input", "1x16x12", "--provider", "cpu", "--provider",
-                 "cuda", "--json")
-    assert result.exit_code == 0, result.output
-    providers = json.loads(result.stdout)["verification"]["providers"]
-    assert [p["name"] for p in providers] == ["CPUExecutionProvider", "CUDAExecutionProvider"]
-    assert providers[1]["options"] == {"use_tf32": "0"}
-
-
 def test_help_does_not_import_torch_onnx_or_onnxruntime() -> None:
     code = ("import sys; from wnconvert.cli import app; import wnconvert.cli.export_cmds; "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))")

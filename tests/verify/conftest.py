@@ -153,3 +153,14 @@ def linear_model(path: Path, weight: np.ndarray, *, bias: float = 0.5,
     model.ir_version = 10
     onnx.save(model, path)
     return path
+
+
+def cuda_unusable() -> str | None:
+    """Why CUDA tests cannot run here (None when they can), decided by a tiny probe session:
+    ``get_available_providers()`` lists CUDA on hosts where it cannot start."""
+    from wnconvert.verify.providers import _spec, available_providers, probe_provider
+
+    if CUDA not in available_providers():
+        return "needs onnxruntime-gpu (CUDAExecutionProvider is not installed)"
+    why = probe_provider(_spec(CUDA, cuda_tf32=False, explicit=True))
+    return None if why is None else f"CUDA cannot start here: {why}"

@@ -1,12 +1,10 @@
 """Verification: input cases (seeded draws, shapes, .npz, second size)."""
 
-
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from wnconvert.errors import InputError
@@ -16,9 +14,6 @@ from wnconvert.verify import (
     VerifyOptions,
     build_cases,
 )
-
-HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-
 
 SIG = [InputSignature("mel", "float32", (1, 16, "time")), InputSignature("ids", "int64", (3,))]
 

@@ -1,6 +1,5 @@
 """Verification: ONNX-vs-ONNX runs end to end (hand-built models, fast)."""
 
-
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +18,6 @@ from wnconvert.verify import (
 )
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-
 
 
 def linear_model(path: Path, weight: np.ndarray, *, bias_name: str = "fc.bias",
@@ -105,20 +103,6 @@ def test_unreadable_candidate_is_an_input_error(tmp_path: Path, weight: np.ndarr
         verify_onnx_against_onnx(junk, ref, options=VerifyOptions(providers=("cpu",)))
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a CUDA device")
-def test_cuda_provider_runs_with_tf32_off(tmp_path: Path, weight: np.ndarray) -> None:
-    ref = linear_model(tmp_path / "ref.onnx", weight)
-    cand = linear_model(tmp_path / "cand.onnx", weight)
-    report = verify_onnx_against_onnx(cand, ref,
-                                      options=VerifyOptions(providers=("cpu", "cuda")))
-    assert report.passed, report.failures()
-    names = [p.name for p in report.providers]
-    assert names == ["CPUExecutionProvider", "CUDAExecutionProvider"]
-    assert report.providers[1].options == {"use_tf32": "0"}
-    assert "TF32 off" in report.providers[1].notes[0]
-
-
 def test_compare_arrays_over_many_chunks_matches_a_direct_computation() -> None:
     from wnconvert.verify import compare as v
 
@@ -147,3 +131,65 @@ def test_compare_arrays_bit_identical_with_nan_passes_without_arithmetic() -> No
     flipped = ref.copy()
     flipped[2] = np.inf  # same shape, different bytes: the element-wise rule applies
     assert not v.compare_arrays(flipped, ref, v.Tolerance(atol=0.0, rtol=0.0)).passed
+
+
+# --------------------------------------------------------------------------- the reference
+
+
+def test_pt2_programs_are_moved_to_cpu_on_load(tmp_path: Path, monkeypatch) -> None:
+    import torch
+    from torch.export import passes
+
+    from wnconvert.export import load_program
+
+    program = torch.export.export(torch.nn.Linear(4, 3), (torch.randn(2, 4),))
+    pt2 = tmp_path / "lin.pt2"
+    torch.export.save(program, str(pt2))
+    moved = []
+    real = passes.move_to_device_pass
+
+    def spy(ep, location):
+        moved.append(location)
+        return real(ep, location)
+
+    monkeypatch.setattr(passes, "move_to_device_pass", spy)
+    loaded = load_program(pt2)
+    assert moved == ["cpu"]
+    assert {t.device.type for t in loaded.state_dict.values()} == {"cpu"}
+
+
+def test_torch_reference_runs_with_tf32_off_and_restores_the_flags() -> None:
+    import torch
+
+    from wnconvert.verify import TorchRunner
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            return x * 2
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        TorchRunner(Probe(), input_names=["x"]).run({"x": np.ones(3, np.float32)})
+        assert seen == [(False, False)]
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_verification_runs_case_by_case_without_holding_every_draw(tmp_path: Path,
+                                                                   weight: np.ndarray) -> None:
+    from wnconvert.verify import CasePlan, InputSignature
+
+    plan = CasePlan([InputSignature("x", "float32", (1, "time", 4))], VerifyOptions(runs=1000))
+    assert len(plan) == 1001  # nothing generated yet
+    first = next(iter(plan))
+    assert first.info.label == "run 0" and first.feeds["x"].shape == (1, 16, 4)
+    ref = linear_model(tmp_path / "ref.onnx", weight)
+    order = []
+    verify_onnx_against_onnx(ref, ref, options=VerifyOptions(providers=("cpu",), runs=3),
+                             progress=lambda who, done, total: order.append(who))
+    assert order == ["reference", "CPUExecutionProvider"] * 4  # 3 draws + second size

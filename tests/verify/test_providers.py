@@ -1,6 +1,5 @@
 """Verification: execution providers by name, alias and TF32 settings."""
 
-
 from __future__ import annotations
 
 import onnxruntime as ort
@@ -12,7 +11,6 @@ from wnconvert.verify import (
 )
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-
 
 
 def test_default_providers_are_cpu_plus_cuda_when_installed() -> None:

@@ -1,12 +1,10 @@
 """Verification: the tolerance rule, defaults and options."""
 
-
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,9 +19,6 @@ from wnconvert.verify import (
     compare_arrays,
     default_tolerance,
 )
-
-HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-
 
 
 def test_identical_arrays_pass_with_zero_errors() -> None:
