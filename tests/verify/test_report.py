@@ -156,3 +156,23 @@ def test_report_paths_are_checked_before_any_work(tmp_path: Path) -> None:
     reference.write_text("{}")
     with pytest.raises(InputError, match="input file"):
         check_report_paths([reference], force=True, inputs=[reference])
+
+
+def test_junit_lists_skipped_providers_and_a_weight_check_that_matched_nothing() -> None:
+    report = make_report()
+    report.skipped = (("CUDAExecutionProvider", "not installed in this onnxruntime"),)
+    report.providers = report.providers[:1]
+    report.weights = WeightsReport("fail", (), (), ("onnx::Conv_1",), ("conv_pre.weight",))
+    assert report.passed is False
+    root = ET.fromstring(to_junit_xml(report))
+    skipped = root.find("testsuite[@name='wnconvert.verify.CUDAExecutionProvider']"
+                        "/testcase/skipped")
+    assert skipped is not None and "not installed" in (skipped.get("message") or "")
+    failure = root.find("testsuite[@name='wnconvert.verify.weights']/testcase[@name='matching']"
+                        "/failure")
+    assert failure is not None and "conv_pre.weight" in (failure.get("message") or "")
+    data = report.to_dict()
+    assert data["skipped_providers"] == [{"name": "CUDAExecutionProvider",
+                                          "reason": "not installed in this onnxruntime"}]
+    assert data["weights"]["nothing_matched"] is True
+    json.dumps(data, allow_nan=False)

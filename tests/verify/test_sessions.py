@@ -170,3 +170,43 @@ def test_library_keeps_other_providers_when_one_fails(fake_gpu: FakeGpu, models)
     assert report.providers[0].passed and report.providers[1].error
     assert any(line.startswith("CUDAExecutionProvider: ONNX Runtime failed on run 0")
                for line in report.failures())
+
+
+def test_fold_refuses_a_provider_that_cannot_start_before_writing(fake_gpu: FakeGpu,
+                                                                  tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    try:
+        from onnx_builders import save, weight_norm_model
+    finally:
+        sys.path.pop(0)
+    fake_gpu.fault = "probe"
+    model, _, _ = weight_norm_model((6, 4, 3), 0, order="g/n*v")
+    source = save(model, tmp_path / "wn.onnx")
+    out = tmp_path / "folded.onnx"
+    result = run("fold", source, "-o", out, "--provider", "cuda")
+    assert result.exit_code == 2, result.output
+    assert "CUDAExecutionProvider cannot start" in result.stderr and not out.exists()
+    repo = Path(__file__).resolve().parents[2]
+    onnx_out = tmp_path / "g.onnx"
+    result = run("fold", repo / "fixtures" / "tiny_hifigan_parametrize.pt", "--to", "onnx",
+                 "--model", str(repo / "fixtures" / "models.py") + ":build_generator",
+                 "--input", "1x16x12", "-o", onnx_out, "--provider", "cuda")
+    assert result.exit_code == 2, result.output
+    assert "CUDAExecutionProvider cannot start" in result.stderr and not onnx_out.exists()
+
+
+def test_what_the_reference_prints_stays_off_stdout(tmp_path: Path, models) -> None:
+    import torch
+
+    from wnconvert.verify import verify_onnx_against_torch
+
+    class Chatty(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            print("hello from the user's forward()")
+            return x @ torch.from_numpy(np.zeros((4, 3), np.float32))
+
+    report = verify_onnx_against_torch(models[0], Chatty(),
+                                       options=VerifyOptions(providers=("cpu",), weights="off"))
+    assert any("hello from the user's forward()" in note for note in report.notes)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import InputError, InputNotFound
+from .capture import captured_stdout
 from .cases import CasePlan, InputCase
 from .compare import ArrayComparison, compare_arrays, dtype_name
 from .providers import (
@@ -180,9 +181,14 @@ def _verify(
     infos: list[CaseInfo] = []
     # Case by case (reference, then every provider), so one case's inputs and outputs are in
     # memory at a time however many runs were asked for.
+    printed: list[str] = []
     for case in cases:
         infos.append(case.info)
-        ref = _run_reference(reference, case)
+        # The reference may print too (a user's model, ORT for an ONNX reference): keep stdout
+        # for our own output.
+        with captured_stdout() as captured:
+            ref = _run_reference(reference, case)
+        printed.extend(captured.lines)
         done += 1
         if progress:
             progress("reference", done, total)
@@ -212,6 +218,9 @@ def _verify(
             if progress:
                 progress(state.spec.name, done, total)
     notes = [f"{name} skipped: {why}" for name, why in plan.skipped]
+    if printed:
+        notes.append(f"the reference printed {len(printed)} line(s) to stdout (kept off ours); "
+                     f"first: {printed[0][:200]}")
     if options.inputs_file is not None and options.runs > 1:
         notes.append("runs ignored: real inputs from the inputs file are used once")
     return VerificationReport(
