@@ -210,3 +210,19 @@ def test_what_the_reference_prints_stays_off_stdout(tmp_path: Path, models) -> N
     report = verify_onnx_against_torch(models[0], Chatty(),
                                        options=VerifyOptions(providers=("cpu",), weights="off"))
     assert any("hello from the user's forward()" in note for note in report.notes)
+
+
+def test_applied_options_are_reported_even_when_a_run_fails(fake_gpu: FakeGpu, models) -> None:
+    fake_gpu.fault = "run-epfail"
+    _, data = verify_json(models, "--provider", "cuda")
+    [cuda] = data["verification"]["providers"]
+    assert cuda["options"]["device_id"] == "0" and cuda["options"]["use_tf32"] == "0"
+
+
+def test_the_tf32_note_follows_what_ort_applied() -> None:
+    from wnconvert.verify.providers import _spec, tf32_state
+
+    spec = _spec(CUDA, cuda_tf32=False, explicit=True)
+    assert "TF32 off" in tf32_state(spec, {"use_tf32": "0"})
+    assert "applied use_tf32=1" in tf32_state(spec, {"use_tf32": "1"})
+    assert "no use_tf32 option" in tf32_state(spec, {"device_id": "0"})

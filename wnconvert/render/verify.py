@@ -114,7 +114,7 @@ def print_report(report: VerificationReport) -> None:
     weights = report.weights
     if weights is not None:
         worst = weights.worst
-        line = f"weights compared by name: {len(weights.compared)}"
+        line = f"weights compared: {len(weights.compared)}"
         if worst is not None:
             line += f"; largest difference {_num(worst.max_abs)} in {escape(worst.name)}"
         if weights.failed:

@@ -136,6 +136,7 @@ class _ProviderRun:
     messages: list[str] = field(default_factory=list)
     mapping: dict[str, str] | None = None
     per_output: dict[str, list[tuple[str, ArrayComparison]]] = field(default_factory=dict)
+    applied: dict[str, str] | None = None  # options ORT applied, once a session came up
 
     def fail(self, reason: str, messages: Sequence[str] = ()) -> None:
         self.error = reason
@@ -146,11 +147,11 @@ class _ProviderRun:
         outputs = tuple(OutputResult(name, (self.mapping or {}).get(name, name), tuple(items))
                         for name, items in self.per_output.items() if items)
         runner_messages = self.runner.messages if self.runner is not None else []
-        options = self.runner.options if self.runner is not None else dict(self.spec.options)
+        options = self.applied if self.applied is not None else dict(self.spec.options)
         return ProviderResult(
             self.spec.name, options, self.spec.notes, outputs, self.error,
-            tf32=tf32_state(self.spec), messages=tuple(dict.fromkeys(
-                [*self.messages, *runner_messages])),
+            tf32=tf32_state(self.spec, self.applied),
+            messages=tuple(dict.fromkeys([*self.messages, *runner_messages])),
             chain=tuple(name for name, _ in self.spec.session_providers),
         )
 
@@ -172,6 +173,7 @@ def _verify(
         state = _ProviderRun(spec)
         try:
             state.runner = OrtRunner(candidate, spec, ort_logging=options.ort_logging)
+            state.applied = state.runner.options
         except ProviderFailed as exc:
             state.fail(exc.reason, exc.messages)
         runs.append(state)

@@ -118,7 +118,7 @@ def plan_providers(requested: Sequence[str], *, cuda_tf32: bool = False,
         specs = [_spec(CPU, cuda_tf32=cuda_tf32, explicit=False)]
         skipped: list[tuple[str, str]] = []
         if CUDA not in available:
-            skipped.append((CUDA, f"not installed in this onnxruntime ({_GPU_HINT})"))
+            skipped.append((CUDA, f"not installed in this onnxruntime; {_GPU_HINT}"))
         else:
             cuda = _spec(CUDA, cuda_tf32=cuda_tf32, explicit=False)
             why = probe_provider(cuda) if probe else None
@@ -134,7 +134,7 @@ def plan_providers(requested: Sequence[str], *, cuda_tf32: bool = False,
                 continue
             name = _canonical_provider(item, available)
             if name not in available:
-                hint = f" ({_GPU_HINT})" if name in _GPU_TF32 else ""
+                hint = f"; {_GPU_HINT}" if name in _GPU_TF32 else ""
                 raise InputError(
                     f"provider {item!r}: {name} is not available in this onnxruntime "
                     f"installation; available: {', '.join(available)}{hint}"
@@ -193,8 +193,16 @@ def _spec(name: str, *, cuda_tf32: bool, explicit: bool) -> ProviderSpec:
     return ProviderSpec(name, {}, (), explicit, False, tuple(chain))
 
 
-def tf32_state(spec: ProviderSpec) -> str:
-    """One sentence on the TF32 state the provider runs with (for the report)."""
+def tf32_state(spec: ProviderSpec, applied: Mapping[str, str] | None = None) -> str:
+    """One sentence on the TF32 state the provider runs with (for the report); ``applied``:
+    the options ORT applied, which win over what was asked."""
+    if spec.name == CUDA and applied is not None and "use_tf32" in applied \
+            and applied["use_tf32"] != spec.options.get("use_tf32"):
+        return (f"ONNX Runtime applied use_tf32={applied['use_tf32']} although "
+                f"use_tf32={spec.options.get('use_tf32')} was asked")
+    if spec.name == CUDA and applied is not None and applied and "use_tf32" not in applied:
+        return ("this onnxruntime has no use_tf32 option (needs >= 1.18): TF32 may be on; "
+                + (f"{TF32_ENV}=0 is set for the session" if not spec.tf32 else "allowed"))
     if spec.name == CPU:
         return "no TF32 (CPU computes float32 in float32)"
     if spec.name not in _GPU_TF32:
