@@ -171,7 +171,7 @@ def _export_inputs(prepared: PreparedModel, specs: list[InputSpec], inputs_file:
             names = []  # positional np.savez: name inputs after forward()'s parameters
     elif specs:
         args = example_inputs(specs, seed=seed)
-        names = [s.name for s in specs] if all(s.name for s in specs) else []
+        names = [s.name or "" for s in specs] if all(s.name for s in specs) else []
     elif prepared.example_inputs is not None:
         args = list(prepared.example_inputs)
         names = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..dtypes import name_of_numpy
 from .tolerance import Tolerance
@@ -54,7 +54,7 @@ def compare_arrays(
 
     cand_shape, ref_shape = tuple(candidate.shape), tuple(reference.shape)
     cand_dtype, ref_dtype = dtype_name(candidate), dtype_name(reference)
-    base = {
+    base: dict[str, Any] = {
         "shape": cand_shape,
         "dtype": cand_dtype,
         "reference_shape": ref_shape,

@@ -189,7 +189,9 @@ def _spec(name: str, *, cuda_tf32: bool, explicit: bool) -> ProviderSpec:
             chain.append((CUDA, cuda_options))
         chain.append((CPU, {}))
         return ProviderSpec(name, {}, (note,), explicit, cuda_tf32, tuple(chain), env)
-    chain = [(name, {})] + ([(CPU, {})] if name != CPU else [])
+    chain = [(name, {})]
+    if name != CPU:
+        chain.append((CPU, {}))
     return ProviderSpec(name, {}, (), explicit, False, tuple(chain))
 
 

@@ -254,8 +254,8 @@ def to_junit_xml(report: VerificationReport) -> bytes:
                              name="session", time="0")
         ET.SubElement(case, "skipped", message=why)
         _finish_suite(suite, {"tests": 1, "failures": 0, "errors": 0, "skipped": 1}, totals)
-    for key, value in totals.items():
-        root.set(key, str(value))
+    for key, total in totals.items():
+        root.set(key, str(total))
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 

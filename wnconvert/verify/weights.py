@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -145,7 +146,7 @@ def _weight_loaders(tensors: Mapping[str, np.ndarray]) -> dict[str, _Loader]:
     out: dict[str, _Loader] = {}
     for key, (shape, dtype) in meta.items():
         if key not in pairs:
-            out[key] = (shape, dtype, lambda key=key: tensors[key])
+            out[key] = (shape, dtype, functools.partial(tensors.__getitem__, key))
             continue
         pair, dim = pairs[key]
         if pair.weight_key in out:
