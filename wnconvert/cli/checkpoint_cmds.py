@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,15 @@ from .common import (
     command_context,
 )
 from .parse import parse_dim
+
+
+class ExporterChoice(str, Enum):
+    """``--exporter``: typed, so an unknown value is a usage error (exit 2)."""
+
+    auto = "auto"
+    dynamo = "dynamo"
+    legacy = "legacy"
+
 
 PathArg = Annotated[
     Path,
@@ -248,13 +258,13 @@ def fold(
         typer.Option("--opset", help="[onnx] ONNX opset to export with."),
     ] = None,
     exporter: Annotated[
-        str,
+        ExporterChoice,
         typer.Option(
             "--exporter",
             help="[onnx] auto (torch.export, falling back to the TorchScript tracer when the model "
             "cannot be captured), dynamo or legacy.",
         ),
-    ] = "auto",
+    ] = ExporterChoice.auto,
     # --- verification (--to onnx, and .onnx inputs) ---
     verify: Annotated[
         bool,
@@ -354,7 +364,7 @@ def fold(
             inputs_file=inputs_file,
             dynamic=list(dynamic or []),
             opset=opset,
-            exporter=exporter,
+            exporter=exporter.value,
         )
         if _is_onnx(path):
             if to not in (None, "onnx") or model is not None:

@@ -73,7 +73,7 @@ def load_callable(spec: str) -> Callable[..., Any]:
                 module = importlib.import_module(target)
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - user code can raise anything while importing
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise or exit
         raise InputError(f"--model {spec!r}: importing {target} failed: "
                          f"{type(exc).__name__}: {exc}") from None
     obj: Any = module
@@ -98,7 +98,7 @@ def build_model(spec: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             module = factory(**kwargs)
-    except Exception as exc:  # noqa: BLE001 - user code can raise anything
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise or exit
         raise InputError(f"--model {spec!r}: calling it with {dict(kwargs)} raised "
                          f"{type(exc).__name__}: {exc}; check --model-kwargs") from None
     if not isinstance(module, nn.Module):
