@@ -216,10 +216,10 @@ def plan_fold(state: Mapping[str, Any] | TensorSource) -> Conversion:
     """Fold every pair (both styles): ``w`` takes the place of the pair's first key."""
     source = _as_source(state)
     pairs = find_pairs(source)
-    by_key = {}
-    for pair in pairs:
-        by_key[pair.keys.g_key] = pair
-        by_key[pair.keys.v_key] = pair
+    by_key: dict[str, Pair] = {}
+    for found in pairs:
+        by_key[found.keys.g_key] = found
+        by_key[found.keys.v_key] = found
     plan: list[PlannedTensor] = []
     emitted: set[str] = set()
     taken_names = set(source.keys())
@@ -343,11 +343,15 @@ def plan_decompose(
 
 def _check_unique(plan: list[PlannedTensor]) -> None:
     seen: set[str] = set()
-    clashes = sorted({item.key for item in plan if item.key in seen or seen.add(item.key)})
+    clashes: set[str] = set()
+    for item in plan:
+        if item.key in seen:
+            clashes.add(item.key)
+        seen.add(item.key)
     if clashes:
         raise InputError(
-            f"the output would hold duplicate keys {_clip(clashes)}; the checkpoint already has "
-            "keys with these names (rename or --exclude them)"
+            f"the output would hold duplicate keys {_clip(sorted(clashes))}; the checkpoint "
+            "already has keys with these names (rename or --exclude them)"
         )
 
 

@@ -44,8 +44,15 @@ ToOpt = Annotated[
         "--to", help="Output format: pt or safetensors (default: from -o, else the input's)."
     ),
 ]
+class StyleChoice(str, Enum):
+    """``--style``: typed, so an unknown value is a usage error (exit 2)."""
+
+    parametrize = "parametrize"
+    legacy = "legacy"
+
+
 StyleOpt = Annotated[
-    str,
+    StyleChoice,
     typer.Option("--style", help="Key style: parametrize (original0/original1) or legacy (_g/_v)."),
 ]
 
@@ -141,7 +148,7 @@ def decompose(
             "dims and key style, so the result loads with strict=True.",
         ),
     ] = None,
-    style: StyleOpt = "parametrize",
+    style: StyleOpt = StyleChoice.parametrize,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -163,7 +170,7 @@ def decompose(
                 dim=dim_value,
                 include=include or (),
                 exclude=exclude or (),
-                style=style,
+                style=style.value,
                 like=template,  # type: ignore[arg-type]
             )
         except InputError as exc:
@@ -446,7 +453,7 @@ def fold(
 def restyle(
     path: PathArg,
     style: Annotated[
-        str,
+        StyleChoice,
         typer.Option(
             "--style", help="Target key style: parametrize or legacy.", show_default=False
         ),
@@ -468,10 +475,10 @@ def restyle(
 
         checkpoint = load_checkpoint(path, key=key)
         with _about(path):
-            conversion = plan_restyle(checkpoint.state_dict, style=style)  # type: ignore[arg-type]
+            conversion = plan_restyle(checkpoint.state_dict, style=style.value)
         if not conversion.pairs:
             raise InputError(
-                f"{path}: no weight-norm pair needs renaming to the {style} style "
+                f"{path}: no weight-norm pair needs renaming to the {style.value} style "
                 "(none found, or all already in it)"
             )
         _write(
@@ -482,7 +489,7 @@ def restyle(
             force=force,
             quiet=quiet,
             json_out=json_out,
-            action=style,
+            action=style.value,
         )
 
 

@@ -229,7 +229,7 @@ def fold_program_weight_norm(graph_module: torch.nn.Module) -> int:
     from ..keys import find_pair_keys
     from ..numerics import fold, infer_dim
 
-    graph = graph_module.graph
+    graph: Any = graph_module.graph  # a torch.fx.Graph (typed as Tensor | Module by torch)
     targets = {torch.ops.aten._weight_norm.default, torch.ops.aten._weight_norm_interface.default}
     pair_of_v = {p.v_key: p for p in find_pair_keys(dict(graph_module.state_dict()))}
     count = 0
@@ -267,7 +267,7 @@ def fold_program_weight_norm(graph_module: torch.nn.Module) -> int:
         count += 1
     if count:
         graph.lint()
-        graph_module.recompile()
+        graph_module.recompile()  # type: ignore[operator]
     return count
 
 

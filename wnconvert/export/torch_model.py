@@ -123,7 +123,8 @@ def _weight_norm_sites(module: torch.nn.Module) -> Iterator[tuple[torch.nn.Modul
 
     for sub in module.modules():
         if parametrize.is_parametrized(sub):
-            for name, plist in sub.parametrizations.items():
+            plists: Any = sub.parametrizations  # a ModuleDict of ParametrizationLists
+            for name, plist in plists.items():
                 if any(type(p).__name__ == "_WeightNorm" for p in plist):
                     yield sub, name, "parametrize"
         for hook in sub._forward_pre_hooks.values():
@@ -294,6 +295,6 @@ def apply_weight_norm_like(module: torch.nn.Module,
         dim = check_pair_shapes(pair.weight_key, tuple(g.shape), tuple(v.shape))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. RNN weights "not part of a single block"
-            weight_norm(sub, name=pair.param, dim=dim)
+            weight_norm(sub, name=pair.param, dim=dim)  # type: ignore[arg-type]  # None is valid
         count += 1
     return count
