@@ -241,8 +241,8 @@ def fold(
         list[str] | None,
         typer.Option(
             "--input",
-            help="[onnx] SHAPE[:DTYPE] of a positional input, e.g. "
-            "1x80x200 or 1x80x200:float16 (once per input).",
+            help="[onnx] [NAME=]SHAPE[:DTYPE] of an input, e.g. 1x80x200 or "
+            "mel=1x80x200:float16 (once per input).",
         ),
     ] = None,
     inputs_file: Annotated[
@@ -532,8 +532,10 @@ def _write(
         "format": fmt,
         "pairs": [p.to_dict() for p in conversion.pairs],
         "unchanged": conversion.unchanged,
+        # Tensor bytes on both sides (a file's size adds headers and padding: file_bytes).
         "bytes_in": sum(source.info(k).nbytes for k in source.keys()),
-        "bytes_out": written,
+        "bytes_out": sum(item.info.nbytes for item in conversion.plan),
+        "file_bytes": written,
         "seconds": round(time.perf_counter() - started, 4),
         "notes": conversion.notes,
     }
