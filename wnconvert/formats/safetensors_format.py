@@ -43,19 +43,19 @@ _MAX_NESTING = 100  # serde_json refuses nesting past 128 levels; a real header 
 _ALIGN = 8
 
 
-class _DuplicateKey(ValueError):
+class DuplicateKey(ValueError):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
 
 
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object that refuses a repeated key (Python's json would keep the last silently,
     so two readers could disagree about which tensor a name means)."""
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise _DuplicateKey(key)
+            raise DuplicateKey(key)
         obj[key] = value
     return obj
 
@@ -152,12 +152,12 @@ class SafetensorsFile:
         try:
             header = json.loads(
                 raw.decode("utf-8"),
-                object_pairs_hook=_unique_object,
+                object_pairs_hook=unique_object,
                 parse_int=_parse_usize,
                 parse_float=_parse_finite,
                 parse_constant=_refuse_constant,
             )
-        except _DuplicateKey as exc:
+        except DuplicateKey as exc:
             raise self._bad(f"header has the key {exc.key!r} twice") from None
         except RecursionError:
             raise self._bad("header JSON is nested too deeply") from None

@@ -9,24 +9,35 @@ from __future__ import annotations
 
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .files import require_regular_file
 
 _MAX_DEPTH = 4
 _UNSUPPORTED_GLOBAL = re.compile(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
 
 
 def load_pickle(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` (memory-mapped when the file allows it)."""
+    """``torch.load`` with ``weights_only=True`` (memory-mapped when that is known to be safe).
+
+    ``weights_only=True`` is passed explicitly, so no environment variable
+    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) can turn the restricted unpickler off.
+    """
     import torch
 
-    mmap = zipfile.is_zipfile(path)  # mmap needs the zip format (torch >= 1.6 default)
+    require_regular_file(path, what="checkpoint")
     try:
+        # mmap needs the zip format (torch >= 1.6 default), and records checked beforehand:
+        # torch's mmap path does not compare a record's size with what the pickle declares.
+        mmap = zipfile.is_zipfile(path) and _records_fit(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except InputError:
+        raise
     except pickle.UnpicklingError as exc:
         text = str(exc)
         # torch words it "Unsupported global: GLOBAL x.y" or "Trying to load unsupported GLOBAL
@@ -43,6 +54,78 @@ def load_pickle(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: torch's legacy unpickler raises
         # KeyError, IndexError, RuntimeError... on garbage; each means "not a checkpoint".
         raise _not_a_checkpoint(path, f"{type(exc).__name__}: {exc}") from None
+
+
+def _records_fit(path: Path) -> bool:
+    """Whether every tensor storage's zip record has exactly the size the pickle needs.
+
+    ``torch.load(weights_only=True)`` without ``mmap`` refuses a record of the wrong size; with
+    ``mmap`` it maps the declared size from the record's offset, so a short record would lend
+    its tensor the bytes that follow it (the next record, the zip directory). This reads the
+    pickle alone (``map_location="meta"``: no tensor data is read, nothing is allocated) and
+    compares each storage with its record. Raises :class:`InputError` on a mismatch; returns
+    False where it cannot tell (then the caller loads without mmap, and torch checks every
+    record itself), True when every record fits.
+    """
+    import torch
+
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        records = {}
+        for info in archive.infolist():
+            if "/data/" not in f"/{info.filename}":
+                continue
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                return False
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            records[info.header_offset + 30 + name_len + extra_len] = info
+    meta = torch.load(path, map_location="meta", weights_only=True)
+    # Storage bytes the tensors need, by record offset (meta storages grow to fit their views,
+    # so this is the most of what the pickle declares and what its views reach).
+    needed: dict[int, int] = {}
+    for tensor in _tensors_in(meta):
+        storage = tensor.untyped_storage()
+        offset = getattr(storage, "_checkpoint_offset", None)
+        if not isinstance(offset, int) or offset not in records:
+            return False
+        needed[offset] = max(needed.get(offset, 0), storage.nbytes())
+    for offset, nbytes in needed.items():
+        info = records[offset]
+        stored = info.compress_type == zipfile.ZIP_STORED
+        if not stored or info.file_size != nbytes:
+            holds = f"{info.file_size} bytes" if stored else "compressed data"
+            raise InputError(
+                f"{path}: not a readable PyTorch checkpoint: storage record {info.filename} "
+                f"holds {holds} but its tensors need {nbytes} bytes; the file is truncated or "
+                "corrupt (re-save it)"
+            )
+    # A record no tensor reached may belong to a tensor hidden where the walk does not look.
+    return len(needed) == len(records)
+
+
+def _tensors_in(root: Any) -> list[Any]:
+    """Every tensor inside a weights-only load result (containers and plain objects)."""
+    import torch
+
+    found: list[Any] = []
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            found.append(obj)
+        elif isinstance(obj, Mapping):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            stack.extend(vars(obj).values())
+    return found
 
 
 def _not_a_checkpoint(path: Path, detail: str) -> InputError:
