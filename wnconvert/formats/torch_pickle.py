@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,75 +56,86 @@ def load_pickle(path: Path) -> Any:
 
 
 def _records_fit(path: Path) -> bool:
-    """Whether every tensor storage's zip record has exactly the size the pickle needs.
+    """Whether every tensor storage's zip record has exactly the size the pickle declares.
 
     ``torch.load(weights_only=True)`` without ``mmap`` refuses a record of the wrong size; with
     ``mmap`` it maps the declared size from the record's offset, so a short record would lend
     its tensor the bytes that follow it (the next record, the zip directory). This reads the
-    pickle alone (``map_location="meta"``: no tensor data is read, nothing is allocated) and
-    compares each storage with its record. Raises :class:`InputError` on a mismatch; returns
-    False where it cannot tell (then the caller loads without mmap, and torch checks every
-    record itself), True when every record fits.
+    pickle alone, through torch's weights-only unpickler, with storages on the meta device (no
+    tensor data is read, nothing is allocated), and compares each storage with its record.
+    Raises :class:`InputError` on a mismatch; returns False where it cannot tell (the caller
+    then loads without mmap, and torch checks every record itself), True when all fit.
     """
-    import torch
-
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
-        records = {}
-        for info in archive.infolist():
-            if "/data/" not in f"/{info.filename}":
-                continue
-            raw.seek(info.header_offset)
-            local = raw.read(30)
-            if len(local) < 30 or local[:4] != b"PK\x03\x04":
-                return False
-            name_len, extra_len = struct.unpack("<HH", local[26:30])
-            records[info.header_offset + 30 + name_len + extra_len] = info
-    meta = torch.load(path, map_location="meta", weights_only=True)
-    # Storage bytes the tensors need, by record offset (meta storages grow to fit their views,
-    # so this is the most of what the pickle declares and what its views reach).
-    needed: dict[int, int] = {}
-    for tensor in _tensors_in(meta):
-        storage = tensor.untyped_storage()
-        offset = getattr(storage, "_checkpoint_offset", None)
-        if not isinstance(offset, int) or offset not in records:
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        if not infos or "/" not in infos[0].filename:
             return False
-        needed[offset] = max(needed.get(offset, 0), storage.nbytes())
-    for offset, nbytes in needed.items():
-        info = records[offset]
-        stored = info.compress_type == zipfile.ZIP_STORED
-        if not stored or info.file_size != nbytes:
-            holds = f"{info.file_size} bytes" if stored else "compressed data"
-            raise InputError(
-                f"{path}: not a readable PyTorch checkpoint: storage record {info.filename} "
-                f"holds {holds} but its tensors need {nbytes} bytes; the file is truncated or "
-                "corrupt (re-save it)"
-            )
-    # A record no tensor reached may belong to a tensor hidden where the walk does not look.
-    return len(needed) == len(records)
+        # torch's reader takes the archive's folder from its first record, as done here.
+        prefix = infos[0].filename.split("/", 1)[0]
+        records = {info.filename: info for info in infos}
+        if f"{prefix}/data.pkl" not in records:
+            return False
+        pickled = archive.read(f"{prefix}/data.pkl")
+    storages = _declared_storages(pickled)
+    if storages is None:
+        return False
+    for key, (declared, reach) in storages.items():
+        info = records.get(f"{prefix}/data/{key}")
+        if info is None:
+            return False  # torch refuses a missing record itself
+        if info.compress_type != zipfile.ZIP_STORED:
+            problem = "is compressed (torch.save stores tensor data as it is)"
+        elif info.file_size != declared:
+            problem = f"holds {info.file_size} bytes but the pickle declares {declared}"
+        elif reach > declared:
+            problem = f"holds {declared} bytes but the pickle's tensors reach byte {reach}"
+        else:
+            continue
+        raise InputError(
+            f"{path}: not a readable PyTorch checkpoint: storage record {info.filename} "
+            f"{problem}; the file is truncated or corrupt (re-save it)"
+        )
+    return True
 
 
-def _tensors_in(root: Any) -> list[Any]:
-    """Every tensor inside a weights-only load result (containers and plain objects)."""
+def _declared_storages(pickled: bytes) -> dict[str, tuple[int, int]] | None:
+    """Storage key -> (bytes the pickle declares, bytes its tensors' views reach), or None
+    where this torch has no weights-only unpickler to read the pickle with."""
+    import io
+
     import torch
 
-    found: list[Any] = []
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, torch.Tensor):
-            found.append(obj)
-        elif isinstance(obj, Mapping):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
-            stack.extend(vars(obj).values())
-    return found
+    try:
+        from torch._weights_only_unpickler import Unpickler
+    except ImportError:
+        return None
+    storages: dict[str, tuple[int, Any]] = {}
+
+    def persistent_load(saved_id: Any) -> Any:
+        # The same reading of a storage id as torch.serialization._load's persistent_load.
+        if not (isinstance(saved_id, tuple) and len(saved_id) == 5):
+            raise pickle.UnpicklingError(f"unexpected persistent id {saved_id!r:.60}")
+        _, storage_type, key, _, numel = saved_id
+        key = key.decode("ascii") if isinstance(key, bytes) else str(key)
+        if key not in storages:
+            dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+            nbytes = numel * torch._utils._element_size(dtype)
+            storage = torch.storage.TypedStorage(
+                wrap_storage=torch.UntypedStorage(nbytes, device="meta"),
+                dtype=dtype,
+                _internal=True,
+            )
+            storages[key] = (nbytes, storage)
+        return storages[key][1]
+
+    unpickler = Unpickler(io.BytesIO(pickled), encoding="utf-8")
+    unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
+    unpickler.load()
+    # A meta storage grows to fit the views set on it: its size now is what they reach.
+    return {
+        key: (nbytes, storage._untyped_storage.nbytes())
+        for key, (nbytes, storage) in storages.items()
+    }
 
 
 def _not_a_checkpoint(path: Path, detail: str) -> InputError:
