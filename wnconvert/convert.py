@@ -87,6 +87,14 @@ def find_pairs(state: Mapping[str, Any] | TensorSource) -> list[Pair]:
     for keys in find_pair_keys(source.keys()):
         g, v = source.info(keys.g_key), source.info(keys.v_key)
         dim = numerics.check_pair_shapes(keys.weight_key, g.shape, v.shape)
+        if v.numel == 0 or g.numel == 0:
+            # Nothing to normalize: PyTorch's norm of an empty row is 0 (g/0 -> NaN), and a
+            # fold that touched no element could never fail its check.
+            raise InputError(
+                f"weight-norm pair {keys.weight_key!r} has no elements (g {list(g.shape)}, "
+                f"v {list(v.shape)}); the checkpoint is inconsistent (re-save it from the model, "
+                "or exclude this parameter)"
+            )
         if not is_floating(v.dtype):
             raise InputError(
                 f"weight-norm pair {keys.weight_key!r} has dtype {v.dtype}; weight norm needs "
@@ -325,6 +333,11 @@ def plan_decompose(
                 f"{key} has shape {list(info.shape)}: --dim {dim} does not exist for it; "
                 "narrow the selection with --include/--exclude or pick another --dim"
             ) from None
+        if info.numel == 0:
+            raise InputError(
+                f"{key} has shape {list(info.shape)}, no elements: there is no norm to split off "
+                "(leave it out with exclude, or narrow include)"
+            )
         keys = pair_keys(key, style)
         g_shape = numerics.g_shape_for(info.shape, key_dim)
         plan.append(
