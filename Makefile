@@ -27,9 +27,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 	$(BIN)/ruff check wnconvert tests fixtures benchmarks
+	$(BIN)/mypy
 
 lint: $(STAMP)
 	$(BIN)/ruff check wnconvert tests fixtures benchmarks
+	$(BIN)/mypy
 
 fixtures: $(STAMP)
 	$(BIN)/python fixtures/make_fixtures.py

@@ -79,3 +79,23 @@ def test_is_floating_and_unknown_codes():
     assert floating == ["float64", "float32", "float16", "bfloat16"]
     assert dtypes.safetensors_code("complex64") is None
     assert dtypes.from_safetensors_code("F4") is None
+
+
+def test_onnx_and_ort_spellings_agree_with_onnx_itself() -> None:
+    import onnx
+    from onnx import helper
+
+    for entry in dtypes.REGISTRY.values():
+        if entry.onnx is None:
+            continue
+        np_type = helper.tensor_dtype_to_np_dtype(entry.onnx)
+        assert dtypes.from_onnx_code(entry.onnx) == entry.name
+        assert dtypes.onnx_code(entry.name) == entry.onnx
+        assert np_type.itemsize == entry.itemsize
+        if entry.name not in ("bfloat16",) and not entry.name.startswith("float8"):
+            assert np_type == dtypes.numpy_dtype(entry.name)
+        assert onnx.TensorProto.DataType.Name(entry.onnx)  # a real ONNX type
+    assert dtypes.from_ort_type("tensor(float)") == "float32"
+    assert dtypes.from_ort_type("tensor(bfloat16)") == "bfloat16"
+    assert dtypes.from_ort_type("tensor(double)") == "float64"
+    assert dtypes.from_ort_type("tensor(string)") is None

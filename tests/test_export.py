@@ -24,7 +24,7 @@ from torch import nn
 
 from wnconvert import export as ex
 from wnconvert.cli.parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs
-from wnconvert.errors import InputError
+from wnconvert.errors import ConversionNotPossible, InputError
 from wnconvert.verify import VerifyOptions, verify_onnx_against_torch
 
 GENERATOR = "fixtures/models.py:build_generator"
@@ -323,7 +323,7 @@ def test_legacy_exporter_is_the_fallback_for_uncapturable_models(tmp_path: Path)
     assert "legacy TorchScript exporter" in result.notes[0]
     names = {i.name for i in onnx.load(tmp_path / "branchy.onnx").graph.initializer}
     assert {"fc.weight", "fc.bias"} <= names
-    with pytest.raises(InputError, match="torch.export-based exporter failed"):
+    with pytest.raises(ConversionNotPossible, match="torch.export-based exporter failed"):
         ex.export_onnx(module, args, output=tmp_path / "strict.onnx", exporter="dynamo")
 
 

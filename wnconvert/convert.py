@@ -87,6 +87,14 @@ def find_pairs(state: Mapping[str, Any] | TensorSource) -> list[Pair]:
     for keys in find_pair_keys(source.keys()):
         g, v = source.info(keys.g_key), source.info(keys.v_key)
         dim = numerics.check_pair_shapes(keys.weight_key, g.shape, v.shape)
+        if v.numel == 0 or g.numel == 0:
+            # Nothing to normalize: PyTorch's norm of an empty row is 0 (g/0 -> NaN), and a
+            # fold that touched no element could never fail its check.
+            raise InputError(
+                f"weight-norm pair {keys.weight_key!r} has no elements (g {list(g.shape)}, "
+                f"v {list(v.shape)}); the checkpoint is inconsistent (re-save it from the model, "
+                "or exclude this parameter)"
+            )
         if not is_floating(v.dtype):
             raise InputError(
                 f"weight-norm pair {keys.weight_key!r} has dtype {v.dtype}; weight norm needs "
@@ -216,10 +224,10 @@ def plan_fold(state: Mapping[str, Any] | TensorSource) -> Conversion:
     """Fold every pair (both styles): ``w`` takes the place of the pair's first key."""
     source = _as_source(state)
     pairs = find_pairs(source)
-    by_key = {}
-    for pair in pairs:
-        by_key[pair.keys.g_key] = pair
-        by_key[pair.keys.v_key] = pair
+    by_key: dict[str, Pair] = {}
+    for found in pairs:
+        by_key[found.keys.g_key] = found
+        by_key[found.keys.v_key] = found
     plan: list[PlannedTensor] = []
     emitted: set[str] = set()
     taken_names = set(source.keys())
@@ -325,6 +333,11 @@ def plan_decompose(
                 f"{key} has shape {list(info.shape)}: --dim {dim} does not exist for it; "
                 "narrow the selection with --include/--exclude or pick another --dim"
             ) from None
+        if info.numel == 0:
+            raise InputError(
+                f"{key} has shape {list(info.shape)}, no elements: there is no norm to split off "
+                "(leave it out with exclude, or narrow include)"
+            )
         keys = pair_keys(key, style)
         g_shape = numerics.g_shape_for(info.shape, key_dim)
         plan.append(
@@ -343,11 +356,15 @@ def plan_decompose(
 
 def _check_unique(plan: list[PlannedTensor]) -> None:
     seen: set[str] = set()
-    clashes = sorted({item.key for item in plan if item.key in seen or seen.add(item.key)})
+    clashes: set[str] = set()
+    for item in plan:
+        if item.key in seen:
+            clashes.add(item.key)
+        seen.add(item.key)
     if clashes:
         raise InputError(
-            f"the output would hold duplicate keys {_clip(clashes)}; the checkpoint already has "
-            "keys with these names (rename or --exclude them)"
+            f"the output would hold duplicate keys {_clip(sorted(clashes))}; the checkpoint "
+            "already has keys with these names (rename or --exclude them)"
         )
 
 

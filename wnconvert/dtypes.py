@@ -1,4 +1,5 @@
-"""Dtype names shared by every format, with their numpy, torch and safetensors spellings.
+"""The one dtype registry: names shared by every format, with their numpy, torch, safetensors,
+ONNX and ONNX Runtime spellings.
 
 wnconvert names dtypes by strings (``"float32"``, ``"bfloat16"``...) so that code paths that
 only stream safetensors never import torch. bfloat16 and float8 use ml_dtypes' numpy types.
@@ -6,6 +7,7 @@ only stream safetensors never import torch. bfloat16 and float8 use ml_dtypes' n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,46 +15,71 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-FLOATING = ("float64", "float32", "float16", "bfloat16")
+@dataclass(frozen=True)
+class DType:
+    """One dtype under every spelling wnconvert meets: the numpy-style name (the key used
+    everywhere), its size, its safetensors code, its ONNX ``TensorProto`` code and ONNX
+    Runtime's type string. ``None`` where a format has no such type."""
 
-_SAFETENSORS_CODES = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint8": "U8",
-    "uint16": "U16",
-    "uint32": "U32",
-    "uint64": "U64",
-    "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3",
-    "float8_e5m2": "F8_E5M2",
-}
-_FROM_SAFETENSORS = {code: name for name, code in _SAFETENSORS_CODES.items()}
+    name: str
+    itemsize: int
+    safetensors: str | None
+    onnx: int | None
+    floating: bool = False
 
-ITEMSIZE = {
-    "float64": 8,
-    "float32": 4,
-    "float16": 2,
-    "bfloat16": 2,
-    "int64": 8,
-    "int32": 4,
-    "int16": 2,
-    "int8": 1,
-    "uint8": 1,
-    "uint16": 2,
-    "uint32": 4,
-    "uint64": 8,
-    "bool": 1,
-    "float8_e4m3fn": 1,
-    "float8_e5m2": 1,
-    "complex64": 8,
-    "complex128": 16,
-}
+    @property
+    def ort(self) -> str | None:
+        """ONNX Runtime's spelling (``tensor(float)``), from the ONNX type's name."""
+        return None if self.onnx is None else f"tensor({_ORT_NAMES[self.onnx]})"
+
+
+# The ONNX codes are TensorProto.DataType values (fixed by the ONNX spec); written out so that
+# safetensors-only paths never import onnx.
+REGISTRY: dict[str, DType] = {d.name: d for d in (
+    DType("float64", 8, "F64", 11, floating=True),
+    DType("float32", 4, "F32", 1, floating=True),
+    DType("float16", 2, "F16", 10, floating=True),
+    DType("bfloat16", 2, "BF16", 16, floating=True),
+    DType("int64", 8, "I64", 7),
+    DType("int32", 4, "I32", 6),
+    DType("int16", 2, "I16", 5),
+    DType("int8", 1, "I8", 3),
+    DType("uint8", 1, "U8", 2),
+    DType("uint16", 2, "U16", 4),
+    DType("uint32", 4, "U32", 12),
+    DType("uint64", 8, "U64", 13),
+    DType("bool", 1, "BOOL", 9),
+    DType("float8_e4m3fn", 1, "F8_E4M3", 17),
+    DType("float8_e5m2", 1, "F8_E5M2", 19),
+    DType("complex64", 8, None, 14),
+    DType("complex128", 16, None, 15),
+)}
+_ORT_NAMES = {1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+              9: "bool", 10: "float16", 11: "double", 12: "uint32", 13: "uint64",
+              14: "complex64", 15: "complex128", 16: "bfloat16", 17: "float8e4m3fn",
+              19: "float8e5m2"}
+
+FLOATING = tuple(d.name for d in REGISTRY.values() if d.floating)
+ITEMSIZE = {d.name: d.itemsize for d in REGISTRY.values()}
+_FROM_SAFETENSORS = {d.safetensors: d.name for d in REGISTRY.values() if d.safetensors}
+_FROM_ONNX = {d.onnx: d.name for d in REGISTRY.values() if d.onnx is not None}
+_FROM_ORT = {d.ort: d.name for d in REGISTRY.values() if d.ort is not None}
+
+
+def onnx_code(name: str) -> int | None:
+    """``TensorProto`` data type of ``name`` (``"float32"`` -> 1)."""
+    entry = REGISTRY.get(name)
+    return entry.onnx if entry else None
+
+
+def from_onnx_code(code: int) -> str | None:
+    """The name of ONNX data type ``code`` (1 -> ``"float32"``), None when unsupported."""
+    return _FROM_ONNX.get(code)
+
+
+def from_ort_type(text: str) -> str | None:
+    """The name of ONNX Runtime's type string (``"tensor(float)"`` -> ``"float32"``)."""
+    return _FROM_ORT.get(text)
 
 
 def is_floating(name: str) -> bool:
@@ -72,7 +99,8 @@ def name_of_numpy(dtype: np.dtype) -> str:
 
 
 def safetensors_code(name: str) -> str | None:
-    return _SAFETENSORS_CODES.get(name)
+    entry = REGISTRY.get(name)
+    return entry.safetensors if entry else None
 
 
 def from_safetensors_code(code: str) -> str | None:

@@ -240,6 +240,8 @@ def fold_into(
     """
     if not is_floating(name_of_numpy(v.dtype)):
         raise ValueError(f"v has dtype {v.dtype}; weight norm needs a floating dtype")
+    if v.size == 0:
+        raise ValueError(f"v has shape {list(v.shape)}, no elements; there is nothing to fold")
     v = c_contiguous(v)
     if dim is not None and v.ndim:
         dim = normalize_dim(dim, v.ndim)
@@ -298,5 +300,7 @@ def decompose(w: np.ndarray, dim: int | None) -> tuple[np.ndarray, np.ndarray, i
     """
     if not is_floating(name_of_numpy(w.dtype)):
         raise ValueError(f"weight has dtype {w.dtype}; weight norm needs a floating dtype")
+    if w.size == 0:
+        raise ValueError(f"weight has shape {list(w.shape)}, no elements; it has no norm")
     norms = np.sqrt(squared_norms(w, dim))
     return round_from_float64(norms, w.dtype), w, int((norms == 0).sum())

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 SUMMARY_KEYS = {"action", "input", "output", "format", "pairs", "unchanged", "bytes_in",
-                "bytes_out", "seconds", "notes"}
+                "bytes_out", "file_bytes", "seconds", "notes"}
 
 
 def legacy_linear(seed: int = 0, out_features: int = 3) -> dict[str, torch.Tensor]:
@@ -365,7 +365,12 @@ def test_fold_json_summary(tmp_path, cli, assert_ok):
     assert [p["name"] for p in summary["pairs"]] == ["weight"]
     assert summary["pairs"][0]["style"] == "legacy"
     assert summary["pairs"][0]["dim"] == 0
-    assert summary["bytes_out"] == os.path.getsize(tmp_path / "g.folded.pt")
+    # Tensor bytes compare with tensor bytes (issue 11 §5); the file's size is file_bytes.
+    folded = torch.load(tmp_path / "g.folded.pt", weights_only=True)
+    assert summary["bytes_out"] == sum(t.numel() * t.element_size() for t in folded.values())
+    assert summary["bytes_in"] == sum(t.numel() * t.element_size()
+                                      for t in legacy_linear().values())
+    assert summary["file_bytes"] == os.path.getsize(tmp_path / "g.folded.pt")
 
 
 def test_fold_keeps_dtypes_and_other_tensors(tmp_path, cli, assert_ok):

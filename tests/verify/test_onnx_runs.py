@@ -136,28 +136,6 @@ def test_compare_arrays_bit_identical_with_nan_passes_without_arithmetic() -> No
 # --------------------------------------------------------------------------- the reference
 
 
-def test_pt2_programs_are_moved_to_cpu_on_load(tmp_path: Path, monkeypatch) -> None:
-    import torch
-    from torch.export import passes
-
-    from wnconvert.export import load_program
-
-    program = torch.export.export(torch.nn.Linear(4, 3), (torch.randn(2, 4),))
-    pt2 = tmp_path / "lin.pt2"
-    torch.export.save(program, str(pt2))
-    moved = []
-    real = passes.move_to_device_pass
-
-    def spy(ep, location):
-        moved.append(location)
-        return real(ep, location)
-
-    monkeypatch.setattr(passes, "move_to_device_pass", spy)
-    loaded = load_program(pt2)
-    assert moved == ["cpu"]
-    assert {t.device.type for t in loaded.state_dict.values()} == {"cpu"}
-
-
 def test_torch_reference_runs_with_tf32_off_and_restores_the_flags() -> None:
     import torch
 

@@ -11,12 +11,15 @@ from typing import Annotated
 import typer
 
 from .._version import __version__
+from .usage import OneLineErrorsGroup
 
 app = typer.Typer(
     name="wnconvert",
+    cls=OneLineErrorsGroup,
     help=(
         "Fold, decompose, export and verify weight-normalized checkpoints.\n\n"
-        "Exit codes: 0 success, 1 a numerical check failed, 2 usage or input error."
+        "Exit codes: 0 success, 1 a numerical check failed, 2 usage or input error, 3 an "
+        "exporter cannot convert the model."
     ),
     no_args_is_help=True,
     add_completion=False,

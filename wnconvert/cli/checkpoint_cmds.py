@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +38,15 @@ from .options import (
 )
 from .parse import parse_dim
 
+
+class ExporterChoice(str, Enum):
+    """``--exporter``: typed, so an unknown value is a usage error (exit 2)."""
+
+    auto = "auto"
+    dynamo = "dynamo"
+    legacy = "legacy"
+
+
 PathArg = Annotated[
     Path,
     typer.Argument(help="Checkpoint: .pt/.pth/.bin/.ckpt, .safetensors, *.safetensors.index.json"),
@@ -47,8 +57,15 @@ ToOpt = Annotated[
         "--to", help="Output format: pt or safetensors (default: from -o, else the input's)."
     ),
 ]
+class StyleChoice(str, Enum):
+    """``--style``: typed, so an unknown value is a usage error (exit 2)."""
+
+    parametrize = "parametrize"
+    legacy = "legacy"
+
+
 StyleOpt = Annotated[
-    str,
+    StyleChoice,
     typer.Option("--style", help="Key style: parametrize (original0/original1) or legacy (_g/_v)."),
 ]
 
@@ -144,7 +161,7 @@ def decompose(
             "dims and key style, so the result loads with strict=True.",
         ),
     ] = None,
-    style: StyleOpt = "parametrize",
+    style: StyleOpt = StyleChoice.parametrize,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -166,7 +183,7 @@ def decompose(
                 dim=dim_value,
                 include=include or (),
                 exclude=exclude or (),
-                style=style,
+                style=style.value,
                 like=template,  # type: ignore[arg-type]
             )
         except InputError as exc:
@@ -237,8 +254,8 @@ def fold(
         list[str] | None,
         typer.Option(
             "--input",
-            help="[onnx] SHAPE[:DTYPE] of a positional input, e.g. "
-            "1x80x200 or 1x80x200:float16 (once per input).",
+            help="[onnx] [NAME=]SHAPE[:DTYPE] of an input, e.g. 1x80x200 or "
+            "mel=1x80x200:float16 (once per input).",
         ),
     ] = None,
     inputs_file: Annotated[
@@ -261,13 +278,13 @@ def fold(
         typer.Option("--opset", help="[onnx] ONNX opset to export with."),
     ] = None,
     exporter: Annotated[
-        str,
+        ExporterChoice,
         typer.Option(
             "--exporter",
             help="[onnx] auto (torch.export, falling back to the TorchScript tracer when the model "
             "cannot be captured), dynamo or legacy.",
         ),
-    ] = "auto",
+    ] = ExporterChoice.auto,
     # --- verification (--to onnx, and .onnx inputs): declared once in .options ---
     verify: VerifyFlagOpt = True,
     provider: ProviderOpt = None,
@@ -307,7 +324,7 @@ def fold(
             inputs_file=inputs_file,
             dynamic=list(dynamic or []),
             opset=opset,
-            exporter=exporter,
+            exporter=exporter.value,
         )
         if _is_onnx(path):
             if to not in (None, "onnx") or model is not None:
@@ -389,7 +406,7 @@ def fold(
 def restyle(
     path: PathArg,
     style: Annotated[
-        str,
+        StyleChoice,
         typer.Option(
             "--style", help="Target key style: parametrize or legacy.", show_default=False
         ),
@@ -411,10 +428,10 @@ def restyle(
 
         checkpoint = load_checkpoint(path, key=key)
         with _about(path):
-            conversion = plan_restyle(checkpoint.state_dict, style=style)  # type: ignore[arg-type]
+            conversion = plan_restyle(checkpoint.state_dict, style=style.value)
         if not conversion.pairs:
             raise InputError(
-                f"{path}: no weight-norm pair needs renaming to the {style} style "
+                f"{path}: no weight-norm pair needs renaming to the {style.value} style "
                 "(none found, or all already in it)"
             )
         _write(
@@ -425,7 +442,7 @@ def restyle(
             force=force,
             quiet=quiet,
             json_out=json_out,
-            action=style,
+            action=style.value,
         )
 
 
@@ -468,8 +485,10 @@ def _write(
         "format": fmt,
         "pairs": [p.to_dict() for p in conversion.pairs],
         "unchanged": conversion.unchanged,
+        # Tensor bytes on both sides (a file's size adds headers and padding: file_bytes).
         "bytes_in": sum(source.info(k).nbytes for k in source.keys()),
-        "bytes_out": written,
+        "bytes_out": sum(item.info.nbytes for item in conversion.plan),
+        "file_bytes": written,
         "seconds": round(time.perf_counter() - started, 4),
         "notes": conversion.notes,
     }

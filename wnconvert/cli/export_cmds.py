@@ -93,6 +93,10 @@ def fold_to_onnx_command(
     # Fail fast on outputs that exist, before the slow export.
     check_output(output, force=force, inputs=[path])
     check_report_paths(verify.reports, force=force, inputs=[path, output])
+    from ..export.onnx_export import DEFAULT_OPSET, check_opset
+
+    check_opset(export.opset if export.opset is not None else DEFAULT_OPSET,
+                exporter=export.exporter)  # before the slow load and export
     specs = [parse_input_spec(text) for text in export.input_shapes]
     dynamic = [parse_dynamic_axis(text) for text in export.dynamic]
     kwargs = parse_model_kwargs(export.model_kwargs)

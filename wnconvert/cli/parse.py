@@ -53,7 +53,7 @@ def parse_dynamic_axis(text: str) -> DynamicAxis:
     """``--dynamic [INPUT:]AXIS[=NAME]`` (``2``, ``mel:2=time``, ``1:0=batch``)."""
     from ..export import DynamicAxis
 
-    head, _, dim_name = text.partition("=")
+    head, _, dim_text = text.partition("=")
     input_text, colon, axis_text = head.rpartition(":")
     if not colon:
         input_text, axis_text = "", head
@@ -66,7 +66,7 @@ def parse_dynamic_axis(text: str) -> DynamicAxis:
             f"--dynamic {text!r}: expected [INPUT:]AXIS[=NAME], e.g. --dynamic 2=time (axis 2 of "
             "the first input) or --dynamic mel:2=time"
         ) from None
-    dim_name = dim_name.strip() or None
+    dim_name = dim_text.strip() or None
     if dim_name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", dim_name):
         raise InputError(f"--dynamic {text!r}: NAME must be an identifier (letters, digits, _)")
     source: int | str = 0

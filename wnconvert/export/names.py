@@ -100,14 +100,15 @@ def _untranspose(graph: ir.Graph, value: ir.Value, key: str, array: np.ndarray) 
     import onnx_ir as ir
 
     param = ir.Value(name=key, shape=ir.Shape(array.shape),
-                     type=ir.TensorType(value.dtype), const_value=ir.tensor(array, name=key))
+                     type=ir.TensorType(value.dtype or ir.DataType.FLOAT),
+                     const_value=ir.tensor(array, name=key))
     graph.register_initializer(param)
     node = ir.Node("", "Transpose", inputs=[param], attributes=[ir.AttrInt64s("perm", [1, 0])],
                    num_outputs=1, name=f"{key}.transpose")
     out = node.outputs[0]
     out.shape = value.shape
     out.type = value.type
-    old_name = value.name
+    old_name = value.name or ""
     value.replace_all_uses_with(out)
     graph.initializers.pop(old_name)
     out.name = old_name

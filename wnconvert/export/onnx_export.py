@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import InputError, WeightNormWarning
+from ..errors import ConversionNotPossible, InputError, WeightNormWarning
 from .inputs import DynamicAxis, flatten_outputs, output_names
 from .names import WRAPPER_ATTR, find_runtime_weight_norm, restore_parameter_names
 from .torch_model import _few, forward_input_names
@@ -88,6 +89,38 @@ class ExportFailed(Exception):
     """The exporter itself failed (message is the exporter's first line)."""
 
 
+#: Opsets each exporter can write: torch.export's exporter builds opset 18 graphs and converts
+#: them down to 7 or up to what the installed onnx knows; the TorchScript exporter stops at 20.
+EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "legacy")
+MIN_OPSET = 7
+LEGACY_MAX_OPSET = 20
+
+
+def max_opset() -> int:
+    """The newest default-domain opset the installed onnx package defines."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def check_opset(opset: int, *, exporter: str) -> int:
+    """``opset`` if ``exporter`` can write it, else an :class:`InputError` saying which can."""
+    if exporter not in EXPORTERS:
+        raise InputError(f"exporter={exporter!r}: unknown exporter; use one of "
+                         f"{', '.join(EXPORTERS)}")
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise InputError(f"opset={opset!r}: must be an integer")
+    top = LEGACY_MAX_OPSET if exporter == "legacy" else max_opset()
+    if not MIN_OPSET <= opset <= top:
+        raise InputError(f"opset={opset}: the {exporter} exporter writes opsets {MIN_OPSET} to "
+                         f"{top}; pick one in that range (default {DEFAULT_OPSET})")
+    return opset
+
+
+def _written_opset(model: ir.Model) -> int:
+    return int(model.opset_imports.get("", DEFAULT_OPSET))
+
+
 def export_onnx(
     module: torch.nn.Module,
     args: Sequence[torch.Tensor],
@@ -111,17 +144,20 @@ def export_onnx(
 
     from ..formats import check_output
 
-    opset = opset or DEFAULT_OPSET
+    opset = check_opset(DEFAULT_OPSET if opset is None else opset, exporter=exporter)
     external = output.with_name(output.name + ".data")
     check_output(output, force=force)
     args = tuple(args)
     try:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: a model that caches a tensor on its first forward (a
+        # position table) would keep an inference tensor that the tracer cannot save.
+        with torch.no_grad():
             sample = module(*args)
-    except Exception as exc:  # noqa: BLE001 - the user's model may raise anything
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's model may raise anything
         shapes = ", ".join(f"{list(a.shape)} {str(a.dtype).removeprefix('torch.')}" for a in args)
         raise InputError(f"the model fails on example inputs {shapes}: {type(exc).__name__}: "
-                         f"{_exporter_message(exc).partition(': ')[2]}; check --input") from None
+                         f"{_exporter_message(exc).partition(': ')[2]}; check --input"
+                         ) from None
     flat = flatten_outputs(sample)
     if not flat:
         raise InputError("the model returns no tensors; nothing to export")
@@ -135,6 +171,7 @@ def export_onnx(
     dyn = _dynamic_by_input(dynamic, input_names, args)
     parameters = dict(parameters if parameters is not None else module.state_dict())
     notes: list[str] = []
+    failures: list[str] = []  # each exporter's own failure, in the order tried
     model = None
     used = exporter
     if exporter in ("auto", "dynamo"):
@@ -145,33 +182,33 @@ def export_onnx(
             used = "dynamo"
             problem = _fails_at_second_size(model, args, input_names, dyn) if dyn else None
             if problem is not None:
-                if exporter == "dynamo":
-                    raise InputError(
-                        f"the torch.export-based exporter wrote a graph that fails when a "
-                        f"--dynamic axis changes size ({problem}); try --exporter legacy"
-                    )
-                raise ExportFailed(f"its graph fails when a --dynamic axis changes size: {problem}")
+                raise ExportFailed(f"its graph fails when a dynamic axis changes size: {problem}")
         except ExportFailed as exc:
             model = None
-            if exporter == "dynamo":
-                raise InputError(f"the torch.export-based exporter failed: {exc}; try the "
-                                 "legacy exporter") from None
-            notes.append(
-                f"the torch.export-based exporter failed ({exc}); used the legacy "
-                "TorchScript exporter, which traces the path the example inputs take through "
-                "Python control flow"
-            )
-    if model is None:
+            failures.append(f"the torch.export-based exporter failed: {exc}")
+            if exporter == "auto":
+                notes.append(
+                    f"the torch.export-based exporter failed ({exc}); used the legacy "
+                    "TorchScript exporter, which traces the path the example inputs take "
+                    "through Python control flow"
+                )
+    if model is None and exporter in ("auto", "legacy"):
         try:
             model = _export_legacy(export_module, args, input_names=input_names,
                                    output_names=out_names, dynamic=dyn, opset=opset)
-        except InputError as exc:
-            if not notes:
-                raise
-            # Both exporters failed: the first failure is usually the one to fix.
-            first = notes[0].split(" (", 1)[1].rsplit("); used the legacy", 1)[0]
-            raise InputError(f"the torch.export-based exporter failed ({first}); {exc}") from None
-        used = "legacy"
+            used = "legacy"
+        except ExportFailed as exc:
+            failures.append(f"the legacy TorchScript exporter failed: {exc}")
+    if model is None:
+        hint = {"dynamo": "; try exporter='legacy'", "legacy": "; try exporter='dynamo'"}
+        ops = unsupported_operators(" ".join(failures))
+        lead = f"unsupported operator {', '.join(ops)}: " if ops else ""
+        raise ConversionNotPossible(lead + "; ".join(failures) + hint.get(exporter, ""))
+    written = _written_opset(model)
+    if written != opset:
+        raise ConversionNotPossible(
+            f"the {used} exporter wrote opset {written}, not the requested {opset} (it could not "
+            f"convert the graph); use opset {written} or another exporter")
     rename = restore_parameter_names(model, parameters)
     leftover = find_runtime_weight_norm(model)
     if leftover:
@@ -251,13 +288,13 @@ def _dynamic_by_input(dynamic: Sequence[DynamicAxis], names: Sequence[str],
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporters: their prints, log records and warnings.
+    """Silence the exporters: their prints (Python and C++), log records and warnings.
 
     Their chatter (progress lines, graph dumps of failed captures, missing torchvision ops)
     would mix with results on stdout and bury wnconvert's one-line messages on stderr; what
     matters from a failure is in the exception, which is reported.
     """
-    import io
+    from ..capture import captured_output
 
     # torch configures levels per logger, so each torch logger is raised, not just the root.
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
@@ -266,10 +303,8 @@ def _quiet_exporter() -> Iterator[None]:
     levels = [(logger, logger.level) for logger in loggers]
     for logger, _ in levels:
         logger.setLevel(logging.CRITICAL)
-    sink = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), \
-                contextlib.redirect_stderr(sink):
+        with warnings.catch_warnings(), captured_output():
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -324,6 +359,22 @@ def _specialized_axes(model: ir.Model, dynamic: Mapping[str, Mapping[int, str]])
     return found
 
 
+_UNSUPPORTED_OP = re.compile(
+    r"operator '(?P<legacy>[\w:.]+)'|OpOverload\(op='(?P<dynamo>[\w.]+)'|"
+    r"Unsupported FX nodes: \{'(?P<fx>[\w.:]+)'")
+
+
+def unsupported_operators(text: str) -> list[str]:
+    """Operator names (``aten::diff``) that an exporter's failure message says it lacks."""
+    found: list[str] = []
+    for match in _UNSUPPORTED_OP.finditer(text):
+        name = next(g for g in match.groups() if g).replace("aten.", "aten::", 1)
+        name = name.removesuffix(".default")
+        if name not in found:
+            found.append(name)
+    return found
+
+
 def _exporter_message(exc: BaseException) -> str:
     """The first lines of the innermost error, on one line (the exporters wrap the cause)."""
     cause = exc
@@ -353,8 +404,7 @@ def _export_legacy(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *,
                     dynamic_axes=dynamic_axes, do_constant_folding=True,
                 )
         except Exception as exc:  # noqa: BLE001 - the tracer raises many error types
-            raise InputError(f"the legacy ONNX exporter failed: {_exporter_message(exc)}"
-                             ) from None
+            raise ExportFailed(_exporter_message(exc)) from None
         model = ir.load(path)
         # Read external tensors now: the temporary folder goes away.
         for value in model.graph.initializers.values():

@@ -5,7 +5,7 @@ the CPU, and fold its ``aten._weight_norm`` calls on parameters into plain param
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,26 +16,161 @@ from .torch_model import PreparedModel, load_strict
 if TYPE_CHECKING:
     import torch
 
+#: Archive folders whose contents torch would load as native code or other runtimes' blobs.
+_CODE_FOLDERS = ("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")
+
+
 def load_program(path: Path) -> Any:
-    """``torch.export.load`` with a one-line error (this runs no pickled code)."""
+    """Load a ``torch.export`` archive (``.pt2``) without unpickling anything unsafely.
+
+    ``torch.export.load`` unpickles with ``weights_only=False`` in several places (weights and
+    constants flagged ``use_pickle``, opaque and custom-class constants, and the sample inputs
+    when the safe unpickler refuses them), so a crafted archive can run code. The archive is
+    read here first and refused when any member would need that (:func:`check_program_archive`);
+    the load itself then runs with every unpickler torch might reach forced to the safe one
+    (:func:`_safe_unpickling`), so a path this check does not know cannot run code either. The
+    program is moved to the CPU: references run there, in float32.
+    """
     import torch
 
     if not path.exists():
         raise InputNotFound(f"{path}: no such file; check the path")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file; give a .pt2 archive saved by "
+                         "torch.export.save")
+    check_program_archive(path)
     try:
-        program = torch.export.load(str(path))
+        with _safe_unpickling():
+            program = torch.export.load(str(path))
+    except _UnsafeMember as exc:
+        raise InputError(f"{path}: refused: {exc}; wnconvert never unpickles arbitrary objects. "
+                         "Re-save the program with torch.export.save from plain tensors") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad archives
         raise InputError(f"{path}: cannot load as a torch.export program (.pt2): "
-                         f"{type(exc).__name__}: {exc}") from None
-    return program_on_cpu(program)
+                         f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+    return _to_cpu(program)
 
 
-def program_on_cpu(program: Any) -> Any:
-    """The program with its parameters, buffers and device arguments moved to the CPU.
+class _UnsafeMember(Exception):
+    """An archive member that only an unsafe unpickler could read."""
 
-    A program saved on CUDA keeps its device after loading; the reference must run on CPU in
-    float32 (its inputs are CPU tensors, and the weight-norm fold inserts CPU parameters).
-    """
+
+def check_program_archive(path: Path) -> None:
+    """Refuse a ``.pt2`` archive with any member that ``torch.export.load`` would unpickle
+    unsafely or run as code; names the member and says why."""
+    import io
+    import json
+    import zipfile
+
+    import torch
+
+    def refuse(member: str, why: str) -> InputError:
+        return InputError(f"{path}: refused: archive member {member} {why}; wnconvert never "
+                          "unpickles arbitrary objects or loads compiled code from a file. "
+                          "Re-save the program with torch.export.save from plain tensors, or "
+                          "export the model from its code with --model")
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"{path}: not a torch.export archive (.pt2): {exc}") from None
+    with archive:
+        names = archive.namelist()
+        roots = {name.split("/", 1)[0] for name in names}
+        if len(roots) != 1 or not all("/" in name for name in names):
+            raise InputError(f"{path}: not a torch.export archive (.pt2): expected one top "
+                             "folder as torch.export.save writes")
+        root = roots.pop() + "/"
+        inner = {name[len(root):]: name for name in names}
+
+        def read(member: str) -> bytes:
+            return archive.read(inner[member])
+
+        if inner.get("archive_format") is None or read("archive_format").strip() != b"pt2":
+            raise InputError(f"{path}: not a torch.export archive in the current format (no "
+                             "archive_format 'pt2'); re-save it with torch.export.save")
+        for member in inner:
+            if member.startswith(_CODE_FOLDERS):
+                raise refuse(member, "holds compiled code or another runtime's package")
+        models = [m[len("models/"):-len(".json")] for m in inner
+                  if m.startswith("models/") and m.endswith(".json")]
+        if not models:
+            raise InputError(f"{path}: the archive holds no exported program (models/*.json)")
+        for model in models:
+            for legacy in (f"data/weights/{model}.pt", f"data/constants/{model}.pt"):
+                if legacy in inner:
+                    raise refuse(legacy, "is a legacy pickled state dict")
+            for kind in ("weights", "constants"):
+                config_name = f"data/{kind}/{model}_{kind}_config.json"
+                if config_name not in inner:
+                    continue
+                try:
+                    config = json.loads(read(config_name)).get("config", {})
+                    entries = list(config.items())
+                except (ValueError, AttributeError, RecursionError):
+                    raise refuse(config_name, "is not a valid payload config") from None
+                for fqn, meta in entries:
+                    meta = meta if isinstance(meta, dict) else {}
+                    file_name = str(meta.get("path_name", ""))
+                    if meta.get("use_pickle"):
+                        raise refuse(f"data/{kind}/{file_name}",
+                                     f"stores {fqn!r} as a pickle (use_pickle)")
+                    if file_name.startswith(("custom_obj_", "opaque_obj_")):
+                        raise refuse(f"data/{kind}/{file_name}",
+                                     f"stores {fqn!r} as a pickled Python or C++ object")
+            sample = f"data/sample_inputs/{model}.pt"
+            if sample in inner and archive.getinfo(inner[sample]).file_size:
+                try:
+                    torch.load(io.BytesIO(read(sample)), weights_only=True)
+                except Exception:  # noqa: BLE001 - anything the safe unpickler refuses
+                    raise refuse(sample, "holds sample inputs that only an unsafe unpickler "
+                                 "can read") from None
+
+
+@contextlib.contextmanager
+def _safe_unpickling() -> Iterator[None]:
+    """While loading, every unpickler torch.export may reach is the safe one or refuses."""
+    import pickle
+
+    import torch
+    from torch.export.pt2_archive import _package
+
+    real_load = torch.load
+    real_pickle_load_obj = torch._C._pickle_load_obj
+
+    def safe_load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        try:
+            return real_load(*args, **kwargs)
+        except pickle.UnpicklingError as exc:
+            raise _UnsafeMember(f"a member needs unsafe unpickling ({exc})") from None
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise _UnsafeMember("a member is a pickled object")
+
+    class _NoPickle:
+        loads = staticmethod(refuse)
+        load = staticmethod(refuse)
+
+    real_package_pickle = _package.pickle
+    torch.load = safe_load
+    torch._C._pickle_load_obj = refuse
+    _package.pickle = _NoPickle  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.load = real_load
+        torch._C._pickle_load_obj = real_pickle_load_obj
+        _package.pickle = real_package_pickle
+
+
+def _to_cpu(program: Any) -> Any:
+    """The program with every parameter, buffer and constant on the CPU."""
+    import torch
+
+    tensors = [*program.state_dict.values(), *program.constants.values()]
+    if all(not isinstance(t, torch.Tensor) or t.device.type == "cpu" for t in tensors):
+        return program
     from torch.export.passes import move_to_device_pass
 
     return move_to_device_pass(program, "cpu")
@@ -94,7 +229,7 @@ def fold_program_weight_norm(graph_module: torch.nn.Module) -> int:
     from ..keys import find_pair_keys
     from ..numerics import fold, infer_dim
 
-    graph = graph_module.graph
+    graph: Any = graph_module.graph  # a torch.fx.Graph (typed as Tensor | Module by torch)
     targets = {torch.ops.aten._weight_norm.default, torch.ops.aten._weight_norm_interface.default}
     pair_of_v = {p.v_key: p for p in find_pair_keys(dict(graph_module.state_dict()))}
     count = 0
@@ -132,7 +267,7 @@ def fold_program_weight_norm(graph_module: torch.nn.Module) -> int:
         count += 1
     if count:
         graph.lint()
-        graph_module.recompile()
+        graph_module.recompile()  # type: ignore[operator]
     return count
 
 

@@ -73,7 +73,7 @@ def load_callable(spec: str) -> Callable[..., Any]:
                 module = importlib.import_module(target)
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - user code can raise anything while importing
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise or exit
         raise InputError(f"--model {spec!r}: importing {target} failed: "
                          f"{type(exc).__name__}: {exc}") from None
     obj: Any = module
@@ -98,7 +98,7 @@ def build_model(spec: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             module = factory(**kwargs)
-    except Exception as exc:  # noqa: BLE001 - user code can raise anything
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise or exit
         raise InputError(f"--model {spec!r}: calling it with {dict(kwargs)} raised "
                          f"{type(exc).__name__}: {exc}; check --model-kwargs") from None
     if not isinstance(module, nn.Module):
@@ -123,7 +123,8 @@ def _weight_norm_sites(module: torch.nn.Module) -> Iterator[tuple[torch.nn.Modul
 
     for sub in module.modules():
         if parametrize.is_parametrized(sub):
-            for name, plist in sub.parametrizations.items():
+            plists: Any = sub.parametrizations  # a ModuleDict of ParametrizationLists
+            for name, plist in plists.items():
                 if any(type(p).__name__ == "_WeightNorm" for p in plist):
                     yield sub, name, "parametrize"
         for hook in sub._forward_pre_hooks.values():
@@ -294,6 +295,6 @@ def apply_weight_norm_like(module: torch.nn.Module,
         dim = check_pair_shapes(pair.weight_key, tuple(g.shape), tuple(v.shape))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. RNN weights "not part of a single block"
-            weight_norm(sub, name=pair.param, dim=dim)
+            weight_norm(sub, name=pair.param, dim=dim)  # type: ignore[arg-type]  # None is valid
         count += 1
     return count

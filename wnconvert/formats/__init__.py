@@ -12,7 +12,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..dtypes import numpy_to_tensor
@@ -20,6 +20,7 @@ from ..errors import InputError, InputNotFound, WeightNormWarning
 from . import safetensors_format as st
 from . import torch_pickle as tp
 from .atomic import atomic_file, atomic_files, check_output
+from .files import require_regular_file
 from .source import DictSource, LazyStateDict, PlannedTensor, TensorInfo, TensorSource, source_of
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ __all__ = [
     "atomic_file",
     "source_of",
     "DictSource",
+    "require_regular_file",
 ]
 
 Format = Literal["pt", "safetensors"]
@@ -126,6 +128,8 @@ def load_checkpoint(
     if path.is_dir():
         path = _resolve_directory(path)
     fmt = detect_format(path)
+    # Before anything is opened: a FIFO would block open(), a device would never end.
+    require_regular_file(path, what="checkpoint")
     if fmt == "safetensors":
         if key is not None:
             raise InputError(
@@ -152,28 +156,99 @@ def load_checkpoint(
     )
 
 
-def _load_sharded(index_path: Path) -> Checkpoint:
+def _read_index(index_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The index JSON and its ``weight_map`` (tensor name -> shard name), both checked."""
+    require_regular_file(index_path, what="safetensors index")
+
+    def bad(what: str) -> InputError:
+        return InputError(f"{index_path}: not a valid safetensors index: {what}; re-download it")
+
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        index = json.loads(
+            index_path.read_text(encoding="utf-8"), object_pairs_hook=st.unique_object
+        )
+    except st.DuplicateKey as exc:
+        raise bad(f"the key {exc.key!r} appears twice") from None
+    except RecursionError:
+        raise bad("the JSON is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError):  # JSONDecodeError is a ValueError
+        raise bad("not JSON (needs a JSON object with a 'weight_map')") from None
+    if not isinstance(index, dict) or "weight_map" not in index:
+        raise bad("needs a JSON object with a 'weight_map'")
+    weight_map = index["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise bad(f"'weight_map' is a {_json_type(weight_map)}, not an object")
+    for key, shard_name in weight_map.items():
+        if not isinstance(shard_name, str) or not shard_name:
+            raise bad(f"'weight_map' gives {key!r} the shard {shard_name!r}, not a file name")
+    return index, weight_map
+
+
+def _json_type(value: object) -> str:
+    names = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _shard_path(index_path: Path, folder: Path, name: str) -> Path:
+    """The shard file ``name`` names, refused unless it lies inside the index's folder.
+
+    The index is data from the file, not the user: like ONNX external data, it may only name
+    files next to it (a subfolder is fine). Absolute paths, ``..`` and symlinks that lead out
+    are refused before anything is opened.
+    """
+    if "\0" in name:
+        raise InputError(f"{index_path}: shard name {name!r} holds a NUL byte; not a file name")
+    relative = PurePath(name)
+    if relative.is_absolute() or ".." in relative.parts or relative.anchor:
         raise InputError(
-            f"{index_path}: not a valid safetensors index (needs a JSON object with a "
-            "'weight_map'); re-download it"
-        ) from None
+            f"{index_path}: shard {name!r} is outside the index's folder; an index may only "
+            "name files in its own folder (move the shards next to it)"
+        )
+    path = index_path.parent / relative
+    if not path.exists():
+        raise InputNotFound(f"{index_path}: shard {name} is missing next to the index")
+    if not path.resolve().is_relative_to(folder):
+        raise InputError(
+            f"{index_path}: shard {name!r} is a link to {path.resolve()}, outside the index's "
+            "folder; an index may only name files in its own folder (copy the shard there)"
+        )
+    return path
+
+
+def _load_sharded(index_path: Path) -> Checkpoint:
+    index, weight_map = _read_index(index_path)
+    folder = index_path.parent.resolve()
     files: dict[str, st.SafetensorsFile] = {}
-    by_key: dict[str, st.SafetensorsFile] = {}
+    spelled: dict[Path, str] = {}  # real file -> the name the index uses for it
     for shard_name in dict.fromkeys(weight_map.values()):
-        shard_path = index_path.parent / shard_name
-        if not shard_path.exists():
-            raise InputError(f"{index_path}: shard {shard_name} is missing next to the index")
+        shard_path = _shard_path(index_path, folder, shard_name)
+        real = shard_path.resolve()
+        if real in spelled:
+            raise InputError(
+                f"{index_path}: shards {spelled[real]!r} and {shard_name!r} are the same file; "
+                "name each shard one way only"
+            )
+        spelled[real] = shard_name
         files[shard_name] = st.SafetensorsFile(shard_path)
+    by_key: dict[str, st.SafetensorsFile] = {}
     for key, shard_name in weight_map.items():
         if key not in files[shard_name].entries:
             raise InputError(f"{index_path}: index puts {key!r} in {shard_name}, which lacks it")
         by_key[key] = files[shard_name]
+    # Every tensor of every shard must be the one the map names: a tensor the map lacks, or the
+    # same name in two shards, would make the result depend on which reader one asks.
+    for shard_name, file in files.items():
+        for key in file.entries:
+            if weight_map.get(key) != shard_name:
+                where = (
+                    f"the index puts it in {weight_map[key]}"
+                    if key in weight_map
+                    else "the index does not list it"
+                )
+                raise InputError(
+                    f"{index_path}: shard {shard_name} holds {key!r} but {where}; the index and "
+                    "its shards disagree (re-download them together)"
+                )
     metadata = next((f.metadata for f in files.values() if f.metadata), None)
     index_meta = index.get("metadata") if isinstance(index.get("metadata"), dict) else None
     return Checkpoint(
@@ -183,7 +258,7 @@ def _load_sharded(index_path: Path) -> Checkpoint:
         metadata=metadata,
         shard_of=dict(weight_map),
         index_metadata=index_meta,
-        input_files=[index_path, *(index_path.parent / n for n in files)],
+        input_files=[index_path, *(f.path for f in files.values())],
     )
 
 

@@ -11,6 +11,7 @@ kernel (``os.copy_file_range``).
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -19,16 +20,89 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..dtypes import c_contiguous, from_safetensors_code, numpy_dtype, safetensors_code
+from ..dtypes import (
+    ITEMSIZE,
+    c_contiguous,
+    from_safetensors_code,
+    numpy_dtype,
+    safetensors_code,
+)
 from ..errors import InputError
+from .files import require_regular_file
 from .source import PlannedTensor, TensorInfo, TensorSource
 
-_MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+_MAX_HEADER = 100_000_000  # the reference reader's limit (MAX_HEADER_SIZE)
+_MAX_DIMS = 64  # numpy's and torch's limit: safe_open cannot return a tensor with more
+_MAX_BYTES = 2**63 - 1  # numpy and torch size arrays with signed 64-bit integers
+_MAX_USIZE = 2**64 - 1  # shapes and offsets are Rust usize values
+_MAX_NESTING = 100  # serde_json refuses nesting past 128 levels; a real header has 3
 _ALIGN = 8
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that refuses a repeated key (Python's json would keep the last silently,
+    so two readers could disagree about which tensor a name means)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def _parse_usize(text: str) -> int:
+    # serde reads "-0" as a float and refuses it where Python reads int 0: mark every negative
+    # number with -1 so the non-negative checks refuse it too.
+    return -1 if text.startswith("-") else int(text)
+
+
+def _parse_finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: serde_json refuses a number out of range
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _refuse_constant(text: str) -> float:
+    raise ValueError(f"{text} is not JSON")  # Python's json alone accepts NaN and Infinity
+
+
+def _is_usize(value: object) -> bool:
+    return type(value) is int and 0 <= value <= _MAX_USIZE  # bool is not an int here
+
+
+def _json_problem(root: object) -> str | None:
+    """What makes a parsed header unacceptable to a strict JSON reader (serde_json), if any:
+    nesting past its limit, or a string that is not Unicode text (a lone surrogate escape)."""
+    stack: list[tuple[object, int]] = [(root, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: list[object] = [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            children = value
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"header holds the string {value!r}, which is not valid Unicode"
+            continue
+        else:
+            continue
+        if depth > _MAX_NESTING:
+            return "header JSON is nested too deeply"
+        stack.extend((child, depth + 1) for child in children)
+    return None
 
 
 def dtype_code(name: str) -> str:
@@ -39,25 +113,29 @@ def dtype_code(name: str) -> str:
 
 
 class SafetensorsFile:
-    """One validated safetensors file: header entries, metadata, data offset."""
+    """One validated safetensors file: header entries, metadata, data offset.
+
+    The header is checked as strictly as the reference library (safetensors' Rust reader) checks
+    it, and a little more where numpy or torch could not hold the result, before anything else
+    is read: a file ``safetensors.safe_open`` refuses is refused here.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        size = path.stat().st_size
+        size = require_regular_file(path, what="safetensors file").st_size
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
                 raise self._bad("file is shorter than the 8-byte header length")
             (header_len,) = struct.unpack("<Q", head)
-            if header_len > _MAX_HEADER or 8 + header_len > size:
+            if header_len > _MAX_HEADER:
+                raise self._bad(
+                    f"header length {header_len} is over the format's limit of {_MAX_HEADER} bytes"
+                )
+            if 8 + header_len > size:
                 raise self._bad(f"header length {header_len} does not fit in a {size}-byte file")
             raw = f.read(header_len)
-        try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._bad(f"header is not valid JSON ({exc.__class__.__name__})") from None
-        if not isinstance(header, dict):
-            raise self._bad("header is not a JSON object")
+        header = self._parse_json(raw)
         meta = header.pop("__metadata__", None)
         if meta is not None and not (
             isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
@@ -66,27 +144,84 @@ class SafetensorsFile:
         self.metadata: dict[str, str] | None = meta
         self.data_start = 8 + header_len
         self.entries: dict[str, tuple[TensorInfo, int, int]] = {}
-        data_len = size - self.data_start
         for key, entry in header.items():
-            try:
-                code, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-                shape = tuple(int(s) for s in shape)
-            except (KeyError, TypeError, ValueError):
-                raise self._bad(f"entry {key!r} lacks dtype/shape/data_offsets") from None
-            name = from_safetensors_code(str(code))
-            if name is None:
-                raise self._bad(f"tensor {key!r} has dtype {code}, which wnconvert cannot read")
-            info = TensorInfo(shape, name)
-            if not 0 <= begin <= end <= data_len:
+            self.entries[key] = self._entry(key, entry)
+        self._check_layout(size - self.data_start)
+
+    def _parse_json(self, raw: bytes) -> dict[str, Any]:
+        try:
+            header = json.loads(
+                raw.decode("utf-8"),
+                object_pairs_hook=unique_object,
+                parse_int=_parse_usize,
+                parse_float=_parse_finite,
+                parse_constant=_refuse_constant,
+            )
+        except DuplicateKey as exc:
+            raise self._bad(f"header has the key {exc.key!r} twice") from None
+        except RecursionError:
+            raise self._bad("header JSON is nested too deeply") from None
+        except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise self._bad(f"header is not valid JSON ({exc.__class__.__name__})") from None
+        if not isinstance(header, dict):
+            raise self._bad("header is not a JSON object")
+        problem = _json_problem(header)
+        if problem:
+            raise self._bad(problem)
+        return header
+
+    def _entry(self, key: str, entry: object) -> tuple[TensorInfo, int, int]:
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+            raise self._bad(f"entry {key!r} lacks dtype/shape/data_offsets")
+        code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_usize(s) for s in shape):
+            raise self._bad(f"tensor {key!r}: shape must be a list of non-negative integers")
+        if len(shape) > _MAX_DIMS:
+            raise self._bad(f"tensor {key!r} has {len(shape)} dimensions; at most {_MAX_DIMS}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_usize, offsets))):
+            raise self._bad(f"tensor {key!r}: data_offsets must be two non-negative integers")
+        name = from_safetensors_code(code) if isinstance(code, str) else None
+        if name is None:
+            raise self._bad(
+                f"tensor {key!r} has dtype {repr(code)[:40]}, which wnconvert cannot read"
+            )
+        info = TensorInfo(tuple(shape), name)
+        # Like numpy and torch, count every axis (an empty one too): the product must fit.
+        extent = ITEMSIZE[name]
+        for s in shape:
+            extent *= max(s, 1)
+        if extent > _MAX_BYTES:
+            raise self._bad(f"tensor {key!r}: shape {shape} overflows (too many elements)")
+        begin, end = offsets
+        if end < begin:
+            raise self._bad(
+                f"tensor {key!r} has data_offsets [{begin}, {end}], which end before they "
+                "begin (truncated or corrupt)"
+            )
+        if end - begin != info.nbytes:
+            raise self._bad(
+                f"tensor {key!r} has {end - begin} bytes, its shape needs {info.nbytes}"
+            )
+        return info, begin, end
+
+    def _check_layout(self, data_len: int) -> None:
+        # The reference reader's rule: sorted by offsets, the tensors tile the data exactly, from
+        # byte 0 to the end of the file: no gap, no overlap, nothing after the last one.
+        position = 0
+        for key, (_, begin, end) in sorted(self.entries.items(), key=lambda kv: kv[1][1:]):
+            if end > data_len:
                 raise self._bad(
                     f"tensor {key!r} ends at byte {end} but the file has {data_len} data bytes "
                     "(truncated or corrupt)"
                 )
-            if end - begin != info.nbytes:
-                raise self._bad(
-                    f"tensor {key!r} has {end - begin} bytes, its shape needs {info.nbytes}"
-                )
-            self.entries[key] = (info, begin, end)
+            if begin != position:
+                what = "overlaps the one before it" if begin < position else "leaves a gap"
+                raise self._bad(f"tensor {key!r} starts at byte {begin}: it {what}")
+            position = end
+        if position != data_len:
+            raise self._bad(
+                f"{data_len - position} bytes after the last tensor (trailing data or corrupt)"
+            )
 
     def _bad(self, what: str) -> InputError:
         return InputError(

@@ -15,18 +15,28 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .files import require_regular_file
 
 _MAX_DEPTH = 4
 _UNSUPPORTED_GLOBAL = re.compile(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
 
 
 def load_pickle(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` (memory-mapped when the file allows it)."""
+    """``torch.load`` with ``weights_only=True`` (memory-mapped when that is known to be safe).
+
+    ``weights_only=True`` is passed explicitly, so no environment variable
+    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) can turn the restricted unpickler off.
+    """
     import torch
 
-    mmap = zipfile.is_zipfile(path)  # mmap needs the zip format (torch >= 1.6 default)
+    require_regular_file(path, what="checkpoint")
     try:
+        # mmap needs the zip format (torch >= 1.6 default), and records checked beforehand:
+        # torch's mmap path does not compare a record's size with what the pickle declares.
+        mmap = zipfile.is_zipfile(path) and _records_fit(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except InputError:
+        raise
     except pickle.UnpicklingError as exc:
         text = str(exc)
         # torch words it "Unsupported global: GLOBAL x.y" or "Trying to load unsupported GLOBAL
@@ -43,6 +53,89 @@ def load_pickle(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: torch's legacy unpickler raises
         # KeyError, IndexError, RuntimeError... on garbage; each means "not a checkpoint".
         raise _not_a_checkpoint(path, f"{type(exc).__name__}: {exc}") from None
+
+
+def _records_fit(path: Path) -> bool:
+    """Whether every tensor storage's zip record has exactly the size the pickle declares.
+
+    ``torch.load(weights_only=True)`` without ``mmap`` refuses a record of the wrong size; with
+    ``mmap`` it maps the declared size from the record's offset, so a short record would lend
+    its tensor the bytes that follow it (the next record, the zip directory). This reads the
+    pickle alone, through torch's weights-only unpickler, with storages on the meta device (no
+    tensor data is read, nothing is allocated), and compares each storage with its record.
+    Raises :class:`InputError` on a mismatch; returns False where it cannot tell (the caller
+    then loads without mmap, and torch checks every record itself), True when all fit.
+    """
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        if not infos or "/" not in infos[0].filename:
+            return False
+        # torch's reader takes the archive's folder from its first record, as done here.
+        prefix = infos[0].filename.split("/", 1)[0]
+        records = {info.filename: info for info in infos}
+        if f"{prefix}/data.pkl" not in records:
+            return False
+        pickled = archive.read(f"{prefix}/data.pkl")
+    storages = _declared_storages(pickled)
+    if storages is None:
+        return False
+    for key, (declared, reach) in storages.items():
+        info = records.get(f"{prefix}/data/{key}")
+        if info is None:
+            return False  # torch refuses a missing record itself
+        if info.compress_type != zipfile.ZIP_STORED:
+            problem = "is compressed (torch.save stores tensor data as it is)"
+        elif info.file_size != declared:
+            problem = f"holds {info.file_size} bytes but the pickle declares {declared}"
+        elif reach > declared:
+            problem = f"holds {declared} bytes but the pickle's tensors reach byte {reach}"
+        else:
+            continue
+        raise InputError(
+            f"{path}: not a readable PyTorch checkpoint: storage record {info.filename} "
+            f"{problem}; the file is truncated or corrupt (re-save it)"
+        )
+    return True
+
+
+def _declared_storages(pickled: bytes) -> dict[str, tuple[int, int]] | None:
+    """Storage key -> (bytes the pickle declares, bytes its tensors' views reach), or None
+    where this torch has no weights-only unpickler to read the pickle with."""
+    import io
+
+    import torch
+
+    try:
+        from torch._weights_only_unpickler import Unpickler
+    except ImportError:
+        return None
+    storages: dict[str, tuple[int, Any]] = {}
+
+    def persistent_load(saved_id: Any) -> Any:
+        # The same reading of a storage id as torch.serialization._load's persistent_load.
+        if not (isinstance(saved_id, tuple) and len(saved_id) == 5):
+            raise pickle.UnpicklingError(f"unexpected persistent id {saved_id!r:.60}")
+        _, storage_type, key, _, numel = saved_id
+        key = key.decode("ascii") if isinstance(key, bytes) else str(key)
+        if key not in storages:
+            dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+            nbytes = numel * torch._utils._element_size(dtype)
+            storage = torch.storage.TypedStorage(
+                wrap_storage=torch.UntypedStorage(nbytes, device="meta"),
+                dtype=dtype,
+                _internal=True,
+            )
+            storages[key] = (nbytes, storage)
+        return storages[key][1]
+
+    unpickler = Unpickler(io.BytesIO(pickled), encoding="utf-8")
+    unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
+    unpickler.load()
+    # A meta storage grows to fit the views set on it: its size now is what they reach.
+    return {
+        key: (nbytes, storage._untyped_storage.nbytes())
+        for key, (nbytes, storage) in storages.items()
+    }
 
 
 def _not_a_checkpoint(path: Path, detail: str) -> InputError:

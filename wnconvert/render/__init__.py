@@ -7,6 +7,7 @@ stderr is a terminal.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,10 +60,26 @@ def info(message: str, *, quiet: bool = False) -> None:
         stderr().print(_escape(message))
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
+# Control characters (ESC starts terminal commands: a tensor named "\x1b[2J" would clear the
+# screen), C1 controls and the invisible format characters (bidi overrides, zero-width) that can
+# make a name look like another one.
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
-    return escape(text)
+
+def visible(text: str) -> str:
+    """``text`` with control and invisible characters written as ``\\xNN``/``\\uNNNN``."""
+    return _INVISIBLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                          else f"\\u{ord(m.group()):04x}", text)
+
+
+def escape(text: str) -> str:
+    """Safe to embed in rich markup: control characters made visible, markup escaped."""
+    from rich.markup import escape as escape_markup
+
+    return escape_markup(visible(text))
+
+
+_escape = escape
 
 
 ProgressCallback = Callable[[str, int, int], None]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 
-from . import format_bytes, stdout
+from . import escape, format_bytes, stdout, visible
 
 _MAX_ROWS = 60  # beyond this a summary table lists the first rows and counts the rest
 
@@ -29,11 +28,11 @@ def print_inspection(report: dict[str, Any]) -> None:
     console.print(f"[bold]{escape(c['path'])}[/] ({c['format']}){where}")
     for entry in c["entries"]:
         mark = "▶" if entry["selected"] else " "
-        console.print(f"  {mark} {entry['key']}: {entry['kind']}", markup=False)
+        console.print(f"  {mark} {visible(entry['key'])}: {entry['kind']}", markup=False)
     if c["shards"]:
-        console.print(f"  shards: {', '.join(c['shards'])}", markup=False)
+        console.print(f"  shards: {visible(', '.join(c['shards']))}", markup=False)
     if c["metadata"]:
-        console.print(f"  metadata: {c['metadata']}", markup=False)
+        console.print(f"  metadata: {visible(str(c['metadata']))}", markup=False)
 
     if report["pairs"]:
         table = Table(title="weight-norm pairs", title_justify="left")
@@ -57,7 +56,7 @@ def print_inspection(report: dict[str, Any]) -> None:
         console.print("no weight-norm pairs")
     cands = report["decompose_candidates"]
     if cands:
-        names = ", ".join(c["name"] for c in cands[:12])
+        names = visible(", ".join(c["name"] for c in cands[:12]))
         more = f", ... ({len(cands) - 12} more)" if len(cands) > 12 else ""
         console.print(
             f"decompose would pick {len(cands)} plain tensor(s): {names}{more}", markup=False
@@ -106,5 +105,5 @@ def print_conversion(summary: dict[str, Any]) -> None:
         markup=False,
     )
     for note in summary.get("notes", []):
-        console.print(f"note: {note}", markup=False)
-    console.print(f"wrote {summary['output']}", markup=False)
+        console.print(f"note: {visible(note)}", markup=False)
+    console.print(f"wrote {visible(str(summary['output']))}", markup=False)

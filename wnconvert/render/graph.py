@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 
-from . import format_bytes, stdout
+from . import escape, format_bytes, stdout
 
 _MAX_ROWS = 60  # beyond this a table lists the first rows and counts the rest (--json has all)
 

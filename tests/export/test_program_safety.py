@@ -1,0 +1,177 @@
+"""A ``.pt2`` archive can never run code (issue 9 §1): one crafted archive per member that
+``torch.export.load`` would unpickle unsafely, each refused with one line, exit 2, nothing
+written and no marker file created."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from wnconvert.cli import app
+from wnconvert.errors import InputError
+from wnconvert.export import load_program
+from wnconvert.export import program as program_module
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(2, 3, 3))
+        self.register_buffer("scale", torch.tensor([2.0]))
+        self.offset = torch.tensor([0.5])  # a plain attribute: saved as a tensor constant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * self.scale + self.offset
+
+
+class _Marker:
+    """Unpickling this creates the file at ``path`` (the proof that code ran)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Callable[..., object], tuple[str, str]]:
+        return (os.mknod if hasattr(os, "mknod") else open, (self.path,))  # type: ignore[return-value]
+
+
+def _pickled_marker(marker: Path) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(_Marker(str(marker)), buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def valid_pt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pt2") / "good.pt2"
+    program = torch.export.export(_Tiny().eval(), (torch.randn(1, 2, 8),))
+    torch.export.save(program, str(path))
+    return path
+
+
+def _rewrite(src: Path, dst: Path, edit: Callable[[dict[str, bytes], str], None]) -> Path:
+    with zipfile.ZipFile(src) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    root = next(iter(members)).split("/", 1)[0] + "/"
+    edit(members, root)
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return dst
+
+
+def _sample_inputs(marker: Path) -> Callable[[dict[str, bytes], str], None]:
+    def edit(members: dict[str, bytes], root: str) -> None:
+        members[root + "data/sample_inputs/model.pt"] = _pickled_marker(marker)
+    return edit
+
+
+def _pickled_payload(kind: str, marker: Path) -> Callable[[dict[str, bytes], str], None]:
+    """Flag the first weight/constant ``use_pickle`` and store a malicious pickle for it."""
+    def edit(members: dict[str, bytes], root: str) -> None:
+        config_name = f"{root}data/{kind}/model_{kind}_config.json"
+        config = json.loads(members[config_name])
+        fqn, meta = next(iter(config["config"].items()))
+        meta["use_pickle"] = True
+        members[f"{root}data/{kind}/{meta['path_name']}"] = _pickled_marker(marker)
+        config["config"][fqn] = meta
+        members[config_name] = json.dumps(config).encode()
+    return edit
+
+
+def _object_constant(prefix: str, marker: Path) -> Callable[[dict[str, bytes], str], None]:
+    """An opaque (``pickle.loads``) or custom-class (``torch._C._pickle_load_obj``) constant."""
+    def edit(members: dict[str, bytes], root: str) -> None:
+        import pickle
+
+        config_name = f"{root}data/constants/model_constants_config.json"
+        config = json.loads(members[config_name])
+        config.setdefault("config", {})["evil"] = {"path_name": f"{prefix}0", "is_param": False,
+                                                   "use_pickle": False, "tensor_meta": None}
+        members[config_name] = json.dumps(config).encode()
+        members[f"{root}data/constants/{prefix}0"] = pickle.dumps(_Marker(str(marker)))
+    return edit
+
+
+def _legacy_weights(marker: Path) -> Callable[[dict[str, bytes], str], None]:
+    def edit(members: dict[str, bytes], root: str) -> None:
+        members[root + "data/weights/model.pt"] = _pickled_marker(marker)
+    return edit
+
+
+def _compiled_code(marker: Path) -> Callable[[dict[str, bytes], str], None]:
+    def edit(members: dict[str, bytes], root: str) -> None:
+        members[root + "data/aotinductor/model/model.so"] = b"\x7fELF not really"
+    return edit
+
+
+CRAFTED = {
+    "sample_inputs": _sample_inputs,
+    "pickled_weight": lambda marker: _pickled_payload("weights", marker),
+    "pickled_constant": lambda marker: _pickled_payload("constants", marker),
+    "opaque_constant": lambda marker: _object_constant("opaque_obj_", marker),
+    "custom_class_constant": lambda marker: _object_constant("custom_obj_", marker),
+    "legacy_pickled_weights": _legacy_weights,
+    "compiled_code": _compiled_code,
+}
+
+
+def test_a_valid_archive_loads_on_the_cpu(valid_pt2: Path) -> None:
+    program = load_program(valid_pt2)
+    assert all(t.device.type == "cpu" for t in program.state_dict.values())
+
+
+@pytest.mark.parametrize("member", sorted(CRAFTED))
+def test_crafted_member_is_refused_and_runs_nothing(member: str, valid_pt2: Path,
+                                                     tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    bad = _rewrite(valid_pt2, tmp_path / "bad.pt2", CRAFTED[member](marker))
+    with pytest.raises(InputError, match="refused"):
+        load_program(bad)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("member", ["sample_inputs", "pickled_weight", "pickled_constant",
+                                    "opaque_constant"])
+def test_the_load_guard_alone_runs_nothing(member: str, valid_pt2: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: with the archive check switched off, torch.export.load itself still
+    only reaches the safe unpickler."""
+    monkeypatch.setattr(program_module, "check_program_archive", lambda path: None)
+    marker = tmp_path / "PWNED"
+    bad = _rewrite(valid_pt2, tmp_path / "bad.pt2", CRAFTED[member](marker))
+    with pytest.raises(InputError):
+        load_program(bad)
+    assert not marker.exists()
+    # The guard is lifted afterwards: torch.load is torch's own again.
+    assert torch.load.__module__ == "torch.serialization"
+
+
+def test_cli_fold_of_a_malicious_pt2_exits_2_and_writes_nothing(valid_pt2: Path,
+                                                                 tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    bad = _rewrite(valid_pt2, tmp_path / "x.pt2", _sample_inputs(marker))
+    out = tmp_path / "out.onnx"
+    before = bad.read_bytes()
+    result = CliRunner().invoke(app, ["fold", str(bad), "--no-verify", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "refused" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt2"]
+    assert bad.read_bytes() == before
+
+
+def test_not_a_zip_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "junk.pt2"
+    path.write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a torch.export archive"):
+        load_program(path)
