@@ -23,6 +23,7 @@ from .analysis import (
     op_counts,
 )
 from .protoio import Computed, FileRange, LazyModel, read_initializer
+from .walk import iter_nodes, outer_references, rename_references
 
 if TYPE_CHECKING:
     import numpy as np
@@ -141,7 +142,8 @@ def fold_model(model: LazyModel) -> FoldResult:
             site.v if site.v in index.initializers else site.g,
         )
 
-    _rename_uses(graph, renames)
+    # value_info of the main graph is renamed or dropped by _prune_value_info below.
+    rename_references(graph, renames, value_info=False)
     chain_nodes = {p for site in foldable for p in site.node_indices}
     dead = _dead_nodes(graph, chain_nodes, {site.root for site in foldable})
     for site in foldable:
@@ -180,8 +182,6 @@ def _is_external(model: LazyModel, name: str) -> bool:
 
 
 def _names_in_use(graph: onnx.GraphProto) -> set[str]:
-    from .analysis import iter_nodes
-
     names = {t.name for t in graph.initializer} | {i.name for i in graph.input}
     names |= {o.name for o in graph.output} | {v.name for v in graph.value_info}
     for node in iter_nodes(graph):
@@ -209,38 +209,11 @@ def _skeleton(name: str, site: WeightNormSite) -> onnx.TensorProto:
     return tensor
 
 
-def _rename_uses(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    """Point every consumer of a replaced value (in subgraphs too) at its new initializer."""
-    if not renames:
-        return
-    from .analysis import iter_nodes
-
-    for node in iter_nodes(graph):
-        for i, name in enumerate(node.input):
-            if name in renames:
-                node.input[i] = renames[name]
-    _rename_subgraph_outputs(graph, renames)
-
-
-def _rename_subgraph_outputs(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    # A subgraph may output an outer-scope value directly.
-    for node in graph.node:
-        for attr in node.attribute:
-            graphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-            for sub in graphs:
-                for output in sub.output:
-                    if output.name in renames:
-                        output.name = renames[output.name]
-                _rename_subgraph_outputs(sub, renames)
-
-
 def _dead_nodes(graph: onnx.GraphProto, candidates: set[int], replaced: set[str]) -> set[int]:
     """The candidate nodes none of whose outputs is still needed (a fixed point).
 
     ``replaced`` values are provided by new initializers from now on (whatever uses them).
     """
-    from .analysis import outer_references
-
     needed_by: dict[str, set[int]] = {}
     for position, node in enumerate(graph.node):
         for name in [*node.input, *outer_references(node)]:
@@ -280,8 +253,6 @@ def _rebuild_initializers(
     """Drop the folded computations' initializers nothing uses any more (and only those);
     put each new one where its v (or g) was."""
     import onnx
-
-    from .analysis import outer_references
 
     graph = model.proto.graph
     used = {o.name for o in graph.output}
