@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..keys import find_pair_keys
-from ..numerics import infer_dim
 from .analysis import GraphIndex, WeightNormSite, find_weight_norm, op_counts
 from .fold import FoldResult, LayerFold, fold_model
 from .protoio import (
@@ -31,6 +30,7 @@ from .protoio import (
     plan_external,
     write_model,
 )
+from .validate import open_model, pair_dim
 
 __all__ = [
     "CheckResult",
@@ -52,6 +52,7 @@ __all__ = [
     "inspect_file",
     "load_model",
     "op_counts",
+    "open_model",
     "write_model",
 ]
 
@@ -174,12 +175,12 @@ def default_output(path: Path) -> Path:
 
 def check_file(path: Path) -> CheckResult:
     """Find run-time weight norm in ``path`` (reads no tensor data but small constants)."""
-    model = load_model(path)
+    model = open_model(path)
     return CheckResult(path=Path(path), sites=find_weight_norm(GraphIndex.build(model)))
 
 
 def inspect_file(path: Path) -> Inspection:
-    model = load_model(path)
+    model = open_model(path)
     proto = model.proto
     index = GraphIndex.build(model)
     sites = find_weight_norm(index)
@@ -204,7 +205,7 @@ def _pairs(index: GraphIndex, sites: list[WeightNormSite]) -> list[GvPair]:
         g_shape = tuple(index.initializers[keys.g_key].dims)
         v_shape = tuple(index.initializers[keys.v_key].dims)
         try:
-            dim, fits = infer_dim(g_shape, v_shape), True
+            dim, fits = pair_dim(g_shape, v_shape), True
         except ValueError:
             dim, fits = None, False
         pairs.append(
@@ -287,7 +288,7 @@ class FoldJob:
 
         # Fail fast, before reading a large model, on an output that may not be written.
         check_output(self.output, force=self.force, inputs=(self.path,))
-        self.model = load_model(self.path)
+        self.model = open_model(self.path)
         self.result = fold_model(self.model)
         staged = StagedOutput(
             self.output,
