@@ -282,3 +282,38 @@ def truncate_external_length(path: Path, name: str, nbytes_missing: int = 4) -> 
                 if entry.key == "length":
                     entry.value = str(int(entry.value) - nbytes_missing)
     onnx.save(model, str(path))
+
+
+FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"
+
+
+def prefolded_model(*, metadata: bool = True, seed: int = 0,
+                    ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A graph the exporter already folded, as torch.onnx.export(dynamo=True) writes it:
+    ``y = x + mul + mul_5``, weights named after ops, with (``metadata``) the onnxscript
+    optimizer's record of the g/v pair each was folded from on its value_info. ``mul_5`` is
+    also read inside an If branch. Returns the model and the g/v state dict it came from."""
+    state: dict[str, np.ndarray] = {}
+    b = Graph()
+    infos = []
+    for name, module, seed_ in (("mul", "conv_pre", seed), ("mul_5", "upsampler.1", seed + 1)):
+        g, v = wn_arrays((2, 3), 0, seed=seed_)
+        base = f"{module}.parametrizations.weight"
+        state[f"{base}.original0"], state[f"{base}.original1"] = g, v
+        b.init(name, expected(g, v, 0))
+        info = helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 3])
+        if metadata:
+            entry = info.metadata_props.add()
+            entry.key, entry.value = FOLDED_FROM, repr({f"{base}.original0", f"{base}.original1"})
+        infos.append(info)
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["mul_5"], ["branch_out"], name="pass")], "then", [],
+        [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, [2, 3])])
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["mul"], ["other_out"], name="pass2")], "else", [],
+        [helper.make_tensor_value_info("other_out", TensorProto.FLOAT, [2, 3])])
+    b.init("flag", np.array(True))
+    chosen = b.op("If", "flag", then_branch=branch, else_branch=other)
+    model = b.model(b.op("Add", chosen, b.op("Add", "mul", "mul_5")), (2, 3))
+    model.graph.value_info.extend(infos)
+    return model, state

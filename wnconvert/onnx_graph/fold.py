@@ -22,8 +22,9 @@ from .analysis import (
     find_weight_norm,
     op_counts,
 )
+from .names import Renamed, names_in_use
 from .protoio import Computed, FileRange, LazyModel, read_initializer
-from .walk import iter_nodes, outer_references, rename_references
+from .walk import outer_references, rename_references
 
 if TYPE_CHECKING:
     import numpy as np
@@ -70,10 +71,18 @@ class FoldResult:
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
     initializers_removed: list[str] = field(default_factory=list)
+    renamed: list[Renamed] = field(default_factory=list)  # initializers given their names back
+
+    @property
+    def changed(self) -> bool:
+        """False when the graph was already clean: nothing folded, nothing renamed."""
+        return bool(self.layers or self.renamed)
 
     def to_dict(self) -> dict:
         return {
+            "changed": self.changed,
             "layers": [layer.to_dict() for layer in self.layers],
+            "renamed": [entry.to_dict() for entry in self.renamed],
             "skipped": [site.to_dict() for site in self.skipped],
             "initializers_removed": self.initializers_removed,
             "op_counts": {"before": self.ops_before, "after": self.ops_after},
@@ -97,7 +106,7 @@ def fold_model(model: LazyModel) -> FoldResult:
         result.ops_after = dict(result.ops_before)
         return result
 
-    taken = _names_in_use(graph)
+    taken = names_in_use(graph)
     renames: dict[str, str] = {}  # old root -> new initializer name
     new_tensors: dict[str, tuple[onnx.TensorProto, Computed, str]] = {}  # name -> (.., anchor)
     layers: dict[str, LayerFold] = {}
@@ -179,15 +188,6 @@ def _itemsize(elem_type: int) -> int:
 def _is_external(model: LazyModel, name: str) -> bool:
     source = model.sources.get(name)
     return isinstance(source, FileRange) and source.external
-
-
-def _names_in_use(graph: onnx.GraphProto) -> set[str]:
-    names = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    names |= {o.name for o in graph.output} | {v.name for v in graph.value_info}
-    for node in iter_nodes(graph):
-        names.update(node.input)
-        names.update(node.output)
-    return names
 
 
 def _choose_name(site: WeightNormSite, index: GraphIndex, taken: set[str]) -> str:
