@@ -1113,18 +1113,8 @@ def _untranspose(graph: ir.Graph, value: ir.Value, key: str, array: np.ndarray) 
 
 
 def find_runtime_weight_norm(model: ir.Model) -> list[str]:
-    """Norm nodes (ReduceL2, LpNormalization, ...) computed from initializers only.
+    """Where ``model`` still computes weight norm at run time (empty after a correct export):
+    the same detector as ``wnconvert check``, see :mod:`wnconvert.onnx_graph.irmodel`."""
+    from .onnx_graph.irmodel import runtime_weight_norm
 
-    After a correct export this is empty: weight norm of a parameter is exactly that.
-    """
-    graph = model.graph
-    constant: set[int] = {id(v) for v in graph.initializers.values()}
-    norms = {"ReduceL2", "LpNormalization", "ReduceSumSquare"}
-    found = []
-    for node in graph:  # topological order
-        inputs = [v for v in node.inputs if v is not None]
-        if node.op_type == "Constant" or (inputs and all(id(v) in constant for v in inputs)):
-            constant.update(id(out) for out in node.outputs)
-            if node.op_type in norms:
-                found.append(node.name or node.op_type)
-    return found
+    return runtime_weight_norm(model)
