@@ -155,7 +155,7 @@ def inspect_onnx_command(*, path: Path, json_out: bool, quiet: bool) -> None:
 @app.command(
     epilog=(
         "\b\nExamples (exit 0 clean, 1 weight norm still computed at run time, 2 unreadable "
-        "input):\n"
+        "or invalid model, i.e. one onnx.checker refuses):\n"
         "  wnconvert check model.onnx\n"
         "  wnconvert check model.onnx --json > lint.json"
     ),
@@ -168,8 +168,9 @@ def check(
 ) -> None:
     """CI lint: fail if an ONNX graph still computes weight norm at run time.
 
-    Names each place (parameter, shape, ops, nodes). Reads the graph only, not the weights, so it
-    is fast on models of any size. Fix a failure with: wnconvert fold MODEL.onnx."""
+    Names each place (parameter, shape, ops, nodes). Refuses (exit 2) a model onnx.checker
+    refuses, as inspect and fold do. Reads the graph only, not the weights, so it is fast on
+    models of any size. Fix a failure with: wnconvert fold MODEL.onnx."""
     with command_context(debug=debug, quiet=quiet):
         from ..onnx_graph import check_file
 

@@ -5,10 +5,14 @@
   nameless (``mul``, ``mul_1``, ...).
 * :func:`check_file` is the CI lint: is the graph free of run-time weight norm?
 * :func:`fold_file` replaces each computation by one initializer (float64, rounded once, the
-  same numbers as the checkpoint fold) and writes the model atomically, keeping its layout.
+  same numbers as the checkpoint fold), gives initializers an exporter named after ops their
+  parameter names back (:mod:`.names`), and writes the model atomically, keeping its layout.
 
-Models are read lazily (:mod:`.protoio`): tensor data is only read for the weights being folded,
-so these work on models of any size, with or without external data.
+All three open the model with :func:`~.validate.open_model`, which refuses what
+``onnx.checker`` (full check) refuses, so they accept and refuse the same files. Models are read
+lazily (:mod:`.protoio`): tensor data is only read for the weights being folded or matched, so
+these work on models of any size, with or without external data. Subgraphs are walked by
+:mod:`.walk` only.
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ def _run_checker(model: LazyModel) -> None:
 
 def _one_line(exc: BaseException) -> str:
     text = re.sub(r"\s+", " ", str(exc)).strip()
-    text = text.removeprefix("[ShapeInferenceError] ")
+    text = text.removeprefix("[ShapeInferenceError] ").rstrip(".")
     return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 
