@@ -312,6 +312,10 @@ def test_fold_reference_names_initializers_by_value(cli, tmp_path, assert_ok,
         "conv_pre.weight", "upsampler.1.weight", "flag"}
     assert_input_error(cli("fold", path, "--reference", tmp_path / "nope.pt"), "nope.pt")
     assert_input_error(cli("fold", path, "-o", ckpt, "--reference", ckpt), ckpt)
+    assert_input_error(cli("fold", path, "--key", "model"), "--key")
+    bad = tmp_path / "bad_pairs.pt"
+    torch.save({"x.weight_g": torch.ones(3, 1), "x.weight_v": torch.ones(5, 4)}, bad)
+    assert_input_error(cli("fold", path, "--reference", bad, "--no-verify"), bad, "x.weight")
 
 
 def test_fold_reference_matches_the_exporters_float32_fold(tmp_path):

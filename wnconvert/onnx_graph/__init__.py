@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import InputError
 from ..keys import find_pair_keys
 from .analysis import GraphIndex, WeightNormSite, find_weight_norm, op_counts
 from .fold import FoldResult, LayerFold, fold_model
@@ -245,9 +246,14 @@ class FoldJob:
         if reference is not None:
             protected += tuple(reference[1])
         self.result = fold_model(self.model)
-        self.result.renamed = restore_names(
-            self.model, reference=reference[0] if reference is not None else None
-        )
+        try:
+            self.result.renamed = restore_names(
+                self.model, reference=reference[0] if reference is not None else None
+            )
+        except InputError as exc:
+            if reference is None:
+                raise
+            raise InputError(f"{self.reference}: {exc}") from None  # name the reference file
         staged = StagedOutput(
             self.output,
             force=self.force,

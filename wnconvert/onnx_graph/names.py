@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import WeightNormWarning
 from .analysis import FLOAT_TYPES, dtype_name
 from .protoio import LazyModel, read_initializer
 from .walk import all_graphs, iter_nodes, rename_references
@@ -169,7 +171,7 @@ def match_reference(
     from ..formats.source import read_view
     from .protoio import Computed
 
-    conversion = plan_fold(reference)
+    conversion = plan_fold(reference)  # InputError if its g/v pairs do not fit
     reference_keys = {item.key for item in conversion.plan}
     by_name = {t.name: t for t in model.proto.graph.initializer}
     # 1. dtype and shape: only groups present on both sides are ever read.
@@ -193,8 +195,11 @@ def match_reference(
     claimed: set[str] = set()
     near: list[tuple[Any, np.ndarray]] = []
     for item in wanted:
-        array = item.produce() if item.produce is not None else read_view(reference,
-                                                                          item.source_key)
+        with warnings.catch_warnings():
+            # Zero-norm rows of the reference are the reference's business, not this graph's.
+            warnings.simplefilter("ignore", WeightNormWarning)
+            array = item.produce() if item.produce is not None else read_view(
+                reference, item.source_key)
         key = _print_of(array, item.info.dtype)
         free = [n for n in hashes.get(key, []) if n not in claimed]
         if free and item.key not in taken:
