@@ -41,6 +41,7 @@ FOLDED_FROM_KEY = "pkg.onnxscript.optimizer.folded_from"
 # (not float64) when every element is this many units of that precision's epsilon close.
 _FOLD_ULPS = 8
 _SAMPLE = 64  # elements compared first, before a whole tensor is
+_EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,8 @@ def match_reference(
         candidates.setdefault((dtype_name(tensor.data_type), tuple(tensor.dims)), []).append(name)
     wanted = [item for item in conversion.plan
               if (item.info.dtype, item.info.shape) in candidates and item.key not in taken]
+    groups = {(item.info.dtype, item.info.shape) for item in wanted}
+    candidates = {group: names for group, names in candidates.items() if group in groups}
     if not wanted:
         return []
     # 2. hashes of the initializers in those groups (one tensor in memory at a time).
@@ -243,7 +246,7 @@ def _near_matches(
             continue
         group = [n for n in candidates[(item.info.dtype, item.info.shape)] if n not in claimed]
         dtype = numpy_dtype(item.info.dtype)
-        eps = float(np.finfo(dtype).eps)
+        eps = _EPS[item.info.dtype]
         ref = np.asarray(array, dtype=np.float64).reshape(-1)
         sample = np.linspace(0, ref.size - 1, min(_SAMPLE, ref.size)).astype(np.int64)
         fits = []
