@@ -169,7 +169,6 @@ def match_reference(
     their g/v pair already and are not compared.
     """
     from ..convert import plan_fold
-    from ..formats.source import read_view
     from .protoio import Computed
 
     conversion = plan_fold(reference)  # InputError if its g/v pairs do not fit
@@ -194,27 +193,40 @@ def match_reference(
     for names in candidates.values():
         for name in names:
             hashes.setdefault(_initializer_print(model, by_name[name]), []).append(name)
+    # 3. each reference tensor (one in memory at a time) against those hashes: equal bytes.
     planned: list[Renamed] = []
     claimed: set[str] = set()
-    near: list[tuple[Any, np.ndarray]] = []
+    inexact = []
     for item in wanted:
-        with warnings.catch_warnings():
-            # Zero-norm rows of the reference are the reference's business, not this graph's.
-            warnings.simplefilter("ignore", WeightNormWarning)
-            array = item.produce() if item.produce is not None else read_view(
-                reference, item.source_key)
-        key = _print_of(array, item.info.dtype)
-        free = [n for n in hashes.get(key, []) if n not in claimed]
+        free = [n for n in hashes.get(_print_of(_produce(reference, item), item.info.dtype), [])
+                if n not in claimed]
         if free and item.key not in taken:
             claimed.add(free[0])
             taken.add(item.key)
             planned.append(Renamed(free[0], item.key, "reference"))
         elif item.produce is not None:
-            near.append((item, array))  # folded here in float64; the exporter may have
-            # folded in the model's precision: compare with a tolerance below.
-        del array
-    planned += _near_matches(model, by_name, candidates, near, claimed, taken)
+            inexact.append(item)
+    # 4. weights folded here in float64 that the exporter folded in the model's precision:
+    # compared with a tolerance, after every exact match is claimed (each is produced again
+    # rather than kept, so memory stays at one tensor).
+    for item in inexact:
+        found = _near_match(model, by_name, candidates, item, _produce(reference, item), claimed)
+        if found is not None and item.key not in taken:
+            claimed.add(found)
+            taken.add(item.key)
+            planned.append(Renamed(found, item.key, "reference-fold"))
     return planned
+
+
+def _produce(reference: TensorSource, item: Any) -> np.ndarray:
+    from ..formats.source import read_view
+
+    if item.produce is None:
+        return read_view(reference, item.source_key)
+    with warnings.catch_warnings():
+        # Zero-norm rows of the reference are the reference's business, not this graph's.
+        warnings.simplefilter("ignore", WeightNormWarning)
+        return item.produce()
 
 
 def _initializer_print(model: LazyModel, tensor: Any) -> tuple[str, tuple[int, ...], str]:
@@ -226,44 +238,35 @@ def _print_of(array: np.ndarray, dtype: str) -> tuple[str, tuple[int, ...], str]
     return dtype, shape, digest  # named dtype: bfloat16 is uint16 bits in one reader
 
 
-def _near_matches(
+def _near_match(
     model: LazyModel,
     by_name: Mapping[str, Any],
     candidates: Mapping[tuple[str, tuple[int, ...]], list[str]],
-    near: list[tuple[Any, np.ndarray]],
+    item: Any,
+    array: np.ndarray,
     claimed: set[str],
-    taken: set[str],
-) -> list[Renamed]:
-    """Folded reference weights against initializers of the same dtype and shape, within the
-    exporter's rounding; a name is given only when exactly one initializer fits."""
+) -> str | None:
+    """The one unclaimed initializer of the item's dtype and shape within the exporter's
+    rounding of ``array``; None if none or several fit (no guess)."""
     import numpy as np
 
     from ..dtypes import numpy_dtype
 
-    planned: list[Renamed] = []
-    for item, array in near:
-        if item.key in taken:
+    dtype = numpy_dtype(item.info.dtype)
+    eps = _EPS[item.info.dtype]
+    ref = np.asarray(array, dtype=np.float64).reshape(-1)
+    sample = np.linspace(0, ref.size - 1, min(_SAMPLE, ref.size)).astype(np.int64)
+    fits = []
+    for name in candidates[(item.info.dtype, item.info.shape)]:
+        if name in claimed:
             continue
-        group = [n for n in candidates[(item.info.dtype, item.info.shape)] if n not in claimed]
-        dtype = numpy_dtype(item.info.dtype)
-        eps = _EPS[item.info.dtype]
-        ref = np.asarray(array, dtype=np.float64).reshape(-1)
-        sample = np.linspace(0, ref.size - 1, min(_SAMPLE, ref.size)).astype(np.int64)
-        fits = []
-        for name in group:
-            data = np.asarray(read_initializer(model, by_name[name]))
-            if data.dtype != dtype:
-                data = data.view(dtype)
-            flat = data.reshape(-1)
-            if not _close(flat[sample].astype(np.float64), ref[sample], eps):
-                continue  # the cheap test: most candidates fail here
-            if _close(flat.astype(np.float64), ref, eps):
-                fits.append(name)
-        if len(fits) == 1:
-            claimed.add(fits[0])
-            taken.add(item.key)
-            planned.append(Renamed(fits[0], item.key, "reference-fold"))
-    return planned
+        data = np.asarray(read_initializer(model, by_name[name]))
+        flat = (data if data.dtype == dtype else data.view(dtype)).reshape(-1)
+        if not _close(flat[sample].astype(np.float64), ref[sample], eps):
+            continue  # the cheap test: most candidates fail here
+        if _close(flat.astype(np.float64), ref, eps):
+            fits.append(name)
+    return fits[0] if len(fits) == 1 else None
 
 
 def _close(a: np.ndarray, b: np.ndarray, eps: float) -> bool:
