@@ -218,6 +218,14 @@ def fold(
         ),
     ] = None,
     key: KeyOpt = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="[.onnx input] Checkpoint whose tensor names go to initializers of equal value "
+            "(g/v pairs folded first); --key picks its state dict.",
+        ),
+    ] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -385,8 +393,13 @@ def fold(
                 quiet=quiet,
                 json_out=json_out,
                 verify=verify_opts,
+                reference=reference,
+                reference_key=key,
             )
             return
+        if reference is not None:
+            raise InputError("--reference names the initializers of an .onnx input; a "
+                             "checkpoint keeps its names (drop --reference)")
         wants_onnx = (
             to == "onnx"
             or path.suffix.lower() == ".pt2"
