@@ -13,6 +13,12 @@ Compared, each in a fresh subprocess (start-up and imports count, as for a user)
               ``optimized_model_filepath`` (basic level: constant folding), writing external
               initializers for the external layout
 
+Measured too (no output model; for the peak-RSS figures of issue 10):
+  wnconvert-check   `wnconvert check in.onnx` (graph validation + lint; exit 1 = weight norm found)
+  checker-path      ``onnx.checker.check_model(path, full_check=True)`` given the file, as a
+                    comparison for wnconvert's skeleton check (it parses inline data too)
+  ir-load-save      ``onnx_ir.load`` + ``onnx_ir.save``: what graph plumbing through onnx_ir costs
+
 Reports wall time and peak RSS (from the kernel, via os.wait4), best (and median) of --repeat
 rounds after a warm-up round (so the input is in the page cache for everybody; the tools take
 turns, so all see the same background load), whether each output still computes
@@ -118,6 +124,20 @@ def compare(original: Path, output: Path) -> dict[str, object]:
             "output_mb": round(model_bytes(output) / 1e6, 1)}
 
 
+CHECKER_PATH = """
+import sys, onnx
+onnx.checker.check_model(sys.argv[1], full_check=True)
+"""
+IR_LOAD_SAVE = """
+import sys, onnx_ir as ir
+model = ir.load(sys.argv[1])
+ir.save(model, sys.argv[2], external_data=sys.argv[2].rsplit("/", 1)[-1] + ".data"
+        if sys.argv[3] == "1" else None)
+"""
+# Tools that write no model to compare (peak RSS and time only).
+MEASURE_ONLY = ("wnconvert-check", "checker-path", "ir-load-save")
+
+
 def command(tool: str, src: Path, work: Path, layout: str,
             bin_dir: Path) -> tuple[list[str], Path]:
     out = work / f"out_{tool.replace('+', '_')}_{layout}.onnx"
@@ -130,6 +150,12 @@ def command(tool: str, src: Path, work: Path, layout: str,
         + (["--save-as-external-data"] if layout == "external" else []),
         "ort": [sys.executable, "-c", ORT_OFFLINE, str(src), str(out),
                 "1" if layout == "external" else "0"],
+        # exit 1 means "weight norm found", the expected verdict on this model
+        "wnconvert-check": ["sh", "-c", f'"{bin_dir / "wnconvert"}" check "{src}" --quiet; '
+                            'test $? -le 1'],
+        "checker-path": [sys.executable, "-c", CHECKER_PATH, str(src)],
+        "ir-load-save": [sys.executable, "-c", IR_LOAD_SAVE, str(src), str(out),
+                         "1" if layout == "external" else "0"],
     }[tool]
     return cmd, out
 
@@ -182,7 +208,10 @@ def main() -> None:
                        "seconds": round(min(times), 2), "median_s": round(sorted(times)[
                            len(times) // 2], 2), "peak_rss_mb": round(max(rss)),
                        "rss_over_model": round(max(rss) * 2**20 / size, 2)}
-                row.update(check_output(src, out))  # the last round's output
+                if tool not in MEASURE_ONLY:
+                    row.update(check_output(src, out))  # the last round's output
+                else:
+                    row.update(weight_norm_left=-1, max_abs_diff=float("nan"))
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 for stale in (out, out.with_name(out.name + ".data")):

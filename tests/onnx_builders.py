@@ -205,3 +205,115 @@ def run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
+
+
+# -- models onnx.checker refuses (each one way; the tests expect exit 2 from every command) ------
+
+
+def _plain_model(nodes: list[onnx.NodeProto], initializers: list[TensorProto],
+                 shape: Sequence[int] = (2, 3)) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))],
+        initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                              producer_name="wnconvert-tests")
+    model.ir_version = 8
+    return model
+
+
+def cycle_model() -> onnx.ModelProto:
+    """``a = x + b``, ``b = a + x``: a cycle (no topological order exists)."""
+    return _plain_model([helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+                         helper.make_node("Add", ["a", "x"], ["b"], name="second"),
+                         helper.make_node("Identity", ["a"], ["y"], name="out")], [])
+
+
+def undefined_input_model() -> onnx.ModelProto:
+    """A node reads ``missing``, which nothing defines."""
+    return _plain_model([helper.make_node("Add", ["x", "missing"], ["y"], name="add")], [])
+
+
+def truncated_model(*, nbytes_missing: int = 4, large: bool = False) -> onnx.ModelProto:
+    """Weight norm whose ``v`` has ``nbytes_missing`` fewer bytes of raw_data than its shape
+    needs (``large``: big enough that the checker only sees it as a stand-in)."""
+    shape = (64, 32, 16) if large else (6, 4, 3)
+    model, _, _ = weight_norm_model(shape, 0)
+    v = model.graph.initializer[1]
+    v.raw_data = v.raw_data[:-nbytes_missing]
+    return model
+
+
+def misfit_pair_model() -> onnx.ModelProto:
+    """A clean graph that also holds a g/v pair whose shapes cannot be weight norm."""
+    b = Graph()
+    b.init("w", np.ones((2, 3), dtype=np.float32))
+    b.init("fc.weight_g", np.ones((3, 1), dtype=np.float32))
+    b.init("fc.weight_v", np.ones((5, 4), dtype=np.float32))
+    return b.model("w", (2, 3))
+
+
+def wrong_type_model(shape: Sequence[int] = (256, 128)) -> onnx.ModelProto:
+    """``y = x + w`` with x float32 and a large float16 w: a type error only shape inference
+    (the checker's full check) finds."""
+    b = Graph()
+    b.init("w", np.ones(tuple(shape), dtype=np.float16))
+    return b.model("w", shape)
+
+
+def external_location_model(location: str) -> onnx.ModelProto:
+    """``y = x + w`` with w in external data at ``location`` (offset 0, 24 bytes)."""
+    w = TensorProto()
+    w.name, w.data_type = "w", TensorProto.FLOAT
+    w.dims.extend([2, 3])
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "24")):
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    return _plain_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [w])
+
+
+def truncate_external_length(path: Path, name: str, nbytes_missing: int = 4) -> None:
+    """Rewrite a saved external-data model so ``name``'s recorded length is too short."""
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            for entry in tensor.external_data:
+                if entry.key == "length":
+                    entry.value = str(int(entry.value) - nbytes_missing)
+    onnx.save(model, str(path))
+
+
+FOLDED_FROM = "pkg.onnxscript.optimizer.folded_from"
+
+
+def prefolded_model(*, metadata: bool = True, seed: int = 0,
+                    ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A graph the exporter already folded, as torch.onnx.export(dynamo=True) writes it:
+    ``y = x + mul + mul_5``, weights named after ops, with (``metadata``) the onnxscript
+    optimizer's record of the g/v pair each was folded from on its value_info. ``mul_5`` is
+    also read inside an If branch. Returns the model and the g/v state dict it came from."""
+    state: dict[str, np.ndarray] = {}
+    b = Graph()
+    infos = []
+    for name, module, seed_ in (("mul", "conv_pre", seed), ("mul_5", "upsampler.1", seed + 1)):
+        g, v = wn_arrays((2, 3), 0, seed=seed_)
+        base = f"{module}.parametrizations.weight"
+        state[f"{base}.original0"], state[f"{base}.original1"] = g, v
+        b.init(name, expected(g, v, 0))
+        info = helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 3])
+        if metadata:
+            entry = info.metadata_props.add()
+            entry.key, entry.value = FOLDED_FROM, repr({f"{base}.original0", f"{base}.original1"})
+        infos.append(info)
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["mul_5"], ["branch_out"], name="pass")], "then", [],
+        [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, [2, 3])])
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["mul"], ["other_out"], name="pass2")], "else", [],
+        [helper.make_tensor_value_info("other_out", TensorProto.FLOAT, [2, 3])])
+    b.init("flag", np.array(True))
+    chosen = b.op("If", "flag", then_branch=branch, else_branch=other)
+    model = b.model(b.op("Add", chosen, b.op("Add", "mul", "mul_5")), (2, 3))
+    model.graph.value_info.extend(infos)
+    return model, state

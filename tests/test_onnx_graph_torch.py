@@ -129,3 +129,44 @@ def test_small_model_fully_folded_by_the_exporter_is_clean(tmp_path):
     assert check_file(path).clean
     [lost] = inspect_file(path).lost_names
     assert lost.parameter == "0.weight"
+
+
+def test_fold_gives_exporter_folded_weights_their_names(exported, tmp_path):
+    """The dynamo exporter folded the small layer into ``mul_N``: fold names it small.weight."""
+    api, dynamo, path, _ = exported
+    out = tmp_path / "named.onnx"
+    outcome = fold_file(path, out, force=False)
+    renamed = {(r.new, r.how) for r in outcome.result.renamed}
+    assert renamed == ({("small.weight", "folded_from")} if dynamo else set())
+    folded = onnx.load(str(out))
+    names = {t.name for t in folded.graph.initializer}
+    assert "small.weight" in names and not any(lost_is_folded_name(n) for n in names)
+    x = np.random.default_rng(0).standard_normal((2, 8, 20)).astype(np.float32)
+    np.testing.assert_allclose(run(out, {"x": x})[0], run(path, {"x": x})[0], rtol=1e-5,
+                               atol=1e-6)
+    again = fold_file(out, tmp_path / "again.onnx", force=False)
+    assert not again.result.changed  # already clean: a pipeline may fold twice
+
+
+def test_fully_prefolded_model_gets_names_from_metadata_or_reference(tmp_path):
+    """A model the exporter folded completely: fold names its weight (exit 0, not "nothing to
+    fold"); without the exporter's metadata, --reference with the g/v checkpoint does."""
+    torch.manual_seed(0)
+    net = nn.Sequential(APIS["parametrize"](nn.Linear(8, 4))).eval()
+    path = tmp_path / "small.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 8),), str(path), dynamo=True)
+    outcome = fold_file(path, tmp_path / "named.onnx", force=False)
+    assert [(r.new, r.how) for r in outcome.result.renamed] == [("0.weight", "folded_from")]
+    bare = onnx.load(str(path))
+    for info in [*bare.graph.value_info, *bare.graph.initializer]:
+        del info.metadata_props[:]
+    bare_path = tmp_path / "bare.onnx"
+    onnx.save(bare, str(bare_path))
+    assert not fold_file(bare_path, tmp_path / "bare_out.onnx", force=False).result.changed
+    ckpt = tmp_path / "net.pt"
+    torch.save(net.state_dict(), ckpt)
+    outcome = fold_file(bare_path, tmp_path / "ref_out.onnx", force=False, reference=ckpt)
+    [renamed] = outcome.result.renamed
+    assert renamed.new == "0.weight" and renamed.how in ("reference", "reference-fold")

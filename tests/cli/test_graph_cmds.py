@@ -8,7 +8,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx_builders import Graph, expected, initializer, save, weight_norm_model, wn_arrays
+from onnx_builders import (
+    Graph,
+    cycle_model,
+    expected,
+    external_location_model,
+    initializer,
+    misfit_pair_model,
+    prefolded_model,
+    run,
+    save,
+    truncate_external_length,
+    truncated_model,
+    undefined_input_model,
+    weight_norm_model,
+    wn_arrays,
+    wrong_type_model,
+)
 
 from wnconvert.cli.common import VerifyCliOptions
 from wnconvert.cli.graph_cmds import fold_onnx_command, inspect_onnx_command
@@ -112,10 +128,24 @@ def test_fold_onnx_verification_failure_writes_nothing(cli, tmp_path, no_temp_fi
     no_temp_files(tmp_path)
 
 
-def test_fold_onnx_nothing_to_fold_is_an_input_error(cli, clean_model, assert_input_error):
-    line = assert_input_error(cli("fold", clean_model, "--no-verify"), clean_model)
-    assert "nothing to fold" in line
-    assert not clean_model.with_name("clean.folded.onnx").exists()
+def test_fold_onnx_already_clean_exits_0(cli, clean_model, assert_ok):
+    """Nothing to fold or rename: exit 0, "already clean", an unchanged copy (pipelines)."""
+    out = clean_model.with_name("clean.folded.onnx")
+    result = assert_ok(cli("fold", clean_model, "--no-verify"))
+    assert "already clean" in result.stdout and "already clean" in result.stderr
+    assert onnx.load(str(out)) == onnx.load(str(clean_model))
+    data = json.loads(assert_ok(cli("fold", clean_model, "-o", out, "--force", "--json")).stdout)
+    assert data["changed"] is False and data["layers"] == [] and data["renamed"] == []
+    assert data["passed"] is True
+
+
+def test_fold_onnx_twice_is_idempotent(cli, wn_model, assert_ok):
+    path, g, v = wn_model
+    once = path.with_name("once.onnx")
+    assert_ok(cli("fold", path, "-o", once, "--no-verify"))
+    twice = path.with_name("twice.onnx")
+    assert "already clean" in assert_ok(cli("fold", once, "-o", twice, "--no-verify")).stdout
+    assert onnx.load(str(twice)) == onnx.load(str(once))
 
 
 def test_fold_onnx_rejects_non_onnx_output(cli, wn_model, assert_input_error):
@@ -184,3 +214,135 @@ def test_inspect_onnx_command_directly(wn_model, capsys):
 def test_help_has_examples(cli):
     result = cli("check", "--help")
     assert result.exit_code == 0 and "wnconvert check model.onnx" in result.stdout
+
+
+# -- refused inputs: check, inspect and fold agree ---------------------------------------------
+
+
+def _bad_models(folder: Path) -> list[Path]:
+    model, _, _ = weight_norm_model((64, 32, 16), 0)
+    external = save(model, folder / "trunc_ext.onnx", external=True)
+    truncate_external_length(external, "layer.parametrizations.weight.original1")
+    return [
+        save(cycle_model(), folder / "cycle.onnx"),
+        save(undefined_input_model(), folder / "undefined.onnx"),
+        save(truncated_model(), folder / "truncated.onnx"),
+        save(truncated_model(large=True), folder / "truncated_large.onnx"),
+        external,
+        save(misfit_pair_model(), folder / "misfit.onnx"),
+        save(wrong_type_model(), folder / "wrong_type.onnx"),
+        save(external_location_model("w\0.bin"), folder / "nul.onnx"),
+    ]
+
+
+def test_check_inspect_and_fold_refuse_the_same_files(cli, tmp_path, assert_input_error,
+                                                      no_temp_files):
+    for path in _bad_models(tmp_path):
+        lines = {assert_input_error(cli(command, path, *extra), path)
+                 for command, extra in (("check", ()), ("inspect", ()),
+                                        ("fold", ("--no-verify",)))}
+        assert len(lines) == 1, lines  # the same one line from every command
+        assert "unexpected" not in lines.pop()
+        assert not path.with_name(f"{path.stem}.folded.onnx").exists()
+    no_temp_files(tmp_path)
+
+
+def test_check_and_fold_agree_on_good_files(cli, wn_model, clean_model):
+    """dirty: check 1, fold 0 (and the folded output checks clean); clean: 0 and 0."""
+    dirty = wn_model[0]
+    assert (cli("check", dirty).exit_code, cli("fold", dirty, "--no-verify").exit_code) == (1, 0)
+    assert cli("check", dirty.with_name("model.folded.onnx")).exit_code == 0
+    assert (cli("check", clean_model).exit_code,
+            cli("fold", clean_model, "--no-verify").exit_code) == (0, 0)
+
+
+# -- names back ----------------------------------------------------------------------------------
+
+
+def test_fold_renames_initializers_the_exporter_folded(cli, tmp_path, assert_ok):
+    model, _ = prefolded_model()
+    path = save(model, tmp_path / "prefolded.onnx")
+    assert cli("check", path).exit_code == 0  # nothing computed at run time
+    out = tmp_path / "named.onnx"
+    data = json.loads(assert_ok(cli("fold", path, "-o", out, "--json")).stdout)
+    assert data["changed"] is True and data["layers"] == [] and data["passed"] is True
+    assert {(r["from"], r["to"], r["how"]) for r in data["renamed"]} == {
+        ("mul", "conv_pre.weight", "folded_from"), ("mul_5", "upsampler.1.weight", "folded_from")}
+    folded = onnx.load(str(out))
+    names = {t.name for t in folded.graph.initializer}
+    assert {"conv_pre.weight", "upsampler.1.weight"} <= names and not {"mul", "mul_5"} & names
+    used = [i for n in folded.graph.node for i in n.input]
+    branch_inputs = [i for n in folded.graph.node if n.op_type == "If"
+                     for a in n.attribute for sub in [a.g] for m in sub.node for i in m.input]
+    assert "mul" not in used and "mul_5" not in used
+    assert set(branch_inputs) == {"upsampler.1.weight", "conv_pre.weight"}
+    assert {v.name for v in folded.graph.value_info} == {"conv_pre.weight", "upsampler.1.weight"}
+    onnx.checker.check_model(folded, full_check=True)
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run(out, {"x": x})[0], run(path, {"x": x})[0])
+    # The table, and idempotence: the named output is already clean.
+    table = assert_ok(cli("fold", path, "-o", out, "--force", "--no-verify")).stdout
+    assert "given their names back" in table and "upsampler.1.weight" in table
+    again = assert_ok(cli("fold", out, "-o", tmp_path / "again.onnx", "--no-verify"))
+    assert "already clean" in again.stdout
+    info = json.loads(assert_ok(cli("inspect", out, "--json")).stdout)
+    assert info["folded_with_lost_names"] == []
+
+
+def test_fold_reference_names_initializers_by_value(cli, tmp_path, assert_ok,
+                                                    assert_input_error):
+    """No exporter metadata: --reference CKPT names initializers equal to its (folded) tensors;
+    a tensor with no equal stays as it is."""
+    import torch
+
+    model, state = prefolded_model(metadata=False)
+    path = save(model, tmp_path / "bare.onnx")
+    assert "already clean" in assert_ok(
+        cli("fold", path, "-o", tmp_path / "bare_out.onnx", "--no-verify")).stdout
+    ckpt = tmp_path / "generator.pt"
+    state = {k: torch.from_numpy(v) for k, v in state.items()}
+    state["unrelated.weight"] = torch.ones(2, 3)
+    torch.save(state, ckpt)
+    out = tmp_path / "named.onnx"
+    data = json.loads(assert_ok(cli("fold", path, "-o", out, "--reference", ckpt, "--no-verify",
+                                    "--json")).stdout)
+    assert {(r["from"], r["to"], r["how"]) for r in data["renamed"]} == {
+        ("mul", "conv_pre.weight", "reference"), ("mul_5", "upsampler.1.weight", "reference")}
+    assert {t.name for t in onnx.load(str(out)).graph.initializer} == {
+        "conv_pre.weight", "upsampler.1.weight", "flag"}
+    assert_input_error(cli("fold", path, "--reference", tmp_path / "nope.pt"), "nope.pt")
+    assert_input_error(cli("fold", path, "-o", ckpt, "--reference", ckpt), ckpt)
+    assert_input_error(cli("fold", path, "--key", "model"), "--key")
+    bad = tmp_path / "bad_pairs.pt"
+    torch.save({"x.weight_g": torch.ones(3, 1), "x.weight_v": torch.ones(5, 4)}, bad)
+    assert_input_error(cli("fold", path, "--reference", bad, "--no-verify"), bad, "x.weight")
+
+
+def test_fold_reference_matches_the_exporters_float32_fold(tmp_path):
+    """The exporter folds in float32, a few ULP from the float64 fold: still matched (and only
+    when exactly one initializer fits)."""
+    import torch
+
+    from wnconvert.onnx_graph import fold_file
+
+    model, state = prefolded_model(metadata=False)
+    for tensor in model.graph.initializer:
+        if tensor.name == "mul_5":
+            array = onnx.numpy_helper.to_array(tensor).copy()
+            array[0, 0] = np.nextafter(array[0, 0], np.float32(np.inf))  # one ULP off
+            tensor.CopyFrom(onnx.numpy_helper.from_array(array, "mul_5"))
+    path = save(model, tmp_path / "f32.onnx")
+    ckpt = tmp_path / "ref.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, ckpt)
+    outcome = fold_file(path, tmp_path / "out.onnx", force=False, reference=ckpt)
+    assert {(r.old, r.new, r.how) for r in outcome.result.renamed} == {
+        ("mul", "conv_pre.weight", "reference"),
+        ("mul_5", "upsampler.1.weight", "reference-fold")}
+
+
+def test_reference_is_for_onnx_inputs_only(cli, tmp_path, assert_input_error):
+    import torch
+
+    ckpt = tmp_path / "a.pt"
+    torch.save({"w": torch.ones(2)}, ckpt)
+    assert_input_error(cli("fold", ckpt, "--reference", ckpt), "--reference")

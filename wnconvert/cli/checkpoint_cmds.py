@@ -231,6 +231,14 @@ def fold(
         ),
     ] = None,
     key: KeyOpt = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="[.onnx input] Checkpoint whose tensor names go to initializers of equal value "
+            "(g/v pairs folded first); --key picks its state dict.",
+        ),
+    ] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -338,8 +346,13 @@ def fold(
                 quiet=quiet,
                 json_out=json_out,
                 verify=verify_opts,
+                reference=reference,
+                reference_key=key,
             )
             return
+        if reference is not None:
+            raise InputError("--reference names the initializers of an .onnx input; a "
+                             "checkpoint keeps its names (drop --reference)")
         wants_onnx = (
             to == "onnx"
             or path.suffix.lower() == ".pt2"

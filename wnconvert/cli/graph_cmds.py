@@ -41,23 +41,33 @@ def fold_onnx_command(
     quiet: bool,
     json_out: bool,
     verify: VerifyCliOptions,
+    reference: Path | None = None,
+    reference_key: str | None = None,
 ) -> None:
-    """Fold the weight norm an ONNX graph computes from constants; verify; write atomically.
+    """Fold the weight norm an ONNX graph computes from constants, give initializers their
+    parameter names back; verify; write atomically.
 
     Runs inside the ``fold`` command's ``command_context``: raises InputError / CheckFailed.
     Verification runs on the complete output before it is moved into place, so a failed check
-    (exit 1) leaves nothing written.
+    (exit 1) leaves nothing written. A graph with nothing to fold or rename is "already clean"
+    (exit 0, an unchanged copy written), so folding a folded model again succeeds.
     """
     from ..onnx_graph import FoldJob, default_output
     from ..verify.report import check_report_paths
 
     require_exists(path)
+    if reference is not None:
+        require_exists(reference)
+    elif reference_key is not None:
+        raise InputError(f"{path}: --key picks the state dict of --reference; an .onnx input "
+                         "has none (drop --key or add --reference)")
     target = output if output is not None else default_output(path)
     if target.suffix.lower() != ".onnx":
         raise InputError(f"{target}: the folded model needs a .onnx name; choose another -o")
     if verify.reports and not verify.verify:
         raise InputError("--report needs verification; drop --no-verify or --report")
-    check_report_paths(verify.reports, force=force, inputs=[path, target])
+    check_report_paths(verify.reports, force=force,
+                       inputs=[path, target, *([reference] if reference else [])])
     # Every verification option (--tf32, --weights, tolerances...) reaches the check; bad
     # options and a provider that cannot start here fail before anything is written.
     options = build_verify_options(verify) if verify.verify else None
@@ -67,10 +77,14 @@ def fold_onnx_command(
         plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
 
     started = time.perf_counter()
-    with FoldJob(path, target, force=force) as job:
+    with FoldJob(path, target, force=force, reference=reference,
+                 reference_key=reference_key) as job:
         result = job.result
-        if not result.layers:
+        if not result.changed and result.skipped:
             raise InputError(_nothing_to_fold(path, result.skipped))
+        if not result.changed:
+            render.info(f"already clean: {path} computes no weight norm and its initializers "
+                        f"have their names; writing an unchanged copy to {target}", quiet=quiet)
         for site in result.skipped:
             render.warning(f"{site.root}: weight norm left in place ({site.reason})")
         with render.progress(f"folding → {target.name}", quiet=quiet) as bar:
@@ -91,12 +105,9 @@ def fold_onnx_command(
 
 
 def _nothing_to_fold(path: Path, skipped: list[Any]) -> str:
-    if skipped:
-        reasons = "; ".join(f"{site.root}: {site.reason}" for site in skipped[:3])
-        return (f"{path}: weight norm found but none can be folded ({reasons}); see "
-                f"wnconvert inspect {path}")
-    return (f"{path}: the graph computes no weight norm from constants; nothing to fold "
-            f"(wnconvert inspect {path} lists what it has)")
+    reasons = "; ".join(f"{site.root}: {site.reason}" for site in skipped[:3])
+    return (f"{path}: weight norm found but none can be folded ({reasons}); see "
+            f"wnconvert inspect {path}")
 
 
 def _verify(staged: Path, reference: Path, options: VerifyOptions, *, final: Path,
@@ -145,7 +156,7 @@ def inspect_onnx_command(*, path: Path, json_out: bool, quiet: bool) -> None:
 @app.command(
     epilog=(
         "\b\nExamples (exit 0 clean, 1 weight norm still computed at run time, 2 unreadable "
-        "input):\n"
+        "or invalid model, i.e. one onnx.checker refuses):\n"
         "  wnconvert check model.onnx\n"
         "  wnconvert check model.onnx --json > lint.json"
     ),
@@ -158,8 +169,9 @@ def check(
 ) -> None:
     """CI lint: fail if an ONNX graph still computes weight norm at run time.
 
-    Names each place (parameter, shape, ops, nodes). Reads the graph only, not the weights, so it
-    is fast on models of any size. Fix a failure with: wnconvert fold MODEL.onnx."""
+    Names each place (parameter, shape, ops, nodes). Refuses (exit 2) a model onnx.checker
+    refuses, as inspect and fold do. Reads the graph only, not the weights, so it is fast on
+    models of any size. Fix a failure with: wnconvert fold MODEL.onnx."""
     with command_context(debug=debug, quiet=quiet):
         from ..onnx_graph import check_file
 

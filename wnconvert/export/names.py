@@ -4,7 +4,6 @@ find norm computations on weights that are still left in a graph.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,14 +27,6 @@ class RenameResult:
     total: int  # floating parameters of the module
 
 
-def _fingerprint(array: np.ndarray) -> tuple[str, tuple[int, ...], str]:
-    import numpy as np
-
-    data = np.ascontiguousarray(array)
-    return str(data.dtype), tuple(data.shape), hashlib.blake2b(
-        data.view(np.uint8).reshape(-1).data, digest_size=16).hexdigest()
-
-
 def restore_parameter_names(model: ir.Model,
                             parameters: Mapping[str, torch.Tensor]) -> RenameResult:
     """Give initializers back the parameter names the exporter lost, in place.
@@ -49,17 +40,18 @@ def restore_parameter_names(model: ir.Model,
     import numpy as np
 
     from ..dtypes import tensor_to_numpy
+    from ..onnx_graph.names import fingerprint
 
     graph = model.graph
     params = {k: tensor_to_numpy(t) for k, t in parameters.items()
               if t.dtype.is_floating_point}
     by_print: dict[tuple[str, tuple[int, ...], str], list[str]] = {}
     for key, array in params.items():
-        by_print.setdefault(_fingerprint(array), []).append(key)
+        by_print.setdefault(fingerprint(array), []).append(key)
     transposed: dict[tuple[str, tuple[int, ...], str], list[str]] = {}
     for key, array in params.items():
         if array.ndim == 2:
-            transposed.setdefault(_fingerprint(np.ascontiguousarray(array.T)), []).append(key)
+            transposed.setdefault(fingerprint(np.ascontiguousarray(array.T)), []).append(key)
     taken = set(graph.initializers)
     renamed: dict[str, str] = {}
     untransposed: list[str] = []
@@ -74,11 +66,11 @@ def restore_parameter_names(model: ir.Model,
         array = tensor.numpy()
         if not np.issubdtype(array.dtype, np.floating) and str(array.dtype) != "bfloat16":
             continue  # shape constants and indices are not parameters
-        fp = _fingerprint(array)
+        fp = fingerprint(array)
         candidates = [name.removeprefix(prefix)] if name.startswith(prefix) else []
         candidates += by_print.get(fp, [])
         new = next((k for k in candidates if k in params and k not in taken
-                    and _fingerprint(params[k]) == fp), None)
+                    and fingerprint(params[k]) == fp), None)
         if new is not None:
             value.name = new
             taken.add(new)
@@ -116,18 +108,8 @@ def _untranspose(graph: ir.Graph, value: ir.Value, key: str, array: np.ndarray) 
 
 
 def find_runtime_weight_norm(model: ir.Model) -> list[str]:
-    """Norm nodes (ReduceL2, LpNormalization, ...) computed from initializers only.
+    """Where ``model`` still computes weight norm at run time (empty after a correct export):
+    the same detector as ``wnconvert check``, see :mod:`wnconvert.onnx_graph.irmodel`."""
+    from ..onnx_graph.irmodel import runtime_weight_norm
 
-    After a correct export this is empty: weight norm of a parameter is exactly that.
-    """
-    graph = model.graph
-    constant: set[int] = {id(v) for v in graph.initializers.values()}
-    norms = {"ReduceL2", "LpNormalization", "ReduceSumSquare"}
-    found = []
-    for node in graph:  # topological order
-        inputs = [v for v in node.inputs if v is not None]
-        if node.op_type == "Constant" or (inputs and all(id(v) in constant for v in inputs)):
-            constant.update(id(out) for out in node.outputs)
-            if node.op_type in norms:
-                found.append(node.name or node.op_type)
-    return found
+    return runtime_weight_norm(model)

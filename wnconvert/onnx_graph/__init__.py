@@ -5,23 +5,28 @@
   nameless (``mul``, ``mul_1``, ...).
 * :func:`check_file` is the CI lint: is the graph free of run-time weight norm?
 * :func:`fold_file` replaces each computation by one initializer (float64, rounded once, the
-  same numbers as the checkpoint fold) and writes the model atomically, keeping its layout.
+  same numbers as the checkpoint fold), gives initializers an exporter named after ops their
+  parameter names back (:mod:`.names`), and writes the model atomically, keeping its layout.
 
-Models are read lazily (:mod:`.protoio`): tensor data is only read for the weights being folded,
-so these work on models of any size, with or without external data.
+All three open the model with :func:`~.validate.open_model`, which refuses what
+``onnx.checker`` (full check) refuses, so they accept and refuse the same files. Models are read
+lazily (:mod:`.protoio`): tensor data is only read for the weights being folded or matched, so
+these work on models of any size, with or without external data. Subgraphs are walked by
+:mod:`.walk` only.
 """
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ..errors import InputError
 from ..keys import find_pair_keys
-from ..numerics import infer_dim
 from .analysis import GraphIndex, WeightNormSite, find_weight_norm, op_counts
 from .fold import FoldResult, LayerFold, fold_model
+from .names import LostName, Renamed, lost_names, restore_names
 from .protoio import (
     LazyModel,
     StagedOutput,
@@ -31,6 +36,10 @@ from .protoio import (
     plan_external,
     write_model,
 )
+from .validate import open_model, pair_dim
+
+if TYPE_CHECKING:
+    from ..formats.source import TensorSource
 
 __all__ = [
     "CheckResult",
@@ -42,6 +51,7 @@ __all__ = [
     "LayerFold",
     "LazyModel",
     "LostName",
+    "Renamed",
     "WeightNormSite",
     "check_file",
     "data_file_name",
@@ -52,13 +62,10 @@ __all__ = [
     "inspect_file",
     "load_model",
     "op_counts",
+    "open_model",
+    "restore_names",
     "write_model",
 ]
-
-# Metadata the onnxscript optimizer (behind torch.onnx.export(dynamo=True)) leaves on a value it
-# constant-folded: the names it was computed from.
-FOLDED_FROM_KEY = "pkg.onnxscript.optimizer.folded_from"
-
 
 @dataclass(frozen=True)
 class GvPair:
@@ -83,24 +90,6 @@ class GvPair:
             "dim": self.dim,
             "shapes_fit": self.shapes_fit,
             "computed_by": self.computed_by,
-        }
-
-
-@dataclass(frozen=True)
-class LostName:
-    """An initializer the exporter folded from a g/v pair and named after an op (``mul_3``)."""
-
-    initializer: str
-    parameter: str  # the name the g/v pair it came from says
-    shape: tuple[int, ...]
-    folded_from: tuple[str, ...]
-
-    def to_dict(self) -> dict:
-        return {
-            "initializer": self.initializer,
-            "parameter": self.parameter,
-            "shape": list(self.shape),
-            "folded_from": list(self.folded_from),
         }
 
 
@@ -174,12 +163,12 @@ def default_output(path: Path) -> Path:
 
 def check_file(path: Path) -> CheckResult:
     """Find run-time weight norm in ``path`` (reads no tensor data but small constants)."""
-    model = load_model(path)
+    model = open_model(path)
     return CheckResult(path=Path(path), sites=find_weight_norm(GraphIndex.build(model)))
 
 
 def inspect_file(path: Path) -> Inspection:
-    model = load_model(path)
+    model = open_model(path)
     proto = model.proto
     index = GraphIndex.build(model)
     sites = find_weight_norm(index)
@@ -192,7 +181,7 @@ def inspect_file(path: Path) -> Inspection:
         tensor_bytes=model.tensor_nbytes(),
         sites=sites,
         pairs=_pairs(index, sites),
-        lost_names=_lost_names(model),
+        lost_names=lost_names(model),
         ops=op_counts(proto.graph),
     )
 
@@ -204,7 +193,7 @@ def _pairs(index: GraphIndex, sites: list[WeightNormSite]) -> list[GvPair]:
         g_shape = tuple(index.initializers[keys.g_key].dims)
         v_shape = tuple(index.initializers[keys.v_key].dims)
         try:
-            dim, fits = infer_dim(g_shape, v_shape), True
+            dim, fits = pair_dim(g_shape, v_shape), True
         except ValueError:
             dim, fits = None, False
         pairs.append(
@@ -222,46 +211,6 @@ def _pairs(index: GraphIndex, sites: list[WeightNormSite]) -> list[GvPair]:
     return pairs
 
 
-def _lost_names(model: LazyModel) -> list[LostName]:
-    """Initializers whose exporter metadata says they were folded from one g/v pair.
-
-    Only the onnxscript optimizer records where a folded constant came from; without that
-    record a folded weight cannot be told apart from any other initializer, so none is guessed.
-    """
-    graph = model.proto.graph
-    metadata: dict[str, str] = {}
-    for info in graph.value_info:
-        for entry in info.metadata_props:
-            if entry.key == FOLDED_FROM_KEY:
-                metadata[info.name] = entry.value
-    lost = []
-    for tensor in graph.initializer:
-        raw = next(
-            (e.value for e in tensor.metadata_props if e.key == FOLDED_FROM_KEY),
-            metadata.get(tensor.name),
-        )
-        if raw is None:
-            continue
-        try:
-            names = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            continue
-        if not isinstance(names, list | tuple | set) or not all(isinstance(n, str) for n in names):
-            continue
-        found = find_pair_keys(sorted(names))
-        if len(found) != 1:
-            continue
-        lost.append(
-            LostName(
-                initializer=tensor.name,
-                parameter=found[0].weight_key,
-                shape=tuple(tensor.dims),
-                folded_from=tuple(sorted(names)),
-            )
-        )
-    return lost
-
-
 class FoldJob:
     """Fold ``path`` into ``output`` in steps, so a caller can verify before committing.
 
@@ -275,8 +224,10 @@ class FoldJob:
     Leaving the block without :meth:`commit` (an exception, Ctrl-C) leaves nothing behind.
     """
 
-    def __init__(self, path: Path, output: Path, *, force: bool) -> None:
+    def __init__(self, path: Path, output: Path, *, force: bool, reference: Path | None = None,
+                 reference_key: str | None = None) -> None:
         self.path, self.output, self.force = Path(path), Path(output), force
+        self.reference, self.reference_key = reference, reference_key
         self.model: LazyModel | None = None
         self.result = FoldResult()
         self._staged: StagedOutput | None = None
@@ -285,18 +236,43 @@ class FoldJob:
     def __enter__(self) -> FoldJob:
         from ..formats.atomic import check_output
 
+        protected: tuple[Path, ...] = (self.path,)
+        if self.reference is not None:
+            protected += (Path(self.reference),)
         # Fail fast, before reading a large model, on an output that may not be written.
-        check_output(self.output, force=self.force, inputs=(self.path,))
-        self.model = load_model(self.path)
+        check_output(self.output, force=self.force, inputs=protected)
+        self.model = open_model(self.path)
+        reference = self._reference_source()
+        if reference is not None:
+            protected += tuple(reference[1])
         self.result = fold_model(self.model)
+        try:
+            self.result.renamed = restore_names(
+                self.model, reference=reference[0] if reference is not None else None
+            )
+        except InputError as exc:
+            if reference is None:
+                raise
+            raise InputError(f"{self.reference}: {exc}") from None  # name the reference file
         staged = StagedOutput(
             self.output,
             force=self.force,
-            inputs=(self.path, *self.model.data_files),
+            inputs=(*protected, *self.model.data_files),
             with_data=any(plan_external(self.model).values()),
         )
         self._staged = staged.__enter__()
         return self
+
+    def _reference_source(self) -> tuple[TensorSource, list[Path]] | None:
+        """The reference checkpoint's tensors (read lazily where the format allows) and its
+        files."""
+        if self.reference is None:
+            return None
+        from ..formats import load_checkpoint
+        from ..formats.source import source_of
+
+        checkpoint = load_checkpoint(self.reference, key=self.reference_key)
+        return source_of(checkpoint.state_dict), list(checkpoint.input_files)
 
     def write(self, *, on_tensor: Callable[[str, int, int], None] | None = None) -> Path:
         """Write the whole output into the staging folder; returns the staged model's path."""
@@ -330,13 +306,18 @@ def fold_file(
     output: Path,
     *,
     force: bool,
+    reference: Path | None = None,
+    reference_key: str | None = None,
     on_tensor: Callable[[str, int, int], None] | None = None,
 ) -> FoldOutcome:
-    """Fold every weight-norm computation of ``path`` into ``output``, atomically.
+    """Fold every weight-norm computation of ``path`` into ``output`` and give initializers
+    their parameter names back (from exporter metadata, and by value from the checkpoint
+    ``reference``), atomically.
 
     External tensors stay external, in ``<output>.data``; see :class:`FoldJob` to verify the
     output before it is moved into place.
     """
-    with FoldJob(path, output, force=force) as job:
+    with FoldJob(path, output, force=force, reference=reference,
+                 reference_key=reference_key) as job:
         job.write(on_tensor=on_tensor)
         return job.commit()

@@ -19,13 +19,13 @@ Layouts are tracked without touching tensor data: all the shape ops allowed keep
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from ..keys import pair_keys
 from ..numerics import infer_dim
+from .walk import iter_nodes, outer_references
 
 if TYPE_CHECKING:
     import numpy as np
@@ -261,27 +261,6 @@ def _constant_attr(node: onnx.NodeProto) -> onnx.AttributeProto | None:
         if attr.name in ("value", "value_float", "value_floats", "value_int", "value_ints"):
             return attr
     return None  # sparse_value, value_string(s): not a dense numeric constant
-
-
-def outer_references(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
-    found: set[str] = set()
-    for attr in node.attribute:
-        graphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-        for graph in graphs:
-            found |= _graph_outer_references(graph)
-    return found
-
-
-def _graph_outer_references(graph: onnx.GraphProto) -> set[str]:
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    used: set[str] = set()
-    for node in graph.node:
-        used.update(name for name in node.input if name)
-        used |= outer_references(node)
-        defined.update(node.output)
-    used.update(o.name for o in graph.output)
-    return used - defined
 
 
 def _attr(node: onnx.NodeProto, name: str, default: object = None) -> Any:
@@ -858,16 +837,6 @@ def _site(index: GraphIndex, root: str, term: Term, match: _Match) -> WeightNorm
         foldable=foldable,
         reason=reason,
     )
-
-
-def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node of a graph and of its subgraphs."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            graphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-            for sub in graphs:
-                yield from iter_nodes(sub)
 
 
 def op_counts(graph: onnx.GraphProto) -> dict[str, int]:

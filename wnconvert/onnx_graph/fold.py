@@ -22,7 +22,9 @@ from .analysis import (
     find_weight_norm,
     op_counts,
 )
+from .names import Renamed, names_in_use
 from .protoio import Computed, FileRange, LazyModel, read_initializer
+from .walk import outer_references, rename_references
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,10 +71,18 @@ class FoldResult:
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
     initializers_removed: list[str] = field(default_factory=list)
+    renamed: list[Renamed] = field(default_factory=list)  # initializers given their names back
+
+    @property
+    def changed(self) -> bool:
+        """False when the graph was already clean: nothing folded, nothing renamed."""
+        return bool(self.layers or self.renamed)
 
     def to_dict(self) -> dict:
         return {
+            "changed": self.changed,
             "layers": [layer.to_dict() for layer in self.layers],
+            "renamed": [entry.to_dict() for entry in self.renamed],
             "skipped": [site.to_dict() for site in self.skipped],
             "initializers_removed": self.initializers_removed,
             "op_counts": {"before": self.ops_before, "after": self.ops_after},
@@ -96,7 +106,7 @@ def fold_model(model: LazyModel) -> FoldResult:
         result.ops_after = dict(result.ops_before)
         return result
 
-    taken = _names_in_use(graph)
+    taken = names_in_use(graph)
     renames: dict[str, str] = {}  # old root -> new initializer name
     new_tensors: dict[str, tuple[onnx.TensorProto, Computed, str]] = {}  # name -> (.., anchor)
     layers: dict[str, LayerFold] = {}
@@ -141,7 +151,8 @@ def fold_model(model: LazyModel) -> FoldResult:
             site.v if site.v in index.initializers else site.g,
         )
 
-    _rename_uses(graph, renames)
+    # value_info of the main graph is renamed or dropped by _prune_value_info below.
+    rename_references(graph, renames, value_info=False)
     chain_nodes = {p for site in foldable for p in site.node_indices}
     dead = _dead_nodes(graph, chain_nodes, {site.root for site in foldable})
     for site in foldable:
@@ -179,17 +190,6 @@ def _is_external(model: LazyModel, name: str) -> bool:
     return isinstance(source, FileRange) and source.external
 
 
-def _names_in_use(graph: onnx.GraphProto) -> set[str]:
-    from .analysis import iter_nodes
-
-    names = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    names |= {o.name for o in graph.output} | {v.name for v in graph.value_info}
-    for node in iter_nodes(graph):
-        names.update(node.input)
-        names.update(node.output)
-    return names
-
-
 def _choose_name(site: WeightNormSite, index: GraphIndex, taken: set[str]) -> str:
     """The parameter's name when g/v say it and it is free; else the replaced value's name."""
     if site.root in index.graph_outputs or not site.parameter:
@@ -209,38 +209,11 @@ def _skeleton(name: str, site: WeightNormSite) -> onnx.TensorProto:
     return tensor
 
 
-def _rename_uses(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    """Point every consumer of a replaced value (in subgraphs too) at its new initializer."""
-    if not renames:
-        return
-    from .analysis import iter_nodes
-
-    for node in iter_nodes(graph):
-        for i, name in enumerate(node.input):
-            if name in renames:
-                node.input[i] = renames[name]
-    _rename_subgraph_outputs(graph, renames)
-
-
-def _rename_subgraph_outputs(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    # A subgraph may output an outer-scope value directly.
-    for node in graph.node:
-        for attr in node.attribute:
-            graphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-            for sub in graphs:
-                for output in sub.output:
-                    if output.name in renames:
-                        output.name = renames[output.name]
-                _rename_subgraph_outputs(sub, renames)
-
-
 def _dead_nodes(graph: onnx.GraphProto, candidates: set[int], replaced: set[str]) -> set[int]:
     """The candidate nodes none of whose outputs is still needed (a fixed point).
 
     ``replaced`` values are provided by new initializers from now on (whatever uses them).
     """
-    from .analysis import outer_references
-
     needed_by: dict[str, set[int]] = {}
     for position, node in enumerate(graph.node):
         for name in [*node.input, *outer_references(node)]:
@@ -280,8 +253,6 @@ def _rebuild_initializers(
     """Drop the folded computations' initializers nothing uses any more (and only those);
     put each new one where its v (or g) was."""
     import onnx
-
-    from .analysis import outer_references
 
     graph = model.proto.graph
     used = {o.name for o in graph.output}

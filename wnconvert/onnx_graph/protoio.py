@@ -16,12 +16,13 @@ import mmap
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import InputError, InputNotFound
+from .walk import subgraphs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -297,6 +298,12 @@ def _external_range(path: Path, tensor: onnx.TensorProto) -> FileRange:
 
 def _resolve_location(path: Path, name: str, location: str) -> Path:
     base = path.resolve().parent
+    if "\0" in location:
+        # The OS cannot name such a file (pathlib raises ValueError): a corrupt or crafted model.
+        raise InputError(
+            f"{path}: initializer {name!r} has an external-data location with a NUL byte "
+            f"({location!r}); the model is corrupt (re-save it)"
+        )
     if not location or Path(location).is_absolute():
         raise InputError(
             f"{path}: initializer {name!r} has external-data location {location!r}; only paths "
@@ -324,23 +331,12 @@ def _inline_subgraph_external_data(path: Path, proto: onnx.ModelProto) -> None:
     """
     import onnx
 
-    for graph in _subgraphs(proto.graph):
+    for graph in subgraphs(proto.graph):
         for tensor in graph.initializer:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 tensor.raw_data = _external_range(path, tensor).read().tobytes()
                 del tensor.external_data[:]
                 tensor.data_location = onnx.TensorProto.DEFAULT
-
-
-def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield attr.g
-                yield from _subgraphs(attr.g)
-            for sub in attr.graphs:
-                yield sub
-                yield from _subgraphs(sub)
 
 
 def _alignment(sources: dict[str, Source]) -> int:

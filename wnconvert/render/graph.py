@@ -73,6 +73,49 @@ def print_fold(summary: dict[str, Any]) -> None:
     """What ``fold MODEL.onnx`` did: one row per folded layer, op counts, files written."""
     console = stdout()
     layers = summary["layers"]
+    if not summary.get("changed", True):
+        console.print(f"[green]already clean[/]: {escape(summary['input'])} computes no weight "
+                      "norm and its initializers have their names; nothing folded or renamed")
+    if layers:
+        _print_layers(console, layers)
+    renamed = summary.get("renamed", [])
+    if renamed:
+        console.print(_renamed_table(renamed))
+    for site in summary["skipped"]:
+        console.print(
+            f"[yellow]left in place[/]: {escape(site['value'])} ({escape(site['reason'] or '')})"
+        )
+    counts = summary["op_counts"]
+    if layers:
+        console.print(_ops_table("op counts", counts["before"], counts["after"]))
+        removed = len(summary["initializers_removed"])
+        console.print(f"removed {removed} initializer(s) no longer used")
+    for path in summary["files"]:
+        console.print(f"[bold]wrote[/] {escape(path)}")
+    if summary.get("seconds") is not None:
+        console.print(f"in {summary['seconds']:.2f} s")
+
+
+_HOW = {
+    "folded_from": "exporter metadata (folded from its g/v pair)",
+    "reference": "equal to the reference tensor",
+    "reference-fold": "equal to the reference's g/v fold (up to the exporter's rounding)",
+}
+
+
+def _renamed_table(renamed: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"initializers given their names back: {len(renamed)}",
+                  title_justify="left")
+    for col in ("initializer", "name", "because"):
+        table.add_column(col)
+    for entry in renamed[:_MAX_ROWS]:
+        table.add_row(escape(entry["from"]), escape(entry["to"]),
+                      escape(_HOW.get(entry["how"], entry["how"])))
+    _more(table, len(renamed))
+    return table
+
+
+def _print_layers(console: Any, layers: list[dict[str, Any]]) -> None:
     table = Table(
         title=f"folded {len(layers)} weight-norm computation(s)", title_justify="left"
     )
@@ -88,18 +131,6 @@ def print_fold(summary: dict[str, Any]) -> None:
         )
     _more(table, len(layers))
     console.print(table)
-    for site in summary["skipped"]:
-        console.print(
-            f"[yellow]left in place[/]: {escape(site['value'])} ({escape(site['reason'] or '')})"
-        )
-    counts = summary["op_counts"]
-    console.print(_ops_table("op counts", counts["before"], counts["after"]))
-    removed = len(summary["initializers_removed"])
-    console.print(f"removed {removed} initializer(s) no longer used")
-    for path in summary["files"]:
-        console.print(f"[bold]wrote[/] {escape(path)}")
-    if summary.get("seconds") is not None:
-        console.print(f"in {summary['seconds']:.2f} s")
 
 
 def print_inspection(info: dict[str, Any]) -> None:
