@@ -6,7 +6,7 @@ torch, onnx and onnxruntime are imported inside the functions so ``wnconvert --h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -120,7 +120,8 @@ def fold_to_onnx_command(
     args, input_names = _export_inputs(prepared, specs, export.inputs_file, seed=verify.seed)
     if not dynamic and prepared.dynamic_axes:
         dynamic = list(prepared.dynamic_axes)
-    exporter = getattr(export, "exporter", None) or "auto"
+    # Typed by the CLI (ExporterChoice), so only the exporter names reach this point.
+    exporter = cast("ex.Exporter", export.exporter or "auto")
     _status(f"exporting to {output} (torch.onnx, opset {export.opset or ex.DEFAULT_OPSET})",
                 quiet=quiet)
     result = ex.export_onnx(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..dtypes import from_onnx_code
 from ..errors import InputError, InputNotFound
 from .capture import captured_stdout
 from .cases import CasePlan, InputCase
@@ -23,7 +24,7 @@ from .providers import (
     tf32_state,
 )
 from .results import CaseInfo, OutputResult, ProviderResult, VerificationReport, WeightsReport
-from .runners import InputSignature, OrtRunner, Runner, TorchRunner, torch_to_numpy
+from .runners import FEEDABLE, InputSignature, OrtRunner, Runner, TorchRunner, torch_to_numpy
 from .tolerance import VerifyOptions
 from .weights import compare_weights, onnx_initializers
 
@@ -114,8 +115,11 @@ def _candidate_signature(candidate: Path) -> list[InputSignature]:
         if value.name in init_names:
             continue  # old exporters list initializers as inputs too
         tensor_type = value.type.tensor_type
-        elem = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type) \
-            if tensor_type.elem_type != onnx.TensorProto.BFLOAT16 else "bfloat16"
+        elem = from_onnx_code(tensor_type.elem_type)
+        if elem is None or elem not in FEEDABLE:
+            raise InputError(f"{candidate}: input {value.name!r} has ONNX element type "
+                             f"{tensor_type.elem_type}, which wnconvert cannot feed; it feeds "
+                             f"{', '.join(FEEDABLE)}")
         dims: list[int | str | None] = []
         for d in tensor_type.shape.dim:
             if d.HasField("dim_value"):

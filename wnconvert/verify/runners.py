@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..dtypes import numpy_dtype, numpy_to_tensor, tensor_to_numpy
+from ..dtypes import from_ort_type, numpy_dtype, numpy_to_tensor, tensor_to_numpy
 from ..errors import InputError
 from ..export.inputs import flatten_outputs, output_names
 from .capture import captured_stdout
@@ -158,25 +158,17 @@ def torch_tf32_off() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(double)": "float64",
-    "tensor(float16)": "float16",
-    "tensor(bfloat16)": "bfloat16",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int16)": "int16",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-}
+#: Element types wnconvert generates and feeds (float8/complex/uint32... are not).
+FEEDABLE = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
+            "uint8", "bool")
 
 
 def ort_type_to_dtype(ort_type: str) -> str:
-    if ort_type not in _ORT_TYPES:
+    name = from_ort_type(ort_type)
+    if name is None or name not in FEEDABLE:
         raise InputError(f"model input of type {ort_type}: wnconvert can only feed tensors of "
-                         f"{', '.join(sorted(set(_ORT_TYPES.values())))}")
-    return _ORT_TYPES[ort_type]
+                         f"{', '.join(FEEDABLE)}")
+    return name
 
 
 def torch_to_numpy(tensor: torch.Tensor) -> np.ndarray:

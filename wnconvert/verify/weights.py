@@ -200,13 +200,11 @@ class _LazyInitializers(Mapping):
         return len(self._tensors)
 
     def describe(self, name: str) -> tuple[tuple[int, ...], str]:
-        import onnx
+        from ..dtypes import from_onnx_code
 
         tensor = self._tensors[name]
-        if tensor.data_type == onnx.TensorProto.BFLOAT16:
-            dtype = "bfloat16"
-        else:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).name
+        # Types outside the registry (strings, float4...) are not weights to compare.
+        dtype = from_onnx_code(tensor.data_type) or f"onnx type {tensor.data_type}"
         return tuple(int(d) for d in tensor.dims), dtype
 
 
