@@ -35,13 +35,6 @@ def one_line_error(result: Result, *mentions: str) -> str:
     return lines[0]
 
 
-def usage_error(result: Result, *mentions: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert result.stdout == "" and "Traceback" not in result.output
-    for mention in mentions:
-        assert mention in result.stderr, result.stderr
-
-
 @pytest.fixture
 def pair(tmp_path: Path) -> tuple[Path, Path]:
     w = np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32)
@@ -77,7 +70,7 @@ def test_unknown_weights_mode_is_refused_by_every_command(command, pair, wn_onnx
     args = [a.format(cand=pair[0], ref=pair[1], wn=wn_onnx) for a in command]
     result = run(*args, "-o" if args[0] == "fold" else "--json",
                  *([tmp_path / "o.onnx"] if args[0] == "fold" else []), "--weights", "bogus")
-    usage_error(result, "--weights", "bogus")
+    one_line_error(result, "--weights", "bogus")
     assert not (tmp_path / "o.onnx").exists()
 
 
@@ -116,9 +109,9 @@ def test_zero_element_input_is_an_input_error_never_a_pass(pair, tmp_path: Path)
 
 
 def test_runs_are_bounded_and_seeds_non_negative(pair) -> None:
-    usage_error(run("verify", pair[0], "--reference", pair[1], "--runs", "100000000"), "--runs")
-    usage_error(run("verify", pair[0], "--reference", pair[1], "--runs", "0"), "--runs")
-    usage_error(run("verify", pair[0], "--reference", pair[1], "--seed", "-5"), "--seed")
+    one_line_error(run("verify", pair[0], "--reference", pair[1], "--runs", "100000000"), "--runs")
+    one_line_error(run("verify", pair[0], "--reference", pair[1], "--runs", "0"), "--runs")
+    one_line_error(run("verify", pair[0], "--reference", pair[1], "--seed", "-5"), "--seed")
 
 
 def test_inputs_must_be_an_npz_archive(pair, tmp_path: Path) -> None:
