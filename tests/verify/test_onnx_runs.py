@@ -17,6 +17,8 @@ from wnconvert.verify import (
     verify_onnx_against_onnx,
 )
 
+from .conftest import cuda_unusable
+
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
@@ -171,3 +173,17 @@ def test_verification_runs_case_by_case_without_holding_every_draw(tmp_path: Pat
     verify_onnx_against_onnx(ref, ref, options=VerifyOptions(providers=("cpu",), runs=3),
                              progress=lambda who, done, total: order.append(who))
     assert order == ["reference", "CPUExecutionProvider"] * 4  # 3 draws + second size
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(cuda_unusable() is not None, reason=cuda_unusable() or "")
+def test_cuda_provider_runs_with_tf32_off(tmp_path: Path, weight: np.ndarray) -> None:
+    ref = linear_model(tmp_path / "ref.onnx", weight)
+    cand = linear_model(tmp_path / "cand.onnx", weight)
+    report = verify_onnx_against_onnx(cand, ref,
+                                      options=VerifyOptions(providers=("cpu", "cuda")))
+    assert report.passed, report.failures()
+    names = [p.name for p in report.providers]
+    assert names == ["CPUExecutionProvider", "CUDAExecutionProvider"]
+    assert report.providers[1].options["use_tf32"] == "0"  # as ORT applied it
+    assert "TF32 off" in report.providers[1].notes[0]
