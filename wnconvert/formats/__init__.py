@@ -392,11 +392,21 @@ def _write_sharded(
                 )
             tensor_bytes += sum(i.info.nbytes for i in items)
         index = {
-            "metadata": {**(checkpoint.index_metadata or {}), "total_size": tensor_bytes},
+            "metadata": _index_metadata(checkpoint.index_metadata, plan, tensor_bytes),
             "weight_map": {item.key: name for name, items in groups.items() for item in items},
         }
         temps[-1].write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return total
+
+
+def _index_metadata(original: Mapping[str, Any] | None, plan: list[PlannedTensor],
+                    tensor_bytes: int) -> dict[str, Any]:
+    """The input index's metadata with its totals made true for the output: ``total_size``
+    always, ``total_parameters`` (newer transformers write it) when the input had it."""
+    metadata = {**(original or {}), "total_size": tensor_bytes}
+    if "total_parameters" in metadata:
+        metadata["total_parameters"] = sum(item.info.numel for item in plan)
+    return metadata
 
 
 def save_checkpoint(
