@@ -186,6 +186,7 @@ def decompose(
             quiet=quiet,
             json_out=json_out,
             action="decomposed",
+            inputs=[like] if like is not None else [],
         )
 
 
@@ -499,8 +500,11 @@ def _write(
     quiet: bool,
     json_out: bool,
     action: str,
+    inputs: list[Path] | None = None,
 ) -> None:
-    """Write a planned conversion with a progress bar, then print the summary."""
+    """Write a planned conversion with a progress bar, then print the summary.
+
+    ``inputs``: files read besides the checkpoint (``--like``), never to be overwritten."""
     from .. import render
     from ..formats import default_output, output_format, write_checkpoint
 
@@ -518,7 +522,8 @@ def _write(
                 bar(name, done, total)
 
         written = write_checkpoint(
-            checkpoint, conversion.plan, target, fmt=fmt, force=force, on_tensor=on_tensor
+            checkpoint, conversion.plan, target, fmt=fmt, force=force, on_tensor=on_tensor,
+            inputs=inputs or [],
         )
     source = checkpoint.source
     summary = {

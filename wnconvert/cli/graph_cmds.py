@@ -24,6 +24,7 @@ from .common import (
     command_context,
     emit_result,
     finish_verification,
+    protected_inputs,
     require_exists,
 )
 
@@ -56,7 +57,7 @@ def fold_onnx_command(
         raise InputError(f"{target}: the folded model needs a .onnx name; choose another -o")
     if verify.reports and not verify.verify:
         raise InputError("--report needs verification; drop --no-verify or --report")
-    check_report_paths(verify.reports, force=force, inputs=[path, target])
+    check_report_paths(verify.reports, force=force, inputs=[*protected_inputs(path), target])
     options = _verify_options(verify) if verify.verify else None  # bad options fail fast
 
     started = time.perf_counter()
