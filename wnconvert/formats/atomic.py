@@ -156,28 +156,35 @@ def publish(moves: Sequence[tuple[Path, Path]], *, force: bool) -> list[Path]:
     raised; the files of this set already published are removed again, so either the whole
     set is in place or none of it.
     """
+    # Each file stays open until the set is complete: an open file keeps its inode, so a
+    # rollback can tell our file from one that replaced it (a freed inode number is reused at
+    # once by the next file created). A file is listed before its move, so a signal between
+    # the move and the next line cannot leave it out of the rollback.
     done: list[tuple[Path, int]] = []
     try:
         for staged, final in moves:
-            inode = os.stat(staged).st_ino
+            done.append((final, os.open(staged, os.O_RDONLY)))
             if force:
                 os.replace(staged, final)
-            else:
-                try:
-                    move_no_replace(staged, final)
-                except FileExistsError:
-                    raise InputError(
-                        f"{final}: appeared while writing (another run or program created "
-                        "it); it was kept and nothing was written; use --force to replace it"
-                    ) from None
-            done.append((final, inode))
+                continue
+            try:
+                move_no_replace(staged, final)
+            except FileExistsError:
+                raise InputError(
+                    f"{final}: appeared while writing (another run or program created it); it "
+                    "was kept and nothing was written; use --force to replace it"
+                ) from None
     except BaseException:
         if not force:
-            for final, inode in reversed(done):
+            for final, fd in reversed(done):
                 with contextlib.suppress(OSError):
-                    if os.stat(final, follow_symlinks=False).st_ino == inode:  # still ours
+                    ours, there = os.fstat(fd), os.stat(final, follow_symlinks=False)
+                    if (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino):
                         os.unlink(final)
         raise
+    finally:
+        for _, fd in done:
+            os.close(fd)
     return [final for final, _ in done]
 
 
