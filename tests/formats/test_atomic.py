@@ -392,3 +392,24 @@ def test_index_written_last_points_at_published_shards(tmp_path, save_sharded):
     weight_map = json.loads(output.read_text())["weight_map"]
     assert all((tmp_path / name).is_file() for name in weight_map.values())
     no_debris(tmp_path)
+
+
+def test_a_signal_during_cleanup_waits_for_its_end(tmp_path):
+    import signal
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum, frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        steps = []
+        with pytest.raises(Stop), atomic.signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("cleanup finished")  # not cut short by the signal
+        assert steps == ["cleanup finished"]
+        assert signal.getsignal(signal.SIGTERM) is stop  # the handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -108,7 +108,7 @@ def command_context(*, debug: bool, quiet: bool = False) -> Iterator[None]:
                     "interrupted" if signum is None or signum == signal.SIGINT
                     else f"terminated ({signal_name(signum)})"
                 )
-                render.error(f"{what}; no output was written")
+                render.error(f"{what}; no partial output was left behind")
                 raise typer.Exit(128 + (signum or signal.SIGINT)) from None
             if debug:
                 traceback.print_exc()

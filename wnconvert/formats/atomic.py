@@ -23,7 +23,6 @@ data, verification reports) goes through this module:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import shutil
@@ -104,6 +103,8 @@ def _renameat2_noreplace(staged: Path, final: Path) -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2  # glibc >= 2.28
@@ -176,11 +177,12 @@ def publish(moves: Sequence[tuple[Path, Path]], *, force: bool) -> list[Path]:
                 ) from None
     except BaseException:
         if not force:
-            for final, fd in reversed(done):
-                with contextlib.suppress(OSError):
-                    ours, there = os.fstat(fd), os.stat(final, follow_symlinks=False)
-                    if (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino):
-                        os.unlink(final)
+            with signals_deferred():
+                for final, fd in reversed(done):
+                    with contextlib.suppress(OSError):
+                        ours, there = os.fstat(fd), os.stat(final, follow_symlinks=False)
+                        if (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino):
+                            os.unlink(final)
         raise
     finally:
         for _, fd in done:
@@ -243,8 +245,42 @@ class Staging:
 
     def __exit__(self, *exc_info: object) -> None:
         if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            with signals_deferred():  # a signal now would cut the cleanup short
+                shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP until the block ends (cleanup that must not be cut short).
+
+    The handlers are swapped for one that only notes the signal; when the block ends the
+    previous handlers are back and each noted signal is raised again, so it has its usual
+    effect (an exception, the default action) right after the cleanup. A signal mask would not
+    do: the kernel delivers a signal to any thread that does not block it (torch keeps a pool),
+    and Python then runs the handler in the main thread all the same. Only the main thread can
+    set handlers; elsewhere the block runs as it is.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous: dict[int, Any] = {}
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is None or signal.getsignal(signum) is None:  # not set from Python
+            continue
+        with contextlib.suppress(ValueError, OSError):
+            previous[signum] = signal.signal(signum, lambda number, frame: noted.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)
 
 
 def _with_output_name(exc: OSError, output: Path) -> OSError:
