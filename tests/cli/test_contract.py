@@ -749,3 +749,17 @@ def test_model_source_file_is_never_an_output(tmp_path, cli, assert_input_error,
                  "-o", tmp_path / "net.onnx", "--force", "--no-verify")
     assert_input_error(result, "net.onnx.data", "input file")
     assert snapshot(tmp_path) == before
+
+
+def test_shards_of_a_sharded_template_are_never_outputs(tmp_path, save_sharded, save_st, cli,
+                                                        assert_input_error, snapshot):
+    index = save_sharded([{"a.weight_g": torch.ones(3, 1), "a.weight_v": torch.randn(3, 4)}],
+                         stem="out")
+    template = index.rename(tmp_path / "tmpl.safetensors.index.json")
+    plain = save_st({"a.weight": torch.randn(3, 4)}, name="plain.safetensors")
+    before = snapshot(tmp_path)
+    # The output's one shard would be out-00001-of-00001.safetensors: the template's shard.
+    result = cli("decompose", plain, "--like", template, "-o",
+                 tmp_path / "out.safetensors.index.json", "--force")
+    assert_input_error(result, "out-00001-of-00001.safetensors", "input file")
+    assert snapshot(tmp_path) == before

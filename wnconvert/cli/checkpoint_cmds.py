@@ -159,7 +159,8 @@ def decompose(
 
         dim_value = _parse_dim(dim)
         checkpoint = load_checkpoint(path, key=key)
-        template = load_checkpoint(like).state_dict if like is not None else None
+        like_checkpoint = load_checkpoint(like) if like is not None else None
+        template = like_checkpoint.state_dict if like_checkpoint is not None else None
         try:
             conversion = plan_decompose(
                 checkpoint.state_dict,
@@ -186,7 +187,7 @@ def decompose(
             quiet=quiet,
             json_out=json_out,
             action="decomposed",
-            inputs=[like] if like is not None else [],
+            inputs=like_checkpoint.input_files if like_checkpoint is not None else [],
         )
 
 
