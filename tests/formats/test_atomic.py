@@ -413,3 +413,12 @@ def test_a_signal_during_cleanup_waits_for_its_end(tmp_path):
         assert signal.getsignal(signal.SIGTERM) is stop  # the handler is back
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_write_error_names_the_final_path_not_the_staged_one(tmp_path):
+    data, model = tmp_path / "m.onnx.data", tmp_path / "m.onnx"
+    with pytest.raises(OSError) as caught, atomic.Staging([data, model], force=False) as staging:
+        raise OSError(errno.ENOSPC, "No space left on device", str(staging.path(data)))
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(data)
+    assert list(tmp_path.iterdir()) == []

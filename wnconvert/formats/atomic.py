@@ -244,10 +244,18 @@ class Staging:
         return self.published
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.folder is not None:
-            with signals_deferred():  # a signal now would cut the cleanup short
-                shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
+        folder, self.folder = self.folder, None
+        if folder is None:
+            return
+        with signals_deferred():  # a signal now would cut the cleanup short
+            shutil.rmtree(folder, ignore_errors=True)
+        error = exc_info[1] if len(exc_info) > 1 else None
+        if isinstance(error, OSError) and error.filename is not None:
+            # "out.onnx: No space left on device", not the staged name in a hidden folder.
+            staged = Path(os.fsdecode(error.filename))
+            if staged.parent == folder:
+                final = next((o for o in self.outputs if o.name == staged.name), self.outputs[-1])
+                raise OSError(error.errno, error.strerror, str(final)) from error
 
 
 @contextlib.contextmanager
