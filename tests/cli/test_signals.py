@@ -47,7 +47,11 @@ class Blocking:
         if writes == block_at:
             self._file.flush()
             real_open(ready, "w").close()
-            time.sleep(120)  # the signal arrives here
+            go = ready + ".go"
+            for _ in range(12000):  # the signal arrives here, or the test says go
+                if os.path.exists(go):
+                    break
+                time.sleep(0.01)
         return written
 
     def __getattr__(self, name):
@@ -200,3 +204,40 @@ def test_closed_stdout_keeps_a_failed_check_failed(tmp_path):
 def test_closed_stdout_on_help(tmp_path):
     code, stderr = _closed_stdout(["--help"], tmp_path)
     assert (code, stderr) == (0, "")
+
+
+@pytest.mark.slow
+def test_two_runs_writing_one_output(tmp_path):
+    """The run that finishes second keeps the first one's output and exits 2."""
+    work = tmp_path / "work"
+    work.mkdir()
+    src = _checkpoint(work)
+    output = work / "out.safetensors"
+    harness = tmp_path / "harness.py"
+    harness.write_text(HARNESS)
+    ready = tmp_path / "ready"
+    slow = subprocess.Popen([sys.executable, str(harness), str(ready), "1", "fold", str(src),
+                             "-o", str(output)], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not ready.exists():
+            assert slow.poll() is None, f"exited early: {slow.communicate()}"
+            assert time.monotonic() < deadline, "the writer never started"
+            time.sleep(0.02)
+        fast = subprocess.run([sys.executable, "-m", "wnconvert", "fold", str(src), "-o",
+                               str(output)], cwd=tmp_path, env=_env(), capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert fast.returncode == 0, fast.stderr
+        first = output.read_bytes()
+        (tmp_path / "ready.go").touch()
+        _, stderr = slow.communicate(timeout=60)
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.communicate()
+    assert slow.returncode == 2, stderr
+    line, = stderr.strip().splitlines()
+    assert "out.safetensors: appeared while writing" in line and "--force" in line
+    assert output.read_bytes() == first
+    assert _hidden(work) == []
