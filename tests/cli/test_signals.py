@@ -241,3 +241,23 @@ def test_two_runs_writing_one_output(tmp_path):
     assert "out.safetensors: appeared while writing" in line and "--force" in line
     assert output.read_bytes() == first
     assert _hidden(work) == []
+
+
+def test_later_signals_wait_for_the_cleanup_then_end_the_process(monkeypatch):
+    from wnconvert.cli import lifecycle
+
+    monkeypatch.setattr(lifecycle, "_received", None)
+    clock = {"now": 100.0}
+    monkeypatch.setattr(lifecycle.time, "monotonic", lambda: clock["now"])
+    kills: list[int] = []
+    monkeypatch.setattr(lifecycle.os, "kill", lambda pid, signum: kills.append(signum))
+    monkeypatch.setattr(lifecycle.signal, "signal", lambda signum, handler: None)
+    with pytest.raises(lifecycle.Terminated) as caught:
+        lifecycle._on_signal(signal.SIGTERM, None)
+    assert caught.value.exit_code == 143 and lifecycle.received_signal() == signal.SIGTERM
+    clock["now"] += 1
+    lifecycle._on_signal(signal.SIGINT, None)  # ignored: the cleanup is running
+    assert kills == []
+    clock["now"] += lifecycle._GRACE_S
+    lifecycle._on_signal(signal.SIGINT, None)  # something hangs: the default action
+    assert kills == [signal.SIGINT]

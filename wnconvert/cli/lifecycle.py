@@ -2,8 +2,9 @@
 
 * SIGINT (Ctrl-C), SIGTERM and SIGHUP raise an exception in the main thread, so every writer's
   cleanup runs as the stack unwinds (temp files and staging folders are removed), and the
-  command exits ``128 + signal number`` (130, 143, 129). Signals that arrive while the first one
-  is unwinding are ignored, so a second Ctrl-C cannot cut a cleanup short.
+  command exits ``128 + signal number`` (130, 143, 129). Signals that arrive in the 5 seconds
+  after the first are ignored, so a second Ctrl-C cannot cut a cleanup short; one after that
+  ends the process at once (something hangs).
 * A stdout closed by its reader (``wnconvert inspect x.pt | head -1``) is not an error: the rest
   of the output is discarded and the command finishes; its exit code is its own (0 for inspect,
   1 for a failed check), never changed by the closed pipe.
@@ -18,6 +19,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from types import FrameType
 from typing import Any, TextIO
 
@@ -38,6 +40,10 @@ class Terminated(BaseException):
 
 
 _received: int | None = None
+_received_at = 0.0
+# How long later signals are ignored while the first one unwinds: cleanup takes milliseconds;
+# a signal after this means something hangs, and the user gets the default action (exit now).
+_GRACE_S = 5.0
 
 
 def received_signal() -> int | None:
@@ -46,10 +52,14 @@ def received_signal() -> int | None:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    global _received
+    global _received, _received_at
     if _received is not None:
-        return  # already unwinding from the first signal: let the cleanup finish
-    _received = signum
+        if time.monotonic() - _received_at < _GRACE_S:
+            return  # already unwinding from the first signal: let the cleanup finish
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _received, _received_at = signum, time.monotonic()
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated(signum)
