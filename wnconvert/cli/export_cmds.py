@@ -24,6 +24,7 @@ from .common import (
     command_context,
     emit_result,
     finish_verification,
+    protected_inputs,
 )
 from .parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs
 
@@ -59,6 +60,7 @@ def fold_to_onnx_command(
     """
     from .. import export as ex
     from ..formats import check_output
+    from ..formats.atomic import check_not_input
     from ..report import check_report_paths
 
     is_program = path.suffix.lower() == ".pt2"
@@ -78,8 +80,10 @@ def fold_to_onnx_command(
     if output.suffix.lower() != ".onnx":
         raise InputError(f"{output}: ONNX output needs a .onnx name; choose another -o")
     # Fail fast on outputs that exist, before the slow export.
-    check_output(output, force=force, inputs=[path])
-    check_report_paths(verify.reports, force=force, inputs=[path, output])
+    inputs = protected_inputs(path, export.inputs_file, model=export.model)
+    check_output(output, force=force, inputs=inputs)
+    check_not_input(output.with_name(output.name + ".data"), inputs)  # external data, if any
+    check_report_paths(verify.reports, force=force, inputs=[*inputs, output])
     from ..export.onnx_export import DEFAULT_OPSET, check_opset
 
     check_opset(export.opset if export.opset is not None else DEFAULT_OPSET,
@@ -328,7 +332,8 @@ def verify_command(*, candidate: Path, reference: Path, key: str | None, force: 
         raise InputError(f"{candidate}: expected an .onnx model to verify")
     if export.input_shapes and export.inputs_file is not None:
         raise InputError("--input and --inputs both given; use one of them")
-    check_report_paths(verify.reports, force=force, inputs=[candidate, reference])
+    check_report_paths(verify.reports, force=force, inputs=protected_inputs(
+        candidate, reference, export.inputs_file, model=export.model))
     options = _verify_options(verify, export)
     options = dataclasses.replace(options, weights=weights, cuda_tf32=tf32)  # type: ignore[arg-type]
     resolve_providers(options.providers)  # fail before loading anything

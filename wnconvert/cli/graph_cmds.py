@@ -24,6 +24,7 @@ from .common import (
     command_context,
     emit_result,
     finish_verification,
+    protected_inputs,
     require_exists,
 )
 
@@ -66,7 +67,7 @@ def fold_onnx_command(
     if verify.reports and not verify.verify:
         raise InputError("--report needs verification; drop --no-verify or --report")
     check_report_paths(verify.reports, force=force,
-                       inputs=[path, target, *([reference] if reference else [])])
+                       inputs=[*protected_inputs(path, reference), target])
     options = _verify_options(verify) if verify.verify else None  # bad options fail fast
 
     started = time.perf_counter()
