@@ -588,3 +588,178 @@ def test_inputs_are_read_only_safe(tmp_path, cli, assert_ok, shipped):
     finally:
         source.chmod(0o644)
     assert shutil.os.access(tmp_path / "tiny_hifigan_legacy.folded.pt", os.R_OK)
+
+
+# --------------------------------------------------------------------------- every input is
+# protected; a file that appears while writing is kept; the real cause of a failed .pt write
+
+
+@pytest.mark.parametrize("spelling", ["same", "hardlink", "symlink"])
+def test_template_is_never_an_output(spelling, tmp_path, cli, assert_input_error, snapshot):
+    plain = tmp_path / "plain.pt"
+    torch.save({"a.weight": torch.randn(3, 4)}, plain)
+    template = tmp_path / "tmpl.pt"
+    torch.save({"a.weight_g": torch.ones(3, 1), "a.weight_v": torch.randn(3, 4)}, template)
+    output = template
+    if spelling == "hardlink":
+        output = tmp_path / "hard.pt"
+        os.link(template, output)
+    elif spelling == "symlink":
+        output = tmp_path / "link.pt"
+        output.symlink_to(template)
+    before = snapshot(tmp_path)
+    line = assert_input_error(cli("decompose", plain, "--like", template, "-o", output, "--force"),
+                              output)
+    assert "input file" in line
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_output_hard_linked_to_the_input_is_refused_even_with_force(
+    command, source, cli, assert_input_error, snapshot, tmp_path
+):
+    output = tmp_path / "alias.pt"
+    os.link(source, output)
+    before = snapshot(tmp_path)
+    assert_input_error(cli(*command_args(command, source, "-o", output, "--force")), output,
+                       "input file")
+    assert snapshot(tmp_path) == before
+
+
+def _appear_on_first_fold(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Another run creates ``path`` while this one works (after its check, before its publish)."""
+    real = numerics.fold_into
+
+    def fold(*args, **kwargs):
+        if not path.exists():
+            path.write_bytes(b"the other run's output")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numerics, "fold_into", fold)
+
+
+@pytest.mark.parametrize("target", ["out.pt", "out.safetensors", "out.safetensors.index.json"])
+def test_output_that_appears_while_writing_is_kept(target, tmp_path, cli, assert_input_error,
+                                                   assert_ok, no_temp_files, monkeypatch):
+    source = tmp_path / "in.pt"
+    torch.save(two_pairs(), source)
+    output = tmp_path / target
+    _appear_on_first_fold(monkeypatch, output)
+    line = assert_input_error(cli("fold", source, "-o", output), output)
+    assert "appeared while writing" in line and "--force" in line
+    assert output.read_bytes() == b"the other run's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.pt", target])
+    no_temp_files(tmp_path)
+    # With --force the run replaces it.
+    output.unlink()
+    assert_ok(cli("fold", source, "-o", output, "--force"))
+    assert output.read_bytes() != b"the other run's output"
+    no_temp_files(tmp_path)
+
+
+class _FailingFile:
+    """The staged output file, failing on its second write like a full disk or Ctrl-C."""
+
+    def __init__(self, path: Path, mode: str, exc: BaseException) -> None:
+        self._file = open(path, mode)  # noqa: SIM115 - closed in __exit__
+        self._exc, self._writes = exc, 0
+
+    def write(self, data: bytes) -> int:
+        self._writes += 1
+        if self._writes == 2:
+            raise self._exc
+        return self._file.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+    def __enter__(self) -> _FailingFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._file.close()
+
+
+def _fail_in_the_write_layer(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    from wnconvert.formats import atomic
+
+    monkeypatch.setattr(atomic, "open", lambda path, mode: _FailingFile(path, mode, exc),
+                        raising=False)
+
+
+def test_full_disk_on_pt_output_says_so(tmp_path, cli, snapshot, no_temp_files, monkeypatch):
+    source = tmp_path / "in.pt"
+    torch.save(two_pairs(), source)
+    before = snapshot(tmp_path)
+    _fail_in_the_write_layer(monkeypatch, OSError(28, "No space left on device"))
+    result = cli("fold", source, "-o", tmp_path / "out.pt")  # torch.save writes the real zip
+    assert result.exit_code == 2
+    line, = result.stderr.strip().splitlines()
+    assert "out.pt: No space left on device" in line
+    assert "enforce" not in line and "Traceback" not in result.output
+    assert snapshot(tmp_path) == before
+    no_temp_files(tmp_path)
+
+
+def test_interrupt_inside_the_pt_writer_exits_130(tmp_path, cli, snapshot, no_temp_files,
+                                                  monkeypatch):
+    source = tmp_path / "in.pt"
+    torch.save(two_pairs(), source)
+    before = snapshot(tmp_path)
+    _fail_in_the_write_layer(monkeypatch, KeyboardInterrupt())
+    result = cli("fold", source, "-o", tmp_path / "out.pt")
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr and "enforce" not in result.stderr
+    assert snapshot(tmp_path) == before
+    no_temp_files(tmp_path)
+
+
+@pytest.fixture
+def onnx_with_data_named_json(tmp_path: Path) -> tuple[Path, Path]:
+    """An .onnx model whose external data file is ``w.json`` (a name a report could take)."""
+    import onnx
+    from onnx_builders import weight_norm_model
+
+    model, _, _ = weight_norm_model((4, 3), 0)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.json", size_threshold=0)
+    return path, tmp_path / "w.json"
+
+
+@pytest.mark.parametrize("command", ["fold", "verify"])
+def test_external_data_of_an_input_is_never_a_report(command, onnx_with_data_named_json, cli,
+                                                     assert_input_error, snapshot, tmp_path):
+    model, data = onnx_with_data_named_json
+    before = snapshot(tmp_path)
+    args = ["--reference", model] if command == "verify" else []
+    result = cli(command, model, *args, "--report", data, "--force")
+    assert_input_error(result, "w.json", "input file")
+    assert snapshot(tmp_path) == before
+
+
+def test_model_source_file_is_never_an_output(tmp_path, cli, assert_input_error, snapshot):
+    # A --model file that the export's external data file (<output>.data) would replace.
+    source = tmp_path / "ckpt.pt"
+    torch.save(two_pairs(), source)
+    code = tmp_path / "net.onnx.data"
+    code.write_text("def build():\n    raise SystemExit('must not run')\n")
+    before = snapshot(tmp_path)
+    result = cli("fold", source, "--to", "onnx", "--model", f"{code}:build", "--input", "1x3",
+                 "-o", tmp_path / "net.onnx", "--force", "--no-verify")
+    assert_input_error(result, "net.onnx.data", "input file")
+    assert snapshot(tmp_path) == before
+
+
+def test_shards_of_a_sharded_template_are_never_outputs(tmp_path, save_sharded, save_st, cli,
+                                                        assert_input_error, snapshot):
+    index = save_sharded([{"a.weight_g": torch.ones(3, 1), "a.weight_v": torch.randn(3, 4)}],
+                         stem="out")
+    template = index.rename(tmp_path / "tmpl.safetensors.index.json")
+    plain = save_st({"a.weight": torch.randn(3, 4)}, name="plain.safetensors")
+    before = snapshot(tmp_path)
+    # The output's one shard would be out-00001-of-00001.safetensors: the template's shard.
+    result = cli("decompose", plain, "--like", template, "-o",
+                 tmp_path / "out.safetensors.index.json", "--force")
+    assert_input_error(result, "out-00001-of-00001.safetensors", "input file")
+    assert snapshot(tmp_path) == before

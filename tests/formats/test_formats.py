@@ -484,3 +484,26 @@ def test_output_format_and_default_output(tmp_path):
     assert default_output(st, "decompose", "pt") == tmp_path / "gen.decompose.pt"
     assert default_output(sh, "fold", "safetensors") == \
         tmp_path / "gen.fold.safetensors.index.json"
+
+
+def test_sharded_fold_makes_the_index_totals_true(tmp_path, save_sharded):
+    """Issue 11 §5: total_size and (when present) total_parameters describe the output."""
+    import json
+
+    from wnconvert.convert import plan_fold
+    from wnconvert.formats import load_checkpoint, write_checkpoint
+
+    torch.manual_seed(0)
+    v = torch.randn(4, 3, 5)
+    g = torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True)
+    index = save_sharded([{"a.weight_g": g, "a.weight_v": v}, {"a.bias": torch.ones(4)}])
+    meta = json.loads(index.read_text())
+    meta["metadata"]["total_parameters"] = g.numel() + v.numel() + 4  # stale after a fold
+    index.write_text(json.dumps(meta))
+    checkpoint = load_checkpoint(index)
+    out = tmp_path / "out" / "folded.safetensors.index.json"
+    out.parent.mkdir()
+    write_checkpoint(checkpoint, plan_fold(checkpoint.state_dict).plan, out, fmt="safetensors")
+    written = json.loads(out.read_text())["metadata"]
+    assert written["total_parameters"] == v.numel() + 4
+    assert written["total_size"] == (v.numel() + 4) * 4

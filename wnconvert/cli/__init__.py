@@ -56,4 +56,17 @@ from . import graph_cmds as _graph_cmds  # noqa: E402,F401
 
 
 def main() -> None:
-    app()
+    """The ``wnconvert`` entry point: :mod:`.lifecycle` handles signals and a closed stdout."""
+    import sys
+
+    from .lifecycle import Terminated, guard_stdout, install_signal_handlers, signal_name
+
+    install_signal_handlers()
+    guard_stdout()
+    try:
+        app()
+    except Terminated as exc:  # arrived outside a command body (while parsing options)
+        from .. import render
+
+        render.error(f"terminated ({signal_name(exc.signum)})")
+        sys.exit(exc.exit_code)

@@ -176,7 +176,8 @@ def decompose(
 
         dim_value = parse_dim(dim)
         checkpoint = load_checkpoint(path, key=key)
-        template = load_checkpoint(like).state_dict if like is not None else None
+        like_checkpoint = load_checkpoint(like) if like is not None else None
+        template = like_checkpoint.state_dict if like_checkpoint is not None else None
         try:
             conversion = plan_decompose(
                 checkpoint.state_dict,
@@ -203,6 +204,7 @@ def decompose(
             quiet=quiet,
             json_out=json_out,
             action="decomposed",
+            inputs=like_checkpoint.input_files if like_checkpoint is not None else [],
         )
 
 
@@ -469,8 +471,11 @@ def _write(
     quiet: bool,
     json_out: bool,
     action: str,
+    inputs: list[Path] | None = None,
 ) -> None:
-    """Write a planned conversion with a progress bar, then print the summary."""
+    """Write a planned conversion with a progress bar, then print the summary.
+
+    ``inputs``: files read besides the checkpoint (``--like``), never to be overwritten."""
     from .. import render
     from ..formats import default_output, output_format, write_checkpoint
 
@@ -488,7 +493,8 @@ def _write(
                 bar(name, done, total)
 
         written = write_checkpoint(
-            checkpoint, conversion.plan, target, fmt=fmt, force=force, on_tensor=on_tensor
+            checkpoint, conversion.plan, target, fmt=fmt, force=force, on_tensor=on_tensor,
+            inputs=inputs or [],
         )
     source = checkpoint.source
     summary = {

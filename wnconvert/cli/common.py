@@ -6,10 +6,13 @@ error (:class:`InputError`, and typer's own usage errors).
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -114,10 +117,19 @@ class ExportCliOptions:
 def command_context(*, debug: bool, quiet: bool = False) -> Iterator[None]:
     """Run a command body: route library warnings to stderr, map errors to exit codes.
 
-    An :class:`InputError` prints one line and exits 2; :class:`CheckFailed` exits 1,
-    :class:`ConversionNotPossible` exits 3; anything
-    unexpected exits 2 with a one-line message too (``--debug`` re-raises for the traceback).
+    One line on stderr, no traceback (``--debug`` shows it for errors):
+
+    * :class:`InputError` exits 2, :class:`CheckFailed` 1, :class:`ConversionNotPossible` 3;
+    * Ctrl-C exits 130, SIGTERM 143 (SIGHUP 129): the writers removed their temp files and
+      staging folders while the exception unwound. Whatever a signal turned into on its way
+      (torch's writer makes Ctrl-C a RuntimeError) is reported as the signal;
+    * an OSError (a full disk, no permission) exits 2 naming the file and the cause;
+    * a stdout closed early that got past :class:`~.lifecycle.StdoutGuard` exits 141 (the
+      command did not finish, so it cannot claim success);
+    * anything unexpected exits 2 too, asking for a report.
     """
+    from .lifecycle import Terminated, discard_stdout, received_signal, signal_name
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", WeightNormWarning)
         try:
@@ -125,35 +137,71 @@ def command_context(*, debug: bool, quiet: bool = False) -> Iterator[None]:
         except typer.Exit:
             _flush_warnings(caught)
             raise
-        except WnConvertError as exc:
+        except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 - one line each
             _flush_warnings(caught)
+            signum = received_signal()
+            if signum is None and isinstance(exc, Terminated):
+                signum = exc.signum
+            if signum is not None or isinstance(exc, KeyboardInterrupt):
+                what = (
+                    "interrupted" if signum is None or signum == signal.SIGINT
+                    else f"terminated ({signal_name(signum)})"
+                )
+                render.error(f"{what}; no partial output was left behind")
+                raise typer.Exit(128 + (signum or signal.SIGINT)) from None
             if debug:
                 traceback.print_exc()
-            render.error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            render.error("interrupted; no output was written")
-            raise typer.Exit(130) from None
-        except OSError as exc:
-            # Disk full, permission denied, ...: the environment, not a bug. Outputs are written
-            # atomically, so nothing half-written is left behind.
-            _flush_warnings(caught)
-            if debug:
-                traceback.print_exc()
-            where = f"{exc.filename}: " if exc.filename else ""
-            render.error(f"{where}{exc.strerror or exc}; no output was written (check space and "
-                         "permissions)")
-            raise typer.Exit(2) from None
-        except Exception as exc:  # noqa: BLE001 - last line of defence, one line + exit 2
-            _flush_warnings(caught)
-            if debug:
-                traceback.print_exc()
+            if isinstance(exc, WnConvertError):
+                render.error(str(exc))
+                raise typer.Exit(exc.exit_code) from None
+            if isinstance(exc, BrokenPipeError):
+                discard_stdout()
+                raise typer.Exit(128 + 13) from None  # 141: what a shell shows for SIGPIPE
+            if isinstance(exc, OSError):
+                render.error(_os_error_line(exc))
+                raise typer.Exit(2) from None
             render.error(
                 f"unexpected {type(exc).__name__}: {exc} (run again with --debug for a traceback "
                 "and report it)"
             )
             raise typer.Exit(2) from None
         _flush_warnings(caught)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """Disk full, permission denied, ...: the environment, not a bug. Outputs are published
+    only when complete, so nothing half-written is left behind (an old output is kept)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free some space or write elsewhere with -o"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "check permissions or write elsewhere with -o"
+    else:
+        hint = "check space and permissions"
+    return f"{where}{exc.strerror or exc}; no output was written ({hint})"
+
+
+def protected_inputs(*paths: Path | None, model: str | None = None) -> list[Path]:
+    """Every file a command reads, so that no output is one of them (even with --force).
+
+    The given paths, the external data files of ``.onnx`` ones, and the source file of a
+    ``--model path/to/file.py:CALLABLE``.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path is None:
+            continue
+        found.append(path)
+        if path.suffix.lower() == ".onnx" and path.is_file():
+            from ..errors import InputError
+            from ..onnx_graph.protoio import load_model
+
+            with suppress(InputError, OSError):  # unreadable: the command itself says why
+                found.extend(load_model(path).data_files)
+    target = (model or "").rpartition(":")[0]
+    if target.endswith(".py") or "/" in target or os.sep in target:
+        found.append(Path(target))
+    return found
 
 
 def _flush_warnings(caught: list[warnings.WarningMessage]) -> None:

@@ -25,6 +25,7 @@ from .common import (
     command_context,
     emit_result,
     finish_verification,
+    protected_inputs,
 )
 from .options import (
     AtolOpt,
@@ -72,6 +73,7 @@ def fold_to_onnx_command(
     """
     from .. import export as ex
     from ..formats import check_output
+    from ..formats.atomic import check_not_input
     from ..verify.report import check_report_paths
 
     is_program = path.suffix.lower() == ".pt2"
@@ -91,8 +93,10 @@ def fold_to_onnx_command(
     if output.suffix.lower() != ".onnx":
         raise InputError(f"{output}: ONNX output needs a .onnx name; choose another -o")
     # Fail fast on outputs that exist, before the slow export.
-    check_output(output, force=force, inputs=[path])
-    check_report_paths(verify.reports, force=force, inputs=[path, output])
+    inputs = protected_inputs(path, export.inputs_file, model=export.model)
+    check_output(output, force=force, inputs=inputs)
+    check_not_input(output.with_name(output.name + ".data"), inputs)  # external data, if any
+    check_report_paths(verify.reports, force=force, inputs=[*inputs, output])
     from ..export.onnx_export import DEFAULT_OPSET, check_opset
 
     check_opset(export.opset if export.opset is not None else DEFAULT_OPSET,
@@ -302,7 +306,8 @@ def verify_command(*, candidate: Path, reference: Path, key: str | None, force: 
         raise InputError(f"{candidate}: expected an .onnx model to verify")
     if export.input_shapes and export.inputs_file is not None:
         raise InputError("--input and --inputs both given; use one of them")
-    check_report_paths(verify.reports, force=force, inputs=[candidate, reference])
+    check_report_paths(verify.reports, force=force, inputs=protected_inputs(
+        candidate, reference, export.inputs_file, model=export.model))
     options = build_verify_options(
         verify, input_specs=[parse_input_spec(text) for text in export.input_shapes],
         inputs_file=export.inputs_file,

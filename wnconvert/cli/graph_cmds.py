@@ -25,6 +25,7 @@ from .common import (
     command_context,
     emit_result,
     finish_verification,
+    protected_inputs,
     require_exists,
 )
 
@@ -67,7 +68,7 @@ def fold_onnx_command(
     if verify.reports and not verify.verify:
         raise InputError("--report needs verification; drop --no-verify or --report")
     check_report_paths(verify.reports, force=force,
-                       inputs=[path, target, *([reference] if reference else [])])
+                       inputs=[*protected_inputs(path, reference), target])
     # Every verification option (--tf32, --weights, tolerances...) reaches the check; bad
     # options and a provider that cannot start here fail before anything is written.
     options = build_verify_options(verify) if verify.verify else None

@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import re
-import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -221,7 +219,7 @@ def export_onnx(
     use_external = total > EXTERNAL_DATA_THRESHOLD
     if use_external:
         check_output(external, force=force)
-    _save_atomic(model, output, external if use_external else None)
+    _save_atomic(model, output, external if use_external else None, force=force)
     size = output.stat().st_size + (external.stat().st_size if use_external else 0)
     return ExportResult(
         path=output, exporter=used, opset=opset, input_names=input_names,
@@ -418,21 +416,22 @@ def _tensor_nbytes(value: ir.Value) -> int:
     return int(getattr(tensor, "nbytes", 0) or 0) if tensor is not None else 0
 
 
-def _save_atomic(model: ir.Model, output: Path, external: Path | None) -> None:
-    """Write into a temp folder next to ``output``, then rename into place (data first)."""
+def _save_atomic(model: ir.Model, output: Path, external: Path | None, *,
+                 force: bool = False) -> None:
+    """Write into a staging folder next to ``output``, then publish (data file first).
+
+    Without ``force``, a file that appeared at either path since the start is kept and
+    InputError raised, with nothing published.
+    """
     import onnx_ir as ir
 
-    parent = output.parent if str(output.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
-    try:
-        target = tmp / output.name
+    from ..formats.atomic import Staging
+
+    outputs = [external, output] if external is not None else [output]
+    with Staging(outputs, force=force) as staging:
         if external is not None:
-            ir.save(model, target, external_data=external.name,
+            ir.save(model, staging.path(output), external_data=external.name,
                     size_threshold_bytes=1024)
-            os.replace(tmp / external.name, external)
         else:
-            ir.save(model, target)
-        os.chmod(target, 0o644)
-        os.replace(target, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            ir.save(model, staging.path(output))
+        staging.publish()

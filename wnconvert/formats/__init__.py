@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal
@@ -308,13 +308,17 @@ def write_checkpoint(
     fmt: Format,
     force: bool = False,
     on_tensor: Callable[[str], None] | None = None,
+    inputs: Sequence[Path] = (),
 ) -> int:
     """Write ``plan`` as a checkpoint like ``checkpoint`` (container, metadata, shards kept).
 
-    Returns the number of bytes written. Never touches the input files.
+    Returns the number of bytes written. Never touches the input files: neither the
+    checkpoint's own nor ``inputs`` (other files the caller read, e.g. a template), even with
+    ``force``.
     """
     output = Path(output)
-    check_output(output, force=force, inputs=checkpoint.input_files)
+    inputs = [*checkpoint.input_files, *inputs]
+    check_output(output, force=force, inputs=inputs)
     source = checkpoint.source
     if fmt == "pt":
         state = OrderedDict()
@@ -335,7 +339,7 @@ def write_checkpoint(
             if checkpoint.format == "pt"
             else state
         )
-        with atomic_file(output) as handle:
+        with atomic_file(output, force=force) as handle:
             tp.save_pickle(container, handle)
             size = handle.tell()
         return size
@@ -355,8 +359,9 @@ def write_checkpoint(
             )
         metadata = {"format": "pt"}
     if output.name.lower().endswith(INDEX_SUFFIX):
-        return _write_sharded(checkpoint, plan, output, metadata, on_tensor, force=force)
-    with atomic_file(output) as handle:
+        return _write_sharded(checkpoint, plan, output, metadata, on_tensor, force=force,
+                              inputs=inputs)
+    with atomic_file(output, force=force) as handle:
         return st.write_safetensors(handle, plan, source, metadata=metadata, on_tensor=on_tensor)
 
 
@@ -368,6 +373,7 @@ def _write_sharded(
     on_tensor: Callable[[str], None] | None,
     *,
     force: bool,
+    inputs: Sequence[Path],
 ) -> int:
     shard_names = list(dict.fromkeys(checkpoint.shard_of.values())) or ["model.safetensors"]
     stem = _stem(index_path)
@@ -381,10 +387,10 @@ def _write_sharded(
         groups[new_names[old]].append(item)
     outputs = [index_path.with_name(n) for n in groups]
     for path in outputs:
-        check_output(path, force=force, inputs=checkpoint.input_files)
+        check_output(path, force=force, inputs=inputs)
     total = 0
     tensor_bytes = 0
-    with atomic_files([*outputs, index_path]) as temps:
+    with atomic_files([*outputs, index_path], force=force) as temps:
         for tmp, items in zip(temps[:-1], groups.values(), strict=True):  # last: index
             with open(tmp, "wb") as handle:
                 total += st.write_safetensors(
@@ -392,11 +398,21 @@ def _write_sharded(
                 )
             tensor_bytes += sum(i.info.nbytes for i in items)
         index = {
-            "metadata": {**(checkpoint.index_metadata or {}), "total_size": tensor_bytes},
+            "metadata": _index_metadata(checkpoint.index_metadata, plan, tensor_bytes),
             "weight_map": {item.key: name for name, items in groups.items() for item in items},
         }
         temps[-1].write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return total
+
+
+def _index_metadata(original: Mapping[str, Any] | None, plan: list[PlannedTensor],
+                    tensor_bytes: int) -> dict[str, Any]:
+    """The input index's metadata with its totals made true for the output: ``total_size``
+    always, ``total_parameters`` (newer transformers write it) when the input had it."""
+    metadata = {**(original or {}), "total_size": tensor_bytes}
+    if "total_parameters" in metadata:
+        metadata["total_parameters"] = sum(item.info.numel for item in plan)
+    return metadata
 
 
 def save_checkpoint(

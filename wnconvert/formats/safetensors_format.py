@@ -15,7 +15,6 @@ import math
 import mmap
 import os
 import struct
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -32,6 +31,7 @@ from ..dtypes import (
     safetensors_code,
 )
 from ..errors import InputError
+from .atomic import copy_range, write_at
 from .files import require_regular_file
 from .source import PlannedTensor, TensorInfo, TensorSource
 
@@ -279,50 +279,7 @@ class SafetensorsFile:
     def copy_raw(self, key: str, out_fd: int, out_offset: int) -> None:
         """Copy a tensor's bytes to ``out_fd`` at ``out_offset`` without decoding them."""
         _, begin, end = self.entries[key]
-        with open(self.path, "rb") as src:
-            _copy_range(src.fileno(), self.data_start + begin, out_fd, out_offset, end - begin)
-
-
-def _copy_range(src_fd: int, offset: int, dst_fd: int, dst_offset: int, count: int) -> None:
-    """Copy ``count`` bytes from ``src_fd`` at ``offset`` to ``dst_fd`` at ``dst_offset``."""
-    copy_range = getattr(os, "copy_file_range", None)
-    while count > 0:
-        done = 0
-        if copy_range is not None:
-            try:
-                done = copy_range(src_fd, dst_fd, count, offset, dst_offset)
-            except OSError:
-                copy_range = None  # e.g. across file systems on older kernels
-                continue
-        else:
-            chunk = os.pread(src_fd, min(count, 64 << 20), offset)
-            write_at(dst_fd, chunk, dst_offset)
-            done = len(chunk)
-        if done <= 0:
-            raise OSError("short copy while writing output")
-        offset += done
-        dst_offset += done
-        count -= done
-
-
-_seek_lock = threading.Lock()
-
-
-def write_at(fd: int, data: memoryview | bytes, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` (thread-safe; does not move the file position)."""
-    view = memoryview(data).cast("B")
-    pwrite = getattr(os, "pwrite", None)
-    while view.nbytes:
-        if pwrite is not None:
-            done = pwrite(fd, view, offset)
-        else:  # Windows: no pwrite
-            with _seek_lock:
-                os.lseek(fd, offset, os.SEEK_SET)
-                done = os.write(fd, view)
-        if done <= 0:
-            raise OSError("short write while writing output")
-        view = view[done:]
-        offset += done
+        copy_range(self.path, self.data_start + begin, end - begin, out_fd, out_offset)
 
 
 class SafetensorsSource:

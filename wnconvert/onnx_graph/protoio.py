@@ -13,9 +13,6 @@ one ``onnx.save`` would produce (fields in field-number order).
 from __future__ import annotations
 
 import mmap
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +24,8 @@ from .walk import subgraphs
 if TYPE_CHECKING:
     import numpy as np
     import onnx
+
+    from ..formats.atomic import Staging
 
 # Protobuf field numbers (onnx.proto) of the fields the scanner and writer treat specially.
 _MODEL_GRAPH = 7
@@ -41,7 +40,6 @@ _INLINE_MARGIN = 64 * 2**20
 # (onnx.save uses the same default threshold).
 _EXTERNAL_THRESHOLD = 1024
 _MAX_ALIGNMENT = 4096
-_COPY_CHUNK = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -472,39 +470,17 @@ class _Sink:
         self._handle.flush()
 
     def copy(self, source: FileRange) -> None:
+        from ..formats.atomic import copy_range
+
         self.flush()
-        _copy_range(source, self._handle)
+        start = self._handle.tell()
+        copy_range(source.path, source.offset, source.length, self._handle.fileno(), start)
+        self._handle.seek(start + source.length)  # the copy does not move the file position
         self.position += source.length
 
     def pad_to(self, alignment: int) -> None:
         if alignment > 1 and self.position % alignment:
             self.write(b"\0" * (alignment - self.position % alignment))
-
-
-def _copy_range(source: FileRange, handle: BinaryIO) -> None:
-    """Copy a byte range into ``handle`` at its position, in the kernel when possible."""
-    with open(source.path, "rb") as src:
-        remaining = source.length
-        offset = source.offset
-        out_fd = handle.fileno()
-        try:
-            while remaining:
-                copied = os.copy_file_range(src.fileno(), out_fd, remaining, offset)
-                if copied == 0:
-                    raise InputError(f"{source.path}: ended early while copying tensor data")
-                remaining -= copied
-                offset += copied
-            return
-        except (AttributeError, OSError):
-            pass  # no copy_file_range (or not across these filesystems): copy by chunks
-        handle.seek(0, os.SEEK_END)
-        src.seek(offset)
-        while remaining:
-            chunk = src.read(min(remaining, _COPY_CHUNK))
-            if not chunk:
-                raise InputError(f"{source.path}: ended early while copying tensor data")
-            handle.write(chunk)
-            remaining -= len(chunk)
 
 
 def _write_source(sink: _Sink, source: Source | None, tensor: onnx.TensorProto) -> None:
@@ -657,11 +633,12 @@ def write_model(
 class StagedOutput:
     """Write an output (and its data file) into a private folder, then move it into place.
 
-    ``path`` is where to write; :meth:`commit` moves the files next to ``final`` with
-    ``os.replace`` (data file first, so the model never points at a missing file). Leaving the
-    ``with`` block without committing deletes everything written, so an interrupted or failed
-    run leaves nothing half-written behind. Existing outputs need ``force``; inputs (the model
-    and its data files) are never overwritten.
+    ``path`` is where to write; :meth:`commit` publishes the files next to ``final`` (data file
+    first, so the model never points at a missing file; see :class:`~wnconvert.formats.atomic.
+    Staging`: without ``force`` a file that appeared meanwhile is kept and nothing is
+    published). Leaving the ``with`` block without committing deletes everything written, so an
+    interrupted or failed run leaves nothing half-written behind. Existing outputs need
+    ``force``; inputs (the model and its data files) are never overwritten.
     """
 
     def __init__(
@@ -676,42 +653,39 @@ class StagedOutput:
         self.force = force
         self.inputs = inputs
         self.with_data = with_data
-        self._folder: Path | None = None
+        self._staging: Staging | None = None
 
     @property
     def data_path(self) -> Path:
         return self.final.parent / data_file_name(self.final)
 
     def __enter__(self) -> StagedOutput:
-        from ..formats.atomic import check_output
+        from ..formats.atomic import Staging, check_output
 
         check_output(self.final, force=self.force, inputs=self.inputs)
         if self.with_data:
             check_output(self.data_path, force=self.force, inputs=self.inputs)
-        parent = self.final.parent if str(self.final.parent) else Path(".")
-        try:
-            self._folder = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=parent))
-        except OSError as exc:
-            raise InputError(
-                f"{self.final}: cannot write in {parent} ({exc.strerror}); choose another -o"
-            ) from None
+        # Both names are staged even when no data file is written: publish() skips it then.
+        staging = Staging([self.data_path, self.final], force=self.force)
+        self._staging = staging.__enter__()
         return self
 
     @property
     def path(self) -> Path:
-        assert self._folder is not None, "use StagedOutput in a with block"
-        return self._folder / self.final.name
+        assert self._staging is not None, "use StagedOutput in a with block"
+        return self._staging.path(self.final)
 
     def commit(self, written: WrittenFiles) -> list[Path]:
         """Move the written files into place; return their final paths (data file first)."""
-        moved: list[Path] = []
-        if written.data is not None:
-            os.replace(written.data, self.data_path)
-            moved.append(self.data_path)
-        os.replace(written.model, self.final)
-        moved.append(self.final)
-        return moved
+        assert self._staging is not None, "use StagedOutput in a with block"
+        if written.data is not None and written.data != self._staging.path(self.data_path):
+            raise ValueError(f"{written.data}: not this output's staged data file")
+        if written.model != self.path:
+            raise ValueError(f"{written.model}: not this output's staged model")
+        outputs = [self.data_path, self.final] if written.data is not None else [self.final]
+        return self._staging.publish(outputs)
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
+        if self._staging is not None:
+            self._staging.__exit__(*exc_info)
+            self._staging = None

@@ -167,7 +167,7 @@ def write_reports(report: VerificationReport, paths: Sequence[Path], *, force: b
     check_report_paths(paths, force=force)
     for path in paths:
         data = to_junit_xml(report) if path.suffix.lower() == ".xml" else to_json(report)
-        with atomic_file(path) as handle:
+        with atomic_file(path, force=force) as handle:
             handle.write(data)
     return list(paths)
 

@@ -1,0 +1,424 @@
+"""The one atomic writer (``wnconvert.formats.atomic``) and every writer built on it.
+
+* ``check_output``: an output is never an input, however spelled (``..``, symlink, hard link),
+  even with ``force``; an existing file (also a dangling symlink) needs ``force``;
+* publishing never replaces a file that appeared at the output path while the run worked,
+  unless ``force``; a multi-file set (shards + index, model + data file) is published whole or
+  not at all; nothing is left in the folder on refusal or failure;
+* the byte-range copier copies exactly, with and without ``copy_file_range``;
+* torch's writer keeps the real error (a full disk, Ctrl-C) instead of its "enforce fail".
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from onnx_builders import save, weight_norm_model
+
+from wnconvert.errors import InputError
+from wnconvert.formats import atomic, load_checkpoint, save_checkpoint, write_checkpoint
+from wnconvert.formats import torch_pickle as tp
+from wnconvert.formats.source import PlannedTensor
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def no_debris(folder: Path) -> None:
+    left = [p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert left == [], f"temp files or staging folders left behind: {left}"
+
+
+# --------------------------------------------------------------------------- check_output
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink", "hardlink", "symlinked-dir"])
+@pytest.mark.parametrize("force", [False, True])
+def test_an_input_is_never_an_output(spelling, force, tmp_path):
+    source = tmp_path / "in.pt"
+    source.write_bytes(b"input")
+    if spelling == "same":
+        output = source
+    elif spelling == "dotdot":
+        (tmp_path / "sub").mkdir()
+        output = tmp_path / "sub" / ".." / "in.pt"
+    elif spelling == "symlink":
+        output = tmp_path / "link.pt"
+        output.symlink_to(source)
+    elif spelling == "hardlink":
+        output = tmp_path / "hard.pt"
+        os.link(source, output)
+    else:
+        (tmp_path / "alias").symlink_to(tmp_path, target_is_directory=True)
+        output = tmp_path / "alias" / "in.pt"
+    with pytest.raises(InputError, match="this is an input file"):
+        atomic.check_output(output, force=force, inputs=[tmp_path / "other.pt", source])
+
+
+def test_other_existing_files_need_force(tmp_path):
+    source = tmp_path / "in.pt"
+    source.write_bytes(b"input")
+    existing = tmp_path / "out.pt"
+    existing.write_bytes(b"old")
+    with pytest.raises(InputError, match="--force"):
+        atomic.check_output(existing, force=False, inputs=[source])
+    atomic.check_output(existing, force=True, inputs=[source])
+    atomic.check_output(tmp_path / "new.pt", force=False, inputs=[source])
+
+
+def test_a_dangling_symlink_is_an_existing_output(tmp_path):
+    output = tmp_path / "out.pt"
+    output.symlink_to(tmp_path / "nowhere.pt")
+    with pytest.raises(InputError, match="already exists"):
+        atomic.check_output(output, force=False)
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+def test_a_file_that_appears_meanwhile_is_kept(tmp_path):
+    output = tmp_path / "out.bin"
+    with (
+        pytest.raises(InputError, match="appeared while writing.*--force"),
+        atomic.atomic_file(output) as handle,
+    ):
+        handle.write(b"ours")
+        output.write_bytes(b"theirs")  # another run finished first
+    assert output.read_bytes() == b"theirs"
+    no_debris(tmp_path)
+
+
+def test_force_replaces_a_file_that_appears_meanwhile(tmp_path):
+    output = tmp_path / "out.bin"
+    with atomic.atomic_file(output, force=True) as handle:
+        handle.write(b"ours")
+        output.write_bytes(b"theirs")
+    assert output.read_bytes() == b"ours"
+    no_debris(tmp_path)
+
+
+def test_a_set_is_published_whole_or_not_at_all(tmp_path):
+    shard, index = tmp_path / "m-00001-of-00001.safetensors", tmp_path / "m.index.json"
+    with (
+        pytest.raises(InputError, match="m.index.json: appeared while writing"),
+        atomic.atomic_files([shard, index]) as (shard_tmp, index_tmp),
+    ):
+        shard_tmp.write_bytes(b"shard")
+        index_tmp.write_bytes(b"index")
+        index.write_bytes(b"someone else's index")
+    # The shard was published first, then taken back: no half set is left.
+    assert listing(tmp_path) == {"m.index.json": b"someone else's index"}
+    no_debris(tmp_path)
+
+
+def test_rollback_leaves_a_file_that_is_not_ours(tmp_path, monkeypatch):
+    first, second = tmp_path / "a.data", tmp_path / "a.onnx"
+    real = atomic.move_no_replace
+
+    def move(staged: Path, final: Path) -> None:
+        real(staged, final)
+        if final == first:  # someone replaces our fresh file, then the second name is taken
+            os.unlink(first)
+            first.write_bytes(b"other a.data")
+            second.write_bytes(b"other a.onnx")
+
+    monkeypatch.setattr(atomic, "move_no_replace", move)
+    with (
+        pytest.raises(InputError, match="appeared while writing"),
+        atomic.atomic_files([first, second]) as temps,
+    ):
+        for tmp in temps:
+            tmp.write_bytes(b"ours")
+    assert listing(tmp_path) == {"a.data": b"other a.data", "a.onnx": b"other a.onnx"}
+    no_debris(tmp_path)
+
+
+@pytest.mark.parametrize("layer", ["link", "renameat2", "rename"])
+def test_every_no_replace_fallback_refuses_an_existing_file(layer, tmp_path, monkeypatch):
+    if layer != "link":
+        def no_link(*args, **kwargs):
+            raise PermissionError(errno.EPERM, "hard links not supported")
+
+        monkeypatch.setattr(atomic.os, "link", no_link)
+    if layer == "rename":
+        monkeypatch.setattr(atomic, "_renameat2_noreplace", lambda staged, final: False)
+    output = tmp_path / "out.bin"
+    with atomic.atomic_file(output) as handle:
+        handle.write(b"first")
+    assert output.read_bytes() == b"first"
+    with (
+        pytest.raises(InputError, match="appeared while writing"),
+        atomic.atomic_file(output) as handle,
+    ):
+        handle.write(b"second")
+    assert output.read_bytes() == b"first"
+    no_debris(tmp_path)
+
+
+def test_failure_inside_the_block_leaves_nothing(tmp_path):
+    output = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError, match="boom"), atomic.atomic_file(output) as handle:
+        handle.write(b"half")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_inside_the_block_leaves_nothing(tmp_path):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        atomic.atomic_files([tmp_path / "a", tmp_path / "b"]) as temps,
+    ):
+        temps[0].write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_error_names_the_output(tmp_path, monkeypatch):
+    output = tmp_path / "out.pt"
+
+    class Full:
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as caught, atomic.atomic_file(output):
+        Full().write(b"x")
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(output)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def test_checkpoint_writer_refuses_an_output_that_appeared(tmp_path):
+    source = tmp_path / "in.pt"
+    torch.save({"a": torch.ones(3), "b": torch.zeros(2)}, source)
+    checkpoint = load_checkpoint(source)
+    plan = [PlannedTensor(k, checkpoint.info(k), k) for k in checkpoint.state_dict]
+    for fmt, name in (("pt", "out.pt"), ("safetensors", "out.safetensors")):
+        output = tmp_path / name
+
+        def appear(key: str, output: Path = output) -> None:
+            if not output.exists():
+                output.write_bytes(b"theirs")
+
+        with pytest.raises(InputError, match="appeared while writing"):
+            write_checkpoint(checkpoint, plan, output, fmt=fmt, on_tensor=appear)
+        assert output.read_bytes() == b"theirs"
+    no_debris(tmp_path)
+
+
+def test_sharded_writer_takes_back_its_shards_when_the_index_appeared(tmp_path, save_sharded):
+    index = save_sharded([{"a": torch.ones(3)}, {"b": torch.zeros(2)}])
+    checkpoint = load_checkpoint(index)
+    plan = [PlannedTensor(k, checkpoint.info(k), k) for k in checkpoint.state_dict]
+    output = tmp_path / "out.safetensors.index.json"
+    before = listing(tmp_path)
+
+    def appear(key: str) -> None:
+        output.write_text("{}")
+
+    with pytest.raises(InputError, match="appeared while writing"):
+        write_checkpoint(checkpoint, plan, output, fmt="safetensors", on_tensor=appear)
+    assert listing(tmp_path) == {**before, output.name: b"{}"}
+    no_debris(tmp_path)
+
+
+def test_checkpoint_writer_never_writes_over_an_extra_input(tmp_path):
+    source = tmp_path / "in.pt"
+    torch.save({"a": torch.ones(3)}, source)
+    template = tmp_path / "template.pt"
+    template.write_bytes(b"template")
+    checkpoint = load_checkpoint(source)
+    plan = [PlannedTensor("a", checkpoint.info("a"), "a")]
+    with pytest.raises(InputError, match="input file"):
+        write_checkpoint(checkpoint, plan, template, fmt="pt", force=True, inputs=[template])
+    assert template.read_bytes() == b"template"
+
+
+def test_onnx_fold_refuses_an_output_that_appeared(tmp_path):
+    from wnconvert.onnx_graph import fold_file
+
+    model, _, _ = weight_norm_model((4, 3), 0)
+    source = save(model, tmp_path / "m.onnx", external=True)
+    output = tmp_path / "folded.onnx"
+    data = tmp_path / "folded.onnx.data"
+    before = listing(tmp_path)
+
+    def appear(name: str, done: int, total: int) -> None:
+        output.write_bytes(b"theirs")
+
+    with pytest.raises(InputError, match="folded.onnx: appeared while writing"):
+        fold_file(source, output, force=False, on_tensor=appear)
+    assert output.read_bytes() == b"theirs"
+    assert not data.exists()  # the data file was published, then taken back
+    assert listing(tmp_path) == {**before, "folded.onnx": b"theirs"}
+    no_debris(tmp_path)
+    # With force the new model and its data file replace whatever is there.
+    outcome = fold_file(source, output, force=True, on_tensor=appear)
+    assert outcome.files == [data, output]
+    assert output.read_bytes() != b"theirs"
+    no_debris(tmp_path)
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_export_save_refuses_an_output_that_appeared(external, tmp_path):
+    import onnx_ir as ir
+
+    from wnconvert.export import _save_atomic
+
+    model, _, _ = weight_norm_model((4, 3), 0)
+    loaded = ir.from_proto(model)
+    output = tmp_path / "model.onnx"
+    data = tmp_path / "model.onnx.data" if external else None
+    # Created after the command's check_output and before the publish.
+    (data or output).write_bytes(b"theirs")
+    with pytest.raises(InputError, match="appeared while writing"):
+        _save_atomic(loaded, output, data, force=False)
+    assert listing(tmp_path) == {(data or output).name: b"theirs"}
+    no_debris(tmp_path)
+    _save_atomic(loaded, output, data, force=True)
+    assert output.stat().st_size > 0 and (data is None or data.read_bytes() != b"theirs")
+    no_debris(tmp_path)
+
+
+# --------------------------------------------------------------------------- bytes
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_copy_range_copies_exactly(kernel, tmp_path, monkeypatch):
+    if not kernel:
+        def unsupported(*args, **kwargs):
+            raise OSError(errno.EXDEV, "cross-device copy")
+
+        monkeypatch.setattr(atomic.os, "copy_file_range", unsupported, raising=False)
+    monkeypatch.setattr(atomic, "_COPY_CHUNK", 1000)  # several chunks in the fallback
+    data = np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    source = tmp_path / "src.bin"
+    source.write_bytes(data)
+    with open(tmp_path / "dst.bin", "wb") as out:
+        out.write(b"head")
+        out.flush()
+        atomic.copy_range(source, 123, 7000, out.fileno(), 4)
+        assert out.tell() == 4  # the copy does not move the file position
+    assert (tmp_path / "dst.bin").read_bytes() == b"head" + data[123:7123]
+
+
+def test_copy_range_of_a_source_that_ends_early_is_an_input_error(tmp_path):
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"x" * 100)
+    with open(tmp_path / "dst.bin", "wb") as out, pytest.raises(InputError, match="src.bin"):
+        atomic.copy_range(source, 50, 100, out.fileno(), 0)
+
+
+def test_copy_range_does_not_retry_a_full_disk(tmp_path, monkeypatch):
+    calls = []
+
+    def full(*args, **kwargs):
+        calls.append(args)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "copy_file_range", full, raising=False)
+    monkeypatch.setattr(atomic.os, "pread", lambda *a: pytest.fail("fell back on ENOSPC"))
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"x" * 100)
+    with open(tmp_path / "dst.bin", "wb") as out, pytest.raises(OSError) as caught:
+        atomic.copy_range(source, 0, 100, out.fileno(), 0)
+    assert caught.value.errno == errno.ENOSPC and len(calls) == 1
+
+
+# --------------------------------------------------------------------------- torch.save
+
+
+class FailingHandle:
+    """A file whose fourth write raises ``exc`` (as a full disk or Ctrl-C would)."""
+
+    def __init__(self, path: Path, exc: BaseException) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by the test
+        self.exc, self.writes = exc, 0
+
+    def write(self, data: bytes) -> int:
+        self.writes += 1
+        if self.writes == 4:
+            raise self.exc
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+@pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"),
+                                 KeyboardInterrupt()], ids=["enospc", "ctrl-c"])
+def test_torch_save_keeps_the_real_error(exc, tmp_path):
+    state = {f"w{i}": torch.randn(64, 64) for i in range(4)}
+    # Control: torch alone turns the error into its own enforce-fail RuntimeError.
+    handle = FailingHandle(tmp_path / "a.pt", exc)
+    with pytest.raises(RuntimeError, match="enforce fail"):
+        torch.save(state, handle)
+    handle._file.close()
+    handle = FailingHandle(tmp_path / "b.pt", exc)
+    with pytest.raises(type(exc)) as caught:
+        tp.save_pickle(state, handle)
+    handle._file.close()
+    assert caught.value is exc
+
+
+def test_torch_runtime_error_about_a_full_disk_becomes_an_os_error(monkeypatch, tmp_path):
+    def save(obj, handle):
+        raise RuntimeError("[enforce fail at inline_container.cc:1] . file write failed: "
+                           "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError) as caught:
+        save_checkpoint({"a": torch.ones(2)}, tmp_path / "out.pt")
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(tmp_path / "out.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_index_written_last_points_at_published_shards(tmp_path, save_sharded):
+    index = save_sharded([{"a": torch.ones(3)}, {"b": torch.zeros(2)}])
+    output = tmp_path / "copy.safetensors.index.json"
+    checkpoint = load_checkpoint(index)
+    plan = [PlannedTensor(k, checkpoint.info(k), k) for k in checkpoint.state_dict]
+    write_checkpoint(checkpoint, plan, output, fmt="safetensors")
+    weight_map = json.loads(output.read_text())["weight_map"]
+    assert all((tmp_path / name).is_file() for name in weight_map.values())
+    no_debris(tmp_path)
+
+
+def test_a_signal_during_cleanup_waits_for_its_end(tmp_path):
+    import signal
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum, frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        steps = []
+        with pytest.raises(Stop), atomic.signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("cleanup finished")  # not cut short by the signal
+        assert steps == ["cleanup finished"]
+        assert signal.getsignal(signal.SIGTERM) is stop  # the handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_write_error_names_the_final_path_not_the_staged_one(tmp_path):
+    data, model = tmp_path / "m.onnx.data", tmp_path / "m.onnx"
+    with pytest.raises(OSError) as caught, atomic.Staging([data, model], force=False) as staging:
+        raise OSError(errno.ENOSPC, "No space left on device", str(staging.path(data)))
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(data)
+    assert list(tmp_path.iterdir()) == []
