@@ -346,3 +346,20 @@ def test_reference_is_for_onnx_inputs_only(cli, tmp_path, assert_input_error):
     ckpt = tmp_path / "a.pt"
     torch.save({"w": torch.ones(2)}, ckpt)
     assert_input_error(cli("fold", ckpt, "--reference", ckpt), "--reference")
+
+
+@pytest.mark.parametrize("command", ["check", "inspect", "fold"])
+def test_a_fifo_is_refused_without_blocking(command: str, tmp_path: Path) -> None:
+    """Issue 9 §3: opening a FIFO for reading blocks until a writer comes; refuse it first."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from wnconvert.cli import app
+
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    result = CliRunner().invoke(app, [command, str(fifo)])
+    assert result.exit_code == 2
+    assert "FIFO" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

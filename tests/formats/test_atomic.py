@@ -272,7 +272,7 @@ def test_onnx_fold_refuses_an_output_that_appeared(tmp_path):
 def test_export_save_refuses_an_output_that_appeared(external, tmp_path):
     import onnx_ir as ir
 
-    from wnconvert.export import _save_atomic
+    from wnconvert.export.onnx_export import _save_atomic
 
     model, _, _ = weight_norm_model((4, 3), 0)
     loaded = ir.from_proto(model)

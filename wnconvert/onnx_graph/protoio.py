@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from ..errors import InputError, InputNotFound
+from ..errors import InputError
 from .walk import subgraphs
 
 if TYPE_CHECKING:
@@ -174,15 +174,10 @@ def load_model(path: Path) -> LazyModel:
     import onnx
     from google.protobuf.message import DecodeError
 
+    from ..formats.files import require_regular_file
+
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputNotFound(f"{path}: no such file; check the path") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror}); check permissions") from None
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory; give the .onnx file")
+    size = require_regular_file(path, what="ONNX model").st_size  # a FIFO would block
     if size == 0:
         raise InputError(f"{path}: the file is empty; export the model again")
     model_bytes = bytearray()
