@@ -86,8 +86,8 @@ def main() -> None:
             checkpoint = case["checkpoint"]
             if checkpoint is None:
                 try:
-                    from speecht5_model import weight_normed_state_dict
                     from safetensors.torch import save_file
+                    from speecht5_model import weight_normed_state_dict
                 except ImportError:
                     print(f"{name}: skipped (pip install transformers)", file=sys.stderr)
                     continue

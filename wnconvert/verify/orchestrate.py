@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..capture import captured_output
 from ..dtypes import from_onnx_code
 from ..errors import InputError, InputNotFound
-from .capture import captured_stdout
 from .cases import CasePlan, InputCase
 from .compare import ArrayComparison, compare_arrays, dtype_name
 from .providers import (
@@ -192,7 +192,7 @@ def _verify(
         infos.append(case.info)
         # The reference may print too (a user's model, ORT for an ONNX reference): keep stdout
         # for our own output.
-        with captured_stdout() as captured:
+        with captured_output("stdout") as captured:
             ref = _run_reference(reference, case)
         printed.extend(captured.lines)
         done += 1

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from ..capture import captured_output
 from ..errors import InputError
-from .capture import captured_stdout
 from .tolerance import TF32_TOLERANCE
 
 CPU = "CPUExecutionProvider"
@@ -260,7 +260,7 @@ def create_session(model: str | bytes, spec: ProviderSpec, *, ort_logging: bool 
     # report as the failure reason (printing them twice is noise).
     options.log_severity_level = 2 if ort_logging else 4
     session = None
-    with provider_environment(spec), captured_stdout() as captured:
+    with provider_environment(spec), captured_output("stdout") as captured:
         try:
             # enable_fallback=0 keeps the constructor from retrying on other providers.
             session = ort.InferenceSession(model, sess_options=options,
@@ -321,7 +321,7 @@ def _probe(spec: ProviderSpec) -> str | None:
 
     try:
         session, _ = create_session(_probe_model(), spec)
-        with provider_environment(spec), captured_stdout():
+        with provider_environment(spec), captured_output("stdout"):
             session.run(None, {"x": np.ones((1, 4), np.float32)})
         check_session_provider(session, spec, (), when="after a run")
     except ProviderFailed as exc:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..capture import captured_output
 from ..dtypes import from_ort_type, numpy_dtype, numpy_to_tensor, tensor_to_numpy
 from ..errors import InputError
 from ..export.inputs import flatten_outputs, output_names
-from .capture import captured_stdout
 from .compare import dtype_name
 from .providers import (
     ProviderSpec,
@@ -70,7 +70,7 @@ class OrtRunner:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         captured = None
         try:
-            with provider_environment(self.provider), captured_stdout() as captured:
+            with provider_environment(self.provider), captured_output("stdout") as captured:
                 outputs = _run_bound(self.session, feeds, self.output_names)
         finally:
             if captured is not None:
