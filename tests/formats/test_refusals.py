@@ -399,6 +399,27 @@ def test_view_message_says_how_far_it_reaches(tmp_path):
         tp.load_pickle(_view_past_record(tmp_path))
 
 
+def test_tensor_with_backward_hooks_is_refused(tmp_path, cli, assert_input_error, snapshot):
+    # torch.load keeps whatever the pickle gives as a tensor's backward hooks; torch.save
+    # writes an empty OrderedDict. Found by test_fuzz: a tuple there made fold fail later.
+    good = tmp_path / "good.bin"
+    torch.save({"a.weight_g": torch.ones(3, 1)}, good)
+
+    def hooks(name: str, data: bytes) -> bytes:
+        if not name.endswith("data.pkl"):
+            return data
+        empty = b"ccollections\nOrderedDict\nq\n)R"  # OrderedDict()
+        assert data.count(empty) == 1
+        return data.replace(empty, b"K\x01\x85")  # (1,)
+
+    path = rewrite_zip(good, tmp_path / "hooks.pt", hooks)
+    good.unlink()
+    assert torch.load(path, weights_only=True)["a.weight_g"]._backward_hooks == (1,)
+    with pytest.raises(InputError, match="carries backward hooks"):
+        tp.load_pickle(path)
+    refused_by_cli(cli, assert_input_error, snapshot, tmp_path, path, "backward hooks")
+
+
 def test_compressed_record_is_refused(tmp_path):
     good = tmp_path / "good.bin"
     torch.save({"w": torch.zeros(64)}, good)

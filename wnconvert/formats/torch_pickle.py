@@ -35,7 +35,9 @@ def load_pickle(path: Path) -> Any:
         # mmap needs the zip format (torch >= 1.6 default), and records checked beforehand:
         # torch's mmap path does not compare a record's size with what the pickle declares.
         mmap = zipfile.is_zipfile(path) and _records_fit(path)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        _check_tensors(path, loaded)
+        return loaded
     except InputError:
         raise
     except pickle.UnpicklingError as exc:
@@ -54,6 +56,36 @@ def load_pickle(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: torch's legacy unpickler raises
         # KeyError, IndexError, RuntimeError... on garbage; each means "not a checkpoint".
         raise _not_a_checkpoint(path, f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_tensors(path: Path, loaded: Any) -> None:
+    """Refuse tensors that torch.save never writes but its loader takes as they come.
+
+    ``_rebuild_tensor_v2`` stores whatever the pickle gives as the tensor's backward hooks;
+    torch.save writes an empty OrderedDict there. Anything else is corruption, and would only
+    fail later, when the tensor is saved again.
+    """
+    import torch
+
+    seen: set[int] = set()
+    stack = [loaded]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            hooks = getattr(obj, "_backward_hooks", None)
+            if hooks is not None and not (isinstance(hooks, Mapping) and len(hooks) == 0):
+                raise InputError(
+                    f"{path}: not a readable PyTorch checkpoint: a tensor carries backward hooks "
+                    f"({type(hooks).__name__}), which torch.save never writes; the file is "
+                    "corrupt (re-save it)"
+                )
+        elif isinstance(obj, Mapping):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
 
 
 def _records_fit(path: Path) -> bool:
