@@ -295,7 +295,7 @@ def test_sharded_to_single_and_single_to_sharded(tmp_path, save_sharded, save_st
         (lambda index: index.write_text(json.dumps({"metadata": {}})),
          "not a valid safetensors index"),
         (lambda index: (index.parent / "model-00002-of-00002.safetensors").unlink(),
-         "shard model-00002-of-00002.safetensors is missing"),
+         "shard 'model-00002-of-00002.safetensors' is missing"),
         (lambda index: index.write_text(json.dumps({"weight_map": {
             "ghost": "model-00001-of-00002.safetensors"}})), "index puts 'ghost' in"),
     ],

@@ -206,7 +206,7 @@ def _shard_path(index_path: Path, folder: Path, name: str) -> Path:
         )
     path = index_path.parent / relative
     if not path.exists():
-        raise InputNotFound(f"{index_path}: shard {name} is missing next to the index")
+        raise InputNotFound(f"{index_path}: shard {name!r} is missing next to the index")
     if not path.resolve().is_relative_to(folder):
         raise InputError(
             f"{index_path}: shard {name!r} is a link to {path.resolve()}, outside the index's "
@@ -233,7 +233,7 @@ def _load_sharded(index_path: Path) -> Checkpoint:
     by_key: dict[str, st.SafetensorsFile] = {}
     for key, shard_name in weight_map.items():
         if key not in files[shard_name].entries:
-            raise InputError(f"{index_path}: index puts {key!r} in {shard_name}, which lacks it")
+            raise InputError(f"{index_path}: index puts {key!r} in {shard_name!r}, which lacks it")
         by_key[key] = files[shard_name]
     # Every tensor of every shard must be the one the map names: a tensor the map lacks, or the
     # same name in two shards, would make the result depend on which reader one asks.
@@ -241,12 +241,12 @@ def _load_sharded(index_path: Path) -> Checkpoint:
         for key in file.entries:
             if weight_map.get(key) != shard_name:
                 where = (
-                    f"the index puts it in {weight_map[key]}"
+                    f"the index puts it in {weight_map[key]!r}"
                     if key in weight_map
                     else "the index does not list it"
                 )
                 raise InputError(
-                    f"{index_path}: shard {shard_name} holds {key!r} but {where}; the index and "
+                    f"{index_path}: shard {shard_name!r} holds {key!r} but {where}; the index and "
                     "its shards disagree (re-download them together)"
                 )
     metadata = next((f.metadata for f in files.values() if f.metadata), None)

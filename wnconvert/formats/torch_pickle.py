@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +35,9 @@ def load_pickle(path: Path) -> Any:
         # mmap needs the zip format (torch >= 1.6 default), and records checked beforehand:
         # torch's mmap path does not compare a record's size with what the pickle declares.
         mmap = zipfile.is_zipfile(path) and _records_fit(path)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        _check_tensors(path, loaded)
+        return loaded
     except InputError:
         raise
     except pickle.UnpicklingError as exc:
@@ -55,6 +58,36 @@ def load_pickle(path: Path) -> Any:
         raise _not_a_checkpoint(path, f"{type(exc).__name__}: {exc}") from None
 
 
+def _check_tensors(path: Path, loaded: Any) -> None:
+    """Refuse tensors that torch.save never writes but its loader takes as they come.
+
+    ``_rebuild_tensor_v2`` stores whatever the pickle gives as the tensor's backward hooks;
+    torch.save writes an empty OrderedDict there. Anything else is corruption, and would only
+    fail later, when the tensor is saved again.
+    """
+    import torch
+
+    seen: set[int] = set()
+    stack = [loaded]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            hooks = getattr(obj, "_backward_hooks", None)
+            if hooks is not None and not (isinstance(hooks, Mapping) and len(hooks) == 0):
+                raise InputError(
+                    f"{path}: not a readable PyTorch checkpoint: a tensor carries backward hooks "
+                    f"({type(hooks).__name__}), which torch.save never writes; the file is "
+                    "corrupt (re-save it)"
+                )
+        elif isinstance(obj, Mapping):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+
+
 def _records_fit(path: Path) -> bool:
     """Whether every tensor storage's zip record has exactly the size the pickle declares.
 
@@ -66,7 +99,8 @@ def _records_fit(path: Path) -> bool:
     Raises :class:`InputError` on a mismatch; returns False where it cannot tell (the caller
     then loads without mmap, and torch checks every record itself), True when all fit.
     """
-    with zipfile.ZipFile(path) as archive:
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
         infos = archive.infolist()
         if not infos or "/" not in infos[0].filename:
             return False
@@ -75,27 +109,47 @@ def _records_fit(path: Path) -> bool:
         records = {info.filename: info for info in infos}
         if f"{prefix}/data.pkl" not in records:
             return False
-        pickled = archive.read(f"{prefix}/data.pkl")
-    storages = _declared_storages(pickled)
-    if storages is None:
-        return False
-    for key, (declared, reach) in storages.items():
-        info = records.get(f"{prefix}/data/{key}")
-        if info is None:
-            return False  # torch refuses a missing record itself
-        if info.compress_type != zipfile.ZIP_STORED:
-            problem = "is compressed (torch.save stores tensor data as it is)"
-        elif info.file_size != declared:
-            problem = f"holds {info.file_size} bytes but the pickle declares {declared}"
-        elif reach > declared:
-            problem = f"holds {declared} bytes but the pickle's tensors reach byte {reach}"
-        else:
-            continue
-        raise InputError(
-            f"{path}: not a readable PyTorch checkpoint: storage record {info.filename} "
-            f"{problem}; the file is truncated or corrupt (re-save it)"
-        )
+        storages = _declared_storages(archive.read(f"{prefix}/data.pkl"))
+        if storages is None:
+            return False
+        for key, (declared, reach) in storages.items():
+            info = records.get(f"{prefix}/data/{key}")
+            if info is None:
+                return False  # torch refuses a missing record itself
+            problem = _record_problem(archive, raw, info, declared, reach, size)
+            if problem:
+                raise InputError(
+                    f"{path}: not a readable PyTorch checkpoint: storage record "
+                    f"{info.filename} {problem}; the file is truncated or corrupt (re-save it)"
+                )
     return True
+
+
+def _record_problem(
+    archive: zipfile.ZipFile,
+    raw: Any,
+    info: zipfile.ZipInfo,
+    declared: int,
+    reach: int,
+    file_size: int,
+) -> str | None:
+    """Why torch's reader without mmap would refuse this storage record, if it would."""
+    # Opening checks the record's local header (signature, name), as miniz does before it
+    # extracts a record; the mmap path goes straight to the offset without looking.
+    with archive.open(info):
+        pass
+    raw.seek(info.header_offset + 26)
+    name_len, extra_len = struct.unpack("<HH", raw.read(4))
+    end = info.header_offset + 30 + name_len + extra_len + info.compress_size
+    if info.compress_type != zipfile.ZIP_STORED:
+        return "is compressed (torch.save stores tensor data as it is)"
+    if end > file_size:
+        return "runs past the end of the file"
+    if info.file_size != declared:
+        return f"holds {info.file_size} bytes but the pickle declares {declared}"
+    if reach > declared:
+        return f"holds {declared} bytes but the pickle's tensors reach byte {reach}"
+    return None
 
 
 def _declared_storages(pickled: bytes) -> dict[str, tuple[int, int]] | None:
