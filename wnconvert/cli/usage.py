@@ -8,23 +8,27 @@ still shown in full.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from typer._click import exceptions as click_errors
 from typer._click.utils import echo
 from typer.core import TyperGroup
+from typer.exceptions import Abort
 
 
 class OneLineErrorsGroup(TyperGroup):
     """The root command group: click's error output rewritten to one line on stderr."""
 
-    def main(self, args: Any = None, prog_name: str | None = None,
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
-             **extra: Any) -> Any:
+             windows_expand_args: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, False, **extra)
+            return super().main(args, prog_name, complete_var, False, windows_expand_args,
+                                **extra)
         try:
-            code = super().main(args, prog_name, complete_var, False, **extra)
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args,
+                                **extra)
         except click_errors.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(exc.exit_code)
@@ -35,7 +39,7 @@ class OneLineErrorsGroup(TyperGroup):
         except click_errors.ClickException as exc:
             echo(f"error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
-        except click_errors.Abort:
+        except Abort:
             echo("error: interrupted; no output was written", err=True)
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)

@@ -241,7 +241,7 @@ class SafetensorsFile:
         buffer = np.empty(end - begin, dtype=np.uint8)
         with open(self.path, "rb") as f:
             f.seek(self.data_start + begin)
-            read = f.readinto(memoryview(buffer)) if end > begin else 0
+            read = f.readinto(memoryview(buffer)) if end > begin else 0  # type: ignore[arg-type]
         if read != end - begin:
             raise self._bad(f"tensor {key!r} could not be read in full")
         return buffer.view(numpy_dtype(info.dtype)).reshape(info.shape)
@@ -313,7 +313,7 @@ def open_safetensors(path: Path) -> SafetensorsSource:
 def array_bytes(array: np.ndarray) -> memoryview:
     """The little-endian bytes of an array, without a copy where it is already contiguous."""
     flat = c_contiguous(array).reshape(-1)
-    return memoryview(flat.view(np.uint8)) if flat.size else memoryview(b"")
+    return memoryview(flat.view(np.uint8)) if flat.size else memoryview(b"")  # type: ignore[arg-type]
 
 
 def write_safetensors(

@@ -517,7 +517,7 @@ def _h_expand(an: _Analyzer, node: onnx.NodeProto, inputs: list[Term | None]) ->
         return None
     out = _broadcast_shapes(term.shape, tuple(target))
     factors = _broadcast_term(term, out) if out is not None else None
-    if factors is None:
+    if factors is None or out is None:
         return None
     return replace(term, shape=out, factors=factors)
 
@@ -525,7 +525,7 @@ def _h_expand(an: _Analyzer, node: onnx.NodeProto, inputs: list[Term | None]) ->
 def _binary(an: _Analyzer, node: onnx.NodeProto, inputs: list[Term | None]) -> Term | None:
     if len(inputs) != 2 or inputs[0] is None or inputs[1] is None:
         return None
-    a, b = inputs
+    a, b = inputs[0], inputs[1]
     if a.dtype not in FLOAT_TYPES or a.dtype != b.dtype:
         return None
     out = _broadcast_shapes(a.shape, b.shape)
@@ -752,7 +752,7 @@ def parameter_name(v: str, g: str) -> str | None:
                 candidate = f"{module}{param}"
             if not candidate:
                 continue
-            keys = pair_keys(candidate, style)
+            keys = pair_keys(candidate, style)  # type: ignore[arg-type]  # one of the two
             if (keys.v_key if role == "v" else keys.g_key) == name:
                 return candidate
     return None

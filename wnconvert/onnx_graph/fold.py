@@ -156,11 +156,11 @@ def fold_model(model: LazyModel) -> FoldResult:
     chain_nodes = {p for site in foldable for p in site.node_indices}
     dead = _dead_nodes(graph, chain_nodes, {site.root for site in foldable})
     for site in foldable:
-        layer = layers.get(site.root)
-        if layer is not None:
+        folded = layers.get(site.root)
+        if folded is not None:
             removed = [p for p in site.node_indices if p in dead]
-            layer.nodes_removed = len(removed)
-            layer.ops_removed = tuple(graph.node[p].op_type for p in removed)
+            folded.nodes_removed = len(removed)
+            folded.ops_removed = tuple(graph.node[p].op_type for p in removed)
     removed_values = {out for p in dead for out in graph.node[p].output if out}
     leaves = {site.v for site in foldable} | {site.g for site in foldable}
     leaves |= {name for p in dead for name in graph.node[p].input}

@@ -32,7 +32,8 @@ def _skeleton(model: ir.Model) -> onnx.ModelProto:
             swapped[value] = tensor
             # Never read: the analysis only asks a large constant for its dtype and shape.
             value.const_value = ir.ExternalTensor(
-                "wnconvert-skeleton", 0, tensor.nbytes, tensor.dtype, shape=tensor.shape,
+                "wnconvert-skeleton", 0, tensor.nbytes, tensor.dtype,
+                shape=ir.Shape(list(tensor.shape)),  # type: ignore[arg-type]  # static dims
                 name=value.name or "",
             )
         return ir.serde.serialize_model(model)

@@ -388,25 +388,18 @@ def read_initializer(model: LazyModel, tensor: onnx.TensorProto) -> np.ndarray:
 
 def _storage_dtype(data_type: int) -> np.dtype | None:
     import numpy as np
-    import onnx
 
-    table = {
-        onnx.TensorProto.FLOAT: np.float32,
-        onnx.TensorProto.DOUBLE: np.float64,
-        onnx.TensorProto.FLOAT16: np.float16,
-        onnx.TensorProto.BFLOAT16: np.uint16,
-        onnx.TensorProto.INT8: np.int8,
-        onnx.TensorProto.UINT8: np.uint8,
-        onnx.TensorProto.INT16: np.int16,
-        onnx.TensorProto.UINT16: np.uint16,
-        onnx.TensorProto.INT32: np.int32,
-        onnx.TensorProto.UINT32: np.uint32,
-        onnx.TensorProto.INT64: np.int64,
-        onnx.TensorProto.UINT64: np.uint64,
-        onnx.TensorProto.BOOL: np.bool_,
-    }
-    found = table.get(data_type)
-    return np.dtype(found) if found is not None else None
+    from ..dtypes import from_onnx_code, numpy_dtype
+
+    name = from_onnx_code(data_type)
+    if name is None or name.startswith("complex"):
+        return None
+    # bfloat16 and float8 are stored as raw 16/8-bit words in raw_data.
+    if name == "bfloat16":
+        return np.dtype(np.uint16)
+    if name.startswith("float8"):
+        return np.dtype(np.uint8)
+    return numpy_dtype(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,7 +477,7 @@ def _write_source(sink: _Sink, source: Source | None, tensor: onnx.TensorProto) 
         return
     assert isinstance(source, Computed)
     array = source.compute()
-    view = memoryview(array.reshape(-1).view("uint8"))
+    view = memoryview(array.reshape(-1).view("uint8"))  # type: ignore[arg-type]  # numpy buffer
     if view.nbytes != source.nbytes:
         raise AssertionError(
             f"{tensor.name}: computed {view.nbytes} bytes, planned {source.nbytes}"
