@@ -12,7 +12,7 @@ import fnmatch
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from . import numerics
@@ -21,12 +21,22 @@ from .errors import InputError, WeightNormWarning
 from .formats.source import (
     DictSource,
     PlannedTensor,
+    RenamedSource,
     TensorInfo,
     TensorSource,
     read_view,
     source_of,
 )
-from .keys import STYLES, PairKeys, Style, find_pair_keys, pair_keys, restyle_key_map
+from .keys import (
+    STYLES,
+    PairKeys,
+    PrefixChange,
+    Style,
+    find_pair_keys,
+    pair_keys,
+    prefix_to_match,
+    restyle_key_map,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -220,7 +230,7 @@ def _decompose_producers(source: TensorSource, key: str, dim: int | None, g_shap
 # --------------------------------------------------------------------------- fold
 
 
-def plan_fold(state: Mapping[str, Any] | TensorSource) -> Conversion:
+def _plan_fold(state: Mapping[str, Any] | TensorSource) -> Conversion:
     """Fold every pair (both styles): ``w`` takes the place of the pair's first key."""
     source = _as_source(state)
     pairs = find_pairs(source)
@@ -283,7 +293,7 @@ def select_for_decompose(
     return picked
 
 
-def plan_decompose(
+def _plan_decompose(
     state: Mapping[str, Any] | TensorSource,
     *,
     dim: int | None = 0,
@@ -303,7 +313,7 @@ def plan_decompose(
         raise InputError(f"--style {style}: use one of {', '.join(STYLES)}")
     source = _as_source(state)
     if like is not None:
-        return _plan_like(source, _as_source(like))
+        return _plan_like_any_prefix(source, _as_source(like))
     existing = {p.weight_key for p in find_pairs(source)}  # also checks every pair's shapes
     if dim is not None and dim < 0:
         # PyTorch's weight_norm(dim=-1) means the whole tensor, not the last axis; refuse the
@@ -465,7 +475,7 @@ def _clip(items: list[str], limit: int = 8) -> str:
 # --------------------------------------------------------------------------- restyle
 
 
-def plan_restyle(state: Mapping[str, Any] | TensorSource, *, style: Style) -> Conversion:
+def _plan_restyle(state: Mapping[str, Any] | TensorSource, *, style: Style) -> Conversion:
     """Rename every pair's keys to ``style``; tensors are copied bit for bit."""
     if style not in STYLES:
         raise InputError(f"--style {style}: use one of {', '.join(STYLES)}")
@@ -483,6 +493,79 @@ def plan_restyle(state: Mapping[str, Any] | TensorSource, *, style: Style) -> Co
         raise InputError(f"restyling would give duplicate keys: {_clip(clashes)}")
     plan = [PlannedTensor(rename.get(k, k), source.info(k), k) for k in source.keys()]
     return _conversion("restyle", plan, moved, source)
+
+
+# --------------------------------------------------------------------------- key prefixes
+
+
+def _over_original(conversion: Conversion, renamed: RenamedSource, why: str) -> Conversion:
+    """``conversion`` planned over ``renamed``, expressed over the underlying source (writers
+    read the checkpoint itself), with a note saying what was renamed and left out."""
+    plan = [replace(item, source_key=renamed.original(item.source_key))
+            for item in conversion.plan]
+    note = f"{why}: {renamed.change.describe()}"
+    if renamed.left_out:
+        note += (f"; {len(renamed.left_out)} key(s) without it left out "
+                 f"({_clip(renamed.left_out)})")
+    return Conversion(conversion.action, plan, conversion.pairs, renamed.source,
+                      [*conversion.notes, note])
+
+
+def _with_prefix(state: Mapping[str, Any] | TensorSource, prefix: PrefixChange | None,
+                 plan: Callable[[Mapping[str, Any] | TensorSource], Conversion]) -> Conversion:
+    if not prefix:
+        return plan(state)
+    renamed = RenamedSource(_as_source(state), prefix)
+    return _over_original(plan(renamed), renamed, "keys renamed as asked")
+
+
+def _plan_like_any_prefix(source: TensorSource, template: TensorSource) -> Conversion:
+    """:func:`_plan_like`, and when the keys only match under a common prefix change (a
+    Lightning ``model.`` prefix, an HF task model's ``hubert.``), that change, said in a note."""
+    try:
+        return _plan_like(source, template)
+    except InputError:
+        change = prefix_to_match(source.keys(), template.keys())
+        if change is None:
+            raise
+    renamed = RenamedSource(source, change)
+    return _over_original(_plan_like(renamed, template), renamed,
+                          "keys match the template after a prefix change")
+
+
+def plan_fold(state: Mapping[str, Any] | TensorSource, *,
+              prefix: PrefixChange | None = None) -> Conversion:
+    """Fold every pair (both styles): ``w`` takes the place of the pair's first key.
+
+    ``prefix`` renames the output's keys (keys without its ``strip`` part are left out)."""
+    return _with_prefix(state, prefix, _plan_fold)
+
+
+def plan_decompose(state: Mapping[str, Any] | TensorSource, *, dim: int | None = 0,
+                   include: Sequence[str] = (), exclude: Sequence[str] = (),
+                   style: Style = "parametrize",
+                   like: Mapping[str, Any] | TensorSource | None = None,
+                   prefix: PrefixChange | None = None) -> Conversion:
+    """Split plain weights into ``g``/``v``.
+
+    Without ``like``: the tensors :func:`select_for_decompose` picks, normalized over all axes
+    but ``dim`` (``None`` = whole tensor), keys in ``style``. With ``like`` (the state dict of the
+    target model with weight norm applied): exactly the template's pairs with its dims and key
+    style, and every key checked so the result loads with ``strict=True``; a common key prefix
+    that makes the keys match (``model.``) is found and applied. ``prefix`` renames the
+    checkpoint's keys first.
+    """
+    def plan(source: Mapping[str, Any] | TensorSource) -> Conversion:
+        return _plan_decompose(source, dim=dim, include=include, exclude=exclude, style=style,
+                               like=like)
+
+    return _with_prefix(state, prefix, plan)
+
+
+def plan_restyle(state: Mapping[str, Any] | TensorSource, *, style: Style,
+                 prefix: PrefixChange | None = None) -> Conversion:
+    """Rename weight-norm keys to ``style``; ``prefix`` renames every key as well."""
+    return _with_prefix(state, prefix, lambda source: _plan_restyle(source, style=style))
 
 
 # --------------------------------------------------------------------------- in-memory API

@@ -149,3 +149,53 @@ def detect_key_prefix(candidate_names: Iterable[str],
             if count > best_count:
                 best, best_count = (strip, add), count
     return None if best == ("", "") else best
+
+
+@dataclass(frozen=True)
+class PrefixChange:
+    """Rename ``strip + rest`` to ``add + rest``. Keys that do not start with ``strip`` are not
+    part of the renamed view (e.g. a Lightning checkpoint's ``loss.*`` next to ``model.*``)."""
+
+    strip: str = ""
+    add: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.strip or self.add)
+
+    def apply(self, key: str) -> str | None:
+        """The new name of ``key``, or None when it lacks the ``strip`` prefix."""
+        if not key.startswith(self.strip):
+            return None
+        return self.add + key[len(self.strip):]
+
+    def describe(self) -> str:
+        if self.strip and self.add:
+            return f"prefix {self.strip!r} replaced by {self.add!r}"
+        return f"prefix {self.strip!r} removed" if self.strip else f"prefix {self.add!r} added"
+
+
+def rename_keys(keys: Iterable[str], change: PrefixChange) -> dict[str, str]:
+    """``{new: old}`` for every key ``change`` keeps (one prefix swapped for another on the kept
+    keys cannot make two of them collide)."""
+    renamed: dict[str, str] = {}
+    for key in keys:
+        new = change.apply(key)
+        if new is not None:
+            renamed[new] = key
+    if not renamed:
+        raise InputError(f"{change.describe()}: no key starts with {change.strip!r}; check the "
+                         "prefix (wnconvert inspect lists the keys)")
+    return renamed
+
+
+def prefix_to_match(source_keys: Iterable[str],
+                    target_keys: Iterable[str]) -> PrefixChange | None:
+    """The prefix change under which ``source_keys`` supply every one of ``target_keys`` that
+    they lack as they are, or None (no change helps, or none is needed)."""
+    source, target = list(source_keys), list(target_keys)
+    found = detect_key_prefix(source, target)
+    if found is None:
+        return None
+    change = PrefixChange(*found)
+    renamed = {change.apply(k) for k in source} - {None}
+    return change if len(set(target) & renamed) > len(set(target) & set(source)) else None

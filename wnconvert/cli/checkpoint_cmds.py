@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,28 +23,23 @@ from .common import (
     command_context,
 )
 from .options import (
+    AddPrefixOpt,
     AtolOpt,
+    ExporterChoice,
     ProviderOpt,
     ReportOpt,
     RtolOpt,
     RunsOpt,
     SeedOpt,
+    StripPrefixOpt,
+    StyleChoice,
     Tf32Opt,
     TolOpt,
     VerifyFlagOpt,
     WeightsChoice,
     WeightsOpt,
 )
-from .parse import parse_dim
-
-
-class ExporterChoice(str, Enum):
-    """``--exporter``: typed, so an unknown value is a usage error (exit 2)."""
-
-    auto = "auto"
-    dynamo = "dynamo"
-    legacy = "legacy"
-
+from .parse import parse_dim, parse_prefix
 
 PathArg = Annotated[
     Path,
@@ -57,13 +51,6 @@ ToOpt = Annotated[
         "--to", help="Output format: pt or safetensors (default: from -o, else the input's)."
     ),
 ]
-class StyleChoice(str, Enum):
-    """``--style``: typed, so an unknown value is a usage error (exit 2)."""
-
-    parametrize = "parametrize"
-    legacy = "legacy"
-
-
 StyleOpt = Annotated[
     StyleChoice,
     typer.Option("--style", help="Key style: parametrize (original0/original1) or legacy (_g/_v)."),
@@ -162,6 +149,8 @@ def decompose(
         ),
     ] = None,
     style: StyleOpt = StyleChoice.parametrize,
+    strip_prefix: StripPrefixOpt = None,
+    add_prefix: AddPrefixOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -185,7 +174,8 @@ def decompose(
                 include=include or (),
                 exclude=exclude or (),
                 style=style.value,
-                like=template,  # type: ignore[arg-type]
+                like=template,
+                prefix=parse_prefix(strip_prefix, add_prefix),
             )
         except InputError as exc:
             where = f"{path} vs --like {like}" if like is not None else str(path)
@@ -241,6 +231,8 @@ def fold(
             "(g/v pairs folded first); --key picks its state dict.",
         ),
     ] = None,
+    strip_prefix: StripPrefixOpt = None,
+    add_prefix: AddPrefixOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -335,10 +327,14 @@ def fold(
             dynamic=list(dynamic or []),
             opset=opset,
             exporter=exporter.value,
+            prefix=parse_prefix(strip_prefix, add_prefix),
         )
         if _is_onnx(path):
             if to not in (None, "onnx") or model is not None:
                 raise InputError(f"{path}: an .onnx input folds to .onnx; drop --to/--model")
+            if export_opts.prefix:
+                raise InputError(f"{path}: --strip-prefix/--add-prefix rename checkpoint keys; "
+                                 "an .onnx input has none (drop them)")
             from .graph_cmds import fold_onnx_command
 
             fold_onnx_command(
@@ -397,7 +393,7 @@ def fold(
 
         checkpoint = load_checkpoint(path, key=key)
         with _about(path):
-            conversion = plan_fold(checkpoint.state_dict)
+            conversion = plan_fold(checkpoint.state_dict, prefix=export_opts.prefix)
         if not conversion.pairs:
             raise InputError(
                 f"{path}: no weight-norm pairs (*_g/*_v or parametrizations.*.original0/1) found; "

@@ -25,6 +25,7 @@ from .options import MAX_RUNS, WeightsChoice
 
 if TYPE_CHECKING:
     from ..export import DynamicAxis, InputSpec
+    from ..keys import PrefixChange
     from ..verify import VerificationReport, VerifyOptions
 
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
@@ -111,6 +112,7 @@ class ExportCliOptions:
     dynamic: list[str] = field(default_factory=list)
     opset: int | None = None
     exporter: str = "auto"  # auto | dynamo | legacy
+    prefix: PrefixChange | None = None  # --strip-prefix / --add-prefix
 
 
 @contextmanager

@@ -28,21 +28,24 @@ from .common import (
     protected_inputs,
 )
 from .options import (
+    AddPrefixOpt,
     AtolOpt,
     ProviderOpt,
     ReportOpt,
     RtolOpt,
     RunsOpt,
     SeedOpt,
+    StripPrefixOpt,
     Tf32Opt,
     TolOpt,
     WeightsChoice,
     WeightsOpt,
 )
-from .parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs
+from .parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs, parse_prefix
 
 if TYPE_CHECKING:
     from ..export import InputSpec, PreparedModel
+    from ..keys import PrefixChange
     from ..verify import VerificationReport, VerifyOptions
 
 
@@ -120,7 +123,10 @@ def fold_to_onnx_command(
         prepared = ex.prepare_program(path)
     else:
         prepared = _prepare_from_checkpoint(path, key=key, model=export.model or "",
-                                            kwargs=kwargs, need_plain=True)
+                                            kwargs=kwargs, need_plain=True,
+                                            prefix=export.prefix)
+    if prepared.key_change:
+        render.info(f"note: {prepared.key_change}", quiet=quiet)
     args, input_names = _export_inputs(prepared, specs, export.inputs_file, seed=verify.seed)
     if not dynamic and prepared.dynamic_axes:
         dynamic = list(prepared.dynamic_axes)
@@ -156,14 +162,15 @@ def _with_specs(options: VerifyOptions, args: list[Any], names: list[str]) -> Ve
 
 
 def _prepare_from_checkpoint(path: Path, *, key: str | None, model: str, kwargs: dict[str, Any],
-                             need_plain: bool) -> PreparedModel:
+                             need_plain: bool,
+                             prefix: PrefixChange | None = None) -> PreparedModel:
     from ..export import prepare_model
     from ..formats import load_checkpoint
 
     checkpoint = load_checkpoint(path, key=key)
     state_dict = checkpoint.materialize()
     return prepare_model(state_dict, model=model, model_kwargs=kwargs, source=str(path),
-                         need_plain=need_plain)
+                         need_plain=need_plain, prefix=prefix)
 
 
 def _export_inputs(prepared: PreparedModel, specs: list[InputSpec], inputs_file: Path | None,
@@ -269,6 +276,8 @@ def verify(
     weights: WeightsOpt = WeightsChoice.fail,
     tf32: Tf32Opt = False,
     report: ReportOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    add_prefix: AddPrefixOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -287,7 +296,8 @@ def verify(
         )
         export = ExportCliOptions(model=model, model_kwargs=model_kwargs,
                                   input_shapes=list(input_shapes or []), inputs_file=inputs_file,
-                                  dynamic=list(dynamic or []))
+                                  dynamic=list(dynamic or []),
+                                  prefix=parse_prefix(strip_prefix, add_prefix))
         verify_command(candidate=model_path, reference=reference, key=key, force=force,
                        quiet=quiet, json_out=json_out, export=export, verify=cli)
 
@@ -334,7 +344,10 @@ def verify_command(*, candidate: Path, reference: Path, key: str | None, force: 
                                  "MODULE:CALLABLE to build the network (or pass a .onnx/.pt2)")
             prepared = _prepare_from_checkpoint(
                 reference, key=key, model=export.model,
-                kwargs=parse_model_kwargs(export.model_kwargs), need_plain=False)
+                kwargs=parse_model_kwargs(export.model_kwargs), need_plain=False,
+                prefix=export.prefix)
+            if prepared.key_change:
+                render.info(f"note: {prepared.key_change}", quiet=quiet)
         _status(f"verifying {candidate} against {reference} (PyTorch CPU)", quiet=quiet)
         with render.progress("verifying", quiet=quiet) as callback:
             report = verify_onnx_against_torch(

@@ -71,3 +71,32 @@ ReportOpt = Annotated[
     typer.Option("--report", help="Write the verification report: .json or .xml (JUnit); "
                  "repeatable."),
 ]
+
+
+class ExporterChoice(str, Enum):
+    """``--exporter``: typed, so an unknown value is a usage error (exit 2)."""
+
+    auto = "auto"
+    dynamo = "dynamo"
+    legacy = "legacy"
+
+
+class StyleChoice(str, Enum):
+    """``--style``: typed, so an unknown value is a usage error (exit 2)."""
+
+    parametrize = "parametrize"
+    legacy = "legacy"
+
+
+StripPrefixOpt = Annotated[
+    str | None,
+    typer.Option("--strip-prefix", help="Remove this prefix from the checkpoint's keys first "
+                 "(e.g. 'model.' of a Lightning checkpoint); keys without it are left out. "
+                 "Without --strip-prefix/--add-prefix, a common prefix that makes the keys fit "
+                 "the model or template is found and reported."),
+]
+AddPrefixOpt = Annotated[
+    str | None,
+    typer.Option("--add-prefix", help="Add this prefix to the checkpoint's keys (after "
+                 "--strip-prefix)."),
+]

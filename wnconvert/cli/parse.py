@@ -15,6 +15,7 @@ from ..errors import InputError
 
 if TYPE_CHECKING:
     from ..export import DynamicAxis, InputSpec
+    from ..keys import PrefixChange
     from ..verify.tolerance import ToleranceOverride
 
 #: Short dtype names accepted by ``--input`` (``mel=1x80x200:fp16``).
@@ -146,3 +147,14 @@ def parse_output_tolerance(text: str) -> tuple[str, ToleranceOverride]:
 def parse_output_tolerances(texts: Sequence[str]) -> dict[str, ToleranceOverride]:
     """Every ``--tol``; the last one given for an output wins."""
     return dict(parse_output_tolerance(text) for text in texts)
+
+
+def parse_prefix(strip: str | None, add: str | None) -> PrefixChange | None:
+    """``--strip-prefix`` / ``--add-prefix`` as one key change (None when neither is given)."""
+    from ..keys import PrefixChange
+
+    if strip is None and add is None:
+        return None
+    if strip == "" or add == "":
+        raise InputError("--strip-prefix/--add-prefix: give a non-empty prefix such as 'model.'")
+    return PrefixChange(strip or "", add or "")

@@ -26,6 +26,8 @@ from .inputs import DynamicAxis
 if TYPE_CHECKING:
     import torch
 
+    from ..keys import PrefixChange
+
 @contextlib.contextmanager
 def _on_sys_path(folder: Path) -> Iterator[None]:
     entry = str(folder)
@@ -207,6 +209,7 @@ class PreparedModel:
     example_inputs: list[torch.Tensor] | None = None  # from a .pt2 program
     dynamic_axes: tuple[DynamicAxis, ...] = ()  # from a .pt2 program
     notes: list[str] = field(default_factory=list)
+    key_change: str | None = None  # how the checkpoint's keys were renamed to fit, if they were
 
 
 def forward_input_names(module: torch.nn.Module, count: int) -> list[str]:
@@ -228,22 +231,32 @@ def forward_input_names(module: torch.nn.Module, count: int) -> list[str]:
 
 def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
                   model_kwargs: Mapping[str, Any], source: str,
-                  need_plain: bool = True) -> PreparedModel:
+                  need_plain: bool = True, prefix: PrefixChange | None = None) -> PreparedModel:
     """Build the reference and the plain module from ``--model`` and a loaded state dict.
 
     The reference computes weight norm at run time from the checkpoint's own ``g``/``v``: as
     built when the module has weight norm, otherwise with weight norm applied (parametrize API)
     where the checkpoint has pairs, so the reference never depends on wnconvert's fold.
-    ``need_plain=False`` (verification only) skips building the module to export.
+    ``need_plain=False`` (verification only) skips building the module to export. ``prefix``
+    renames the checkpoint's keys first; without it, a common prefix that makes the keys fit the
+    module (a Lightning ``model.``, an HF task model's ``hubert.``) is found and applied, with a
+    note.
     """
+    notes: list[str] = []
+    if prefix:
+        state_dict = renamed_state_dict(state_dict, prefix, notes, why="keys renamed as asked")
     if model.endswith(".pt2"):
         from .program import prepare_program
 
         return prepare_program(Path(model), state_dict=state_dict, source=source)
-    from ..keys import find_pair_keys
+    from ..keys import find_pair_keys, prefix_to_match
 
-    notes: list[str] = []
     reference = build_model(model, model_kwargs)
+    if not prefix:
+        change = prefix_to_match(_weight_names(state_dict), _weight_names(reference.state_dict()))
+        if change is not None:
+            state_dict = renamed_state_dict(state_dict, change, notes,
+                                            why="keys fit the model after a prefix change")
     plain: torch.nn.Module | None = None
     applied = 0
     if not has_weight_norm(reference) and find_pair_keys(state_dict):
@@ -269,7 +282,34 @@ def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
     description = {"model": model, "model_kwargs": dict(model_kwargs), "checkpoint": source,
                    "weight_norm": "applied" if applied else (
                        "as built" if has_weight_norm(reference) else "none")}
-    return PreparedModel(reference, plain, weights, [], description, notes=notes)
+    key_change = next((n for n in notes if n.startswith("keys ")), None)
+    return PreparedModel(reference, plain, weights, [], description, notes=notes,
+                         key_change=key_change)
+
+
+def _weight_names(state_dict: Mapping[str, Any]) -> list[str]:
+    """Keys with weight-norm pairs named by their weight (both styles match a plain module)."""
+    from ..keys import find_pair_keys
+
+    names = {k: k for k in state_dict}
+    for pair in find_pair_keys(state_dict):
+        names.pop(pair.g_key, None)
+        names[pair.v_key] = pair.weight_key
+    return list(names.values())
+
+
+def renamed_state_dict(state_dict: Mapping[str, torch.Tensor], change: PrefixChange,
+                       notes: list[str], *, why: str) -> dict[str, torch.Tensor]:
+    """``state_dict`` under ``change`` (keys without its prefix left out), noted in ``notes``."""
+    from ..keys import rename_keys
+
+    renamed = rename_keys(state_dict, change)
+    left_out = [k for k in state_dict if change.apply(k) is None]
+    note = f"{why}: {change.describe()}"
+    if left_out:
+        note += f"; {len(left_out)} key(s) without it left out ({_few(left_out)})"
+    notes.append(note)
+    return {new: state_dict[old] for new, old in renamed.items()}
 
 
 def apply_weight_norm_like(module: torch.nn.Module,

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from ..keys import PrefixChange
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -84,6 +86,38 @@ class LazyStateDict(Mapping):
 
     def info(self, key: str) -> TensorInfo:
         return self.source.info(key)
+
+
+class RenamedSource:
+    """A TensorSource whose keys are another source's keys under a prefix change
+    (:class:`wnconvert.keys.PrefixChange`); keys outside the prefix are left out.
+
+    Plans made over it name the renamed keys as ``source_key``: :meth:`original` maps them back
+    for writers that read the underlying checkpoint directly.
+    """
+
+    def __init__(self, source: TensorSource, change: PrefixChange) -> None:
+        from ..keys import rename_keys
+
+        self.source = source
+        self.change = change
+        self._old = rename_keys(source.keys(), change)  # new -> old
+        self.left_out = [k for k in source.keys() if change.apply(k) is None]
+
+    def keys(self) -> list[str]:
+        return list(self._old)
+
+    def original(self, key: str) -> str:
+        return self._old.get(key, key)
+
+    def info(self, key: str) -> TensorInfo:
+        return self.source.info(self._old[key])
+
+    def load(self, key: str) -> np.ndarray:
+        return self.source.load(self._old[key])
+
+    def view(self, key: str) -> np.ndarray:
+        return read_view(self.source, self._old[key])
 
 
 def read_view(source: TensorSource, key: str) -> np.ndarray:
