@@ -1,6 +1,7 @@
 """wnconvert: fold, decompose, export and verify weight-normalized checkpoints.
 
-The public API is re-exported here lazily, so ``import wnconvert`` does not import torch::
+The public API (one typed function per job, see :mod:`wnconvert.api`) is re-exported here
+lazily, so ``import wnconvert`` does not import torch::
 
     import wnconvert
     ckpt = wnconvert.load_checkpoint("generator.pt")
@@ -14,24 +15,38 @@ from importlib import import_module
 from typing import Any
 
 from ._version import __version__
-from .errors import CheckFailed, InputError, WeightNormWarning, WnConvertError
+from .errors import (
+    CheckFailed,
+    ConversionNotPossible,
+    InputError,
+    InputNotFound,
+    WeightNormWarning,
+    WnConvertError,
+)
 
 _LAZY = {
+    # checkpoints
+    "load_checkpoint": "formats",
+    "save_checkpoint": "api",
+    "Checkpoint": "formats",
+    "inspect_checkpoint": "inspection",
+    "find_pairs": "convert",
+    "Pair": "convert",
     "fold_state_dict": "convert",
     "decompose_state_dict": "convert",
     "restyle_state_dict": "convert",
-    "find_pairs": "convert",
-    "plan_fold": "convert",
-    "plan_decompose": "convert",
-    "plan_restyle": "convert",
-    "select_for_decompose": "convert",
-    "Pair": "convert",
-    "Conversion": "convert",
-    "load_checkpoint": "formats",
-    "save_checkpoint": "formats",
-    "write_checkpoint": "formats",
-    "Checkpoint": "formats",
-    "inspect_checkpoint": "inspection",
+    "PrefixChange": "keys",
+    # ONNX graphs
+    "fold_onnx": "api",
+    "check_onnx": "api",
+    # export and verification
+    "export_onnx": "api",
+    "InputSpec": "export",
+    "DynamicAxis": "export",
+    "verify": "api",
+    "VerifyOptions": "verify",
+    "VerificationReport": "verify",
+    # numerics on numpy arrays
     "fold": "numerics",
     "decompose": "numerics",
     "infer_dim": "numerics",
@@ -40,7 +55,9 @@ _LAZY = {
 __all__ = [
     "__version__",
     "CheckFailed",
+    "ConversionNotPossible",
     "InputError",
+    "InputNotFound",
     "WeightNormWarning",
     "WnConvertError",
     *_LAZY,

@@ -1,0 +1,61 @@
+"""The public API (issue 10 §3): one typed function per job, symmetric load/save."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import wnconvert
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_job_has_a_public_function() -> None:
+    for name in ("load_checkpoint", "save_checkpoint", "fold_state_dict", "decompose_state_dict",
+                 "restyle_state_dict", "fold_onnx", "check_onnx", "export_onnx", "verify",
+                 "VerifyOptions", "InputSpec", "PrefixChange", "ConversionNotPossible"):
+        assert name in wnconvert.__all__
+        assert getattr(wnconvert, name) is not None
+
+
+def test_save_accepts_what_load_returns(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    tensors = {"a.weight": torch.randn(3, 4), "a.bias": torch.randn(3)}
+    source = tmp_path / "in.safetensors"
+    save_file(tensors, str(source), metadata={"note": "kept"})
+    out = wnconvert.save_checkpoint(wnconvert.load_checkpoint(source), tmp_path / "out.safetensors")
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata() == {"note": "kept"}
+        assert list(f.keys()) == sorted(tensors)
+        for key, tensor in tensors.items():
+            assert torch.equal(f.get_tensor(key), tensor)  # no arithmetic: bit for bit
+    again = wnconvert.save_checkpoint(wnconvert.load_checkpoint(out), tmp_path / "again.pt")
+    loaded = torch.load(again, weights_only=True)
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+
+def test_errors_subclass_the_builtin_that_fits(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        wnconvert.load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="model="):
+        wnconvert.verify(tmp_path / "x.onnx", {"w": torch.ones(1)})
+    assert issubclass(wnconvert.ConversionNotPossible, RuntimeError)
+
+
+def test_verify_is_callable_even_after_its_package_is_imported() -> None:
+    code = ("import wnconvert, wnconvert.verify, types; "
+            "assert isinstance(wnconvert.verify, types.ModuleType); "
+            "assert callable(wnconvert.verify); "
+            "from wnconvert.api import verify; assert callable(verify)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_import_does_not_import_torch() -> None:
+    code = "import sys, wnconvert; wnconvert.__all__; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
