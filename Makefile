@@ -37,8 +37,10 @@ fixtures: $(STAMP)
 	$(BIN)/python fixtures/make_fixtures.py
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,cpu,bench]"
 	$(BIN)/python benchmarks/bench_checkpoint_fold.py
 	$(BIN)/python benchmarks/bench_onnx_fold.py
+	$(BIN)/python benchmarks/bench_fold_to_onnx.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-out
