@@ -22,12 +22,9 @@ from wnconvert import (
     find_pairs,
     fold_state_dict,
     numerics,
-    plan_decompose,
-    plan_fold,
-    plan_restyle,
     restyle_state_dict,
-    select_for_decompose,
 )
+from wnconvert.convert import plan_decompose, plan_fold, plan_restyle, select_for_decompose
 from wnconvert.dtypes import tensor_to_numpy
 from wnconvert.keys import pair_keys
 

@@ -310,7 +310,7 @@ def _plan_decompose(
     style, and every key checked so the result loads with ``strict=True``.
     """
     if style not in STYLES:
-        raise InputError(f"--style {style}: use one of {', '.join(STYLES)}")
+        raise InputError(f"style={style}: use one of {', '.join(STYLES)}")
     source = _as_source(state)
     if like is not None:
         return _plan_like_any_prefix(source, _as_source(like))
@@ -319,15 +319,15 @@ def _plan_decompose(
         # PyTorch's weight_norm(dim=-1) means the whole tensor, not the last axis; refuse the
         # ambiguity rather than guess which one the user meant.
         raise InputError(
-            f"--dim {dim}: give a non-negative axis, or 'none' for one norm over the whole tensor "
-            "(PyTorch's weight_norm treats dim=-1 as the whole tensor)"
+            f"dim={dim}: give a non-negative axis, or 'none' for one norm over the whole tensor "
+            "(PyTorch's weight_norm(dim=-1) means the whole tensor)"
         )
     picked = set(select_for_decompose(source, include=include, exclude=exclude))
     both = sorted(picked & existing)
     if both:
         raise InputError(
             f"{_clip(both)} exist both as plain tensors and as weight-norm pairs; the checkpoint "
-            "is inconsistent (remove one of them, or --exclude them)"
+            "is inconsistent (remove one of them, or exclude= them)"
         )
     plan: list[PlannedTensor] = []
     pairs: list[Pair] = []
@@ -340,8 +340,8 @@ def _plan_decompose(
             key_dim = None if dim is None else numerics.normalize_dim(dim, len(info.shape))
         except ValueError:
             raise InputError(
-                f"{key} has shape {list(info.shape)}: --dim {dim} does not exist for it; "
-                "narrow the selection with --include/--exclude or pick another --dim"
+                f"{key} has shape {list(info.shape)}: dim={dim} does not exist for it; "
+                "narrow the selection with include=/exclude= or pick another dim="
             ) from None
         if info.numel == 0:
             raise InputError(
@@ -374,7 +374,7 @@ def _check_unique(plan: list[PlannedTensor]) -> None:
     if clashes:
         raise InputError(
             f"the output would hold duplicate keys {_clip(sorted(clashes))}; the checkpoint "
-            "already has keys with these names (rename or --exclude them)"
+            "already has keys with these names (rename or exclude= them)"
         )
 
 
@@ -478,7 +478,7 @@ def _clip(items: list[str], limit: int = 8) -> str:
 def _plan_restyle(state: Mapping[str, Any] | TensorSource, *, style: Style) -> Conversion:
     """Rename every pair's keys to ``style``; tensors are copied bit for bit."""
     if style not in STYLES:
-        raise InputError(f"--style {style}: use one of {', '.join(STYLES)}")
+        raise InputError(f"style={style}: use one of {', '.join(STYLES)}")
     source = _as_source(state)
     pairs = find_pairs(source)
     rename = restyle_key_map([p.keys for p in pairs], style)

@@ -17,11 +17,8 @@ from wnconvert import (
     WeightNormWarning,
     decompose_state_dict,
     fold_state_dict,
-    plan_decompose,
-    plan_fold,
-    plan_restyle,
-    save_checkpoint,
 )
+from wnconvert.convert import plan_decompose, plan_fold, plan_restyle
 from wnconvert.formats import (
     Checkpoint,
     LazyStateDict,
@@ -32,6 +29,7 @@ from wnconvert.formats import (
     default_output,
     load_checkpoint,
     output_format,
+    save_checkpoint,
     write_checkpoint,
 )
 from wnconvert.formats.atomic import atomic_files

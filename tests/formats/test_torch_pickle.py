@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from wnconvert import InputError, plan_fold
+from wnconvert import InputError
+from wnconvert.convert import plan_fold
 from wnconvert.formats import load_checkpoint, write_checkpoint
 from wnconvert.formats import torch_pickle as tp
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import traceback
 import warnings
@@ -154,7 +155,7 @@ def command_context(*, debug: bool, quiet: bool = False) -> Iterator[None]:
             if debug:
                 traceback.print_exc()
             if isinstance(exc, WnConvertError):
-                render.error(str(exc))
+                render.error(in_flag_terms(str(exc)))
                 raise typer.Exit(exc.exit_code) from None
             if isinstance(exc, BrokenPipeError):
                 discard_stdout()
@@ -204,6 +205,31 @@ def protected_inputs(*paths: Path | None, model: str | None = None) -> list[Path
     if target.endswith(".py") or "/" in target or os.sep in target:
         found.append(Path(target))
     return found
+
+
+#: The library words errors in API terms (``model='x.py:build'``, ``dim=-1``,
+#: ``force=True``); on the command line they name the flag the user typed instead.
+_API_TO_FLAG = {
+    "model_kwargs": "--model-kwargs", "model": "--model", "key": "--key", "to": "--to",
+    "style": "--style", "dim": "--dim", "include": "--include", "exclude": "--exclude",
+    "report": "--report", "inputs": "--inputs", "input": "--input", "dynamic": "--dynamic",
+    "opset": "--opset", "exporter": "--exporter", "atol": "--atol", "rtol": "--rtol",
+    "seed": "--seed", "runs": "--runs", "weights": "--weights", "reference": "--reference",
+}
+_API_TERM = re.compile(r"(?<![\w.(\[])(" + "|".join(sorted(_API_TO_FLAG, key=len, reverse=True))
+                       + r")=(?=(.?))")
+
+
+def in_flag_terms(message: str) -> str:
+    """``message`` with the library's ``name=value`` terms written as the CLI's flags."""
+    message = re.sub(r"(?<![\w.(])force=True", "--force", message)
+
+    def flag(match: re.Match[str]) -> str:
+        after = match.group(2)
+        value_follows = bool(after) and (after.isalnum() or after in "'\"-[{.~/") and after != "/"
+        return _API_TO_FLAG[match.group(1)] + (" " if value_follows else "")
+
+    return _API_TERM.sub(flag, message)
 
 
 def _flush_warnings(caught: list[warnings.WarningMessage]) -> None:

@@ -86,11 +86,11 @@ class DynamicAxis:
     def input_name(self, names: Sequence[str]) -> str:
         if isinstance(self.input, int):
             if not 0 <= self.input < len(names):
-                raise InputError(f"--dynamic {self.text}: input index {self.input} is out of "
+                raise InputError(f"dynamic={self.text}: input index {self.input} is out of "
                                  f"range; the model has {len(names)} inputs ({', '.join(names)})")
             return names[self.input]
         if self.input not in names:
-            raise InputError(f"--dynamic {self.text}: the model has no input {self.input!r}; its "
+            raise InputError(f"dynamic={self.text}: the model has no input {self.input!r}; its "
                              f"inputs are {', '.join(names)}")
         return self.input
 

@@ -154,7 +154,7 @@ def export_onnx(
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's model may raise anything
         shapes = ", ".join(f"{list(a.shape)} {str(a.dtype).removeprefix('torch.')}" for a in args)
         raise InputError(f"the model fails on example inputs {shapes}: {type(exc).__name__}: "
-                         f"{_exporter_message(exc).partition(': ')[2]}; check --input"
+                         f"{_exporter_message(exc).partition(': ')[2]}; check input="
                          ) from None
     flat = flatten_outputs(sample)
     if not flat:
@@ -278,7 +278,7 @@ def _dynamic_by_input(dynamic: Sequence[DynamicAxis], names: Sequence[str],
         name = dyn.input_name(names)
         rank = args[names.index(name)].dim()
         if dyn.axis >= rank:
-            raise InputError(f"--dynamic {dyn.text}: input {name!r} has {rank} axes "
+            raise InputError(f"dynamic={dyn.text}: input {name!r} has {rank} axes "
                              f"(0..{rank - 1}); pick one of them")
         out.setdefault(name, {})[dyn.axis] = dyn.symbol(names)
     return out

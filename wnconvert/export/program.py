@@ -68,7 +68,7 @@ def check_program_archive(path: Path) -> None:
         return InputError(f"{path}: refused: archive member {member} {why}; wnconvert never "
                           "unpickles arbitrary objects or loads compiled code from a file. "
                           "Re-save the program with torch.export.save from plain tensors, or "
-                          "export the model from its code with --model")
+                          "export the model from its code with model=")
 
     try:
         archive = zipfile.ZipFile(path)

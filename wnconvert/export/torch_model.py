@@ -46,20 +46,20 @@ def load_callable(spec: str) -> Callable[..., Any]:
     """
     target, colon, attr = spec.rpartition(":")
     if not colon or not target or not attr:
-        raise InputError(f"--model {spec!r}: expected MODULE:CALLABLE or path/to/file.py:CALLABLE"
+        raise InputError(f"model={spec!r}: expected MODULE:CALLABLE or path/to/file.py:CALLABLE"
                          " (e.g. fixtures/models.py:build_generator)")
     is_file = target.endswith(".py") or "/" in target or os.sep in target
     try:
         if is_file:
             path = Path(target)
             if not path.is_file():
-                raise InputError(f"--model {spec!r}: {path} does not exist; check the path")
+                raise InputError(f"model={spec!r}: {path} does not exist; check the path")
             name = "_wnconvert_model_" + re.sub(r"\W", "_", str(path.resolve()))
             module = sys.modules.get(name)
             if module is None:
                 module_spec = importlib.util.spec_from_file_location(name, path)
                 if module_spec is None or module_spec.loader is None:
-                    raise InputError(f"--model {spec!r}: cannot import {path} as Python")
+                    raise InputError(f"model={spec!r}: cannot import {path} as Python")
                 module = importlib.util.module_from_spec(module_spec)
                 # Registered before running so dataclasses/pickling inside it work; its folder is
                 # importable so it can import its sibling modules.
@@ -76,15 +76,15 @@ def load_callable(spec: str) -> Callable[..., Any]:
     except InputError:
         raise
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise or exit
-        raise InputError(f"--model {spec!r}: importing {target} failed: "
+        raise InputError(f"model={spec!r}: importing {target} failed: "
                          f"{type(exc).__name__}: {exc}") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise InputError(f"--model {spec!r}: {target} has no attribute {part!r}")
+            raise InputError(f"model={spec!r}: {target} has no attribute {part!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise InputError(f"--model {spec!r}: {attr} is not callable")
+        raise InputError(f"model={spec!r}: {attr} is not callable")
     return obj
 
 
@@ -101,10 +101,10 @@ def build_model(spec: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
             warnings.simplefilter("ignore", FutureWarning)
             module = factory(**kwargs)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise or exit
-        raise InputError(f"--model {spec!r}: calling it with {dict(kwargs)} raised "
-                         f"{type(exc).__name__}: {exc}; check --model-kwargs") from None
+        raise InputError(f"model={spec!r}: calling it with {dict(kwargs)} raised "
+                         f"{type(exc).__name__}: {exc}; check model_kwargs=") from None
     if not isinstance(module, nn.Module):
-        raise InputError(f"--model {spec!r}: returned a {type(module).__name__}, not a "
+        raise InputError(f"model={spec!r}: returned a {type(module).__name__}, not a "
                          "torch.nn.Module")
     return module.eval()
 
@@ -165,8 +165,8 @@ def match_state_dict(source: Mapping[str, torch.Tensor], template: Mapping[str, 
     try:
         return decompose_state_dict(source, like=template)
     except InputError as exc:
-        raise InputError(f"{source_name}: does not fit --model {model}: {exc}; check --key "
-                         "and --model-kwargs") from None
+        raise InputError(f"{source_name}: does not fit model={model}: {exc}; check key= "
+                         "and model_kwargs=") from None
 
 
 def fold_all(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -184,8 +184,8 @@ def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
         module.load_state_dict(matched, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
-        raise InputError(f"{source}: does not fit --model {model}: {detail[:400]}; check "
-                         "--model-kwargs") from None
+        raise InputError(f"{source}: does not fit model={model}: {detail[:400]}; check "
+                         "model_kwargs=") from None
 
 
 def _few(keys: Sequence[str], n: int = 3) -> str:

@@ -133,7 +133,7 @@ def load_checkpoint(
     if fmt == "safetensors":
         if key is not None:
             raise InputError(
-                f"{path}: --key applies to .pt containers; safetensors holds one state dict"
+                f"{path}: key= applies to .pt containers; safetensors holds one state dict"
             )
         source = st.open_safetensors(path)
         file = next(iter(source.files.values()), None) or st.SafetensorsFile(path)
@@ -266,7 +266,7 @@ def output_format(output: Path | None, to: str | None, checkpoint: Checkpoint) -
     """The output format: ``--to`` wins, then ``-o``'s suffix, then the input's format."""
     if to is not None:
         if to not in ("pt", "safetensors"):
-            raise InputError(f"--to {to}: use pt or safetensors (or onnx with --model)")
+            raise InputError(f"to={to}: use pt or safetensors (or onnx with model=)")
         return to  # type: ignore[return-value]
     if output is not None:
         name = output.name.lower()
@@ -276,7 +276,7 @@ def output_format(output: Path | None, to: str | None, checkpoint: Checkpoint) -
             return "pt"
         raise InputError(
             f"{output}: cannot tell the output format from this name; end it in .pt or "
-            ".safetensors, or pass --to"
+            ".safetensors, or pass to="
         )
     return "pt" if checkpoint.format == "pt" else "safetensors"
 

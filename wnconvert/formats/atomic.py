@@ -58,7 +58,7 @@ def check_not_input(output: Path, inputs: Iterable[Path | str]) -> None:
             also = "" if str(output) == str(source) else f" ({source})"
             raise InputError(
                 f"{output}: this is an input file{also}; wnconvert never modifies its input, "
-                "even with --force (choose another -o)"
+                "even with force=True (choose another output)"
             )
 
 
@@ -77,7 +77,7 @@ def check_output(output: Path, *, force: bool, inputs: Iterable[Path | str] = ()
         raise InputError(f"{output}: is a directory; give a file name with -o")
     if exists and not force:
         raise InputError(
-            f"{output}: already exists; use --force to overwrite it or choose another -o"
+            f"{output}: already exists; use force=True to overwrite it or choose another output"
         )
     parent = _parent(output)
     if not parent.is_dir():
@@ -173,7 +173,7 @@ def publish(moves: Sequence[tuple[Path, Path]], *, force: bool) -> list[Path]:
             except FileExistsError:
                 raise InputError(
                     f"{final}: appeared while writing (another run or program created it); it "
-                    "was kept and nothing was written; use --force to replace it"
+                    "was kept and nothing was written; use force=True to replace it"
                 ) from None
     except BaseException:
         if not force:

@@ -95,13 +95,13 @@ def _input_shapes(signature: Sequence[InputSignature],
         if spec is not None:
             if len(spec.shape) != len(sig.dims):
                 raise InputError(
-                    f"--input {spec.text}: model input {sig.name!r} has rank {len(sig.dims)} "
+                    f"input={spec.text}: model input {sig.name!r} has rank {len(sig.dims)} "
                     f"(dims {_dims_text(sig.dims)}), not {len(spec.shape)}; fix the shape"
                 )
             for axis, (want, have) in enumerate(zip(spec.shape, sig.dims, strict=True)):
                 if isinstance(have, int) and have != want:
                     raise InputError(
-                        f"--input {spec.text}: model input {sig.name!r} has fixed size {have} on "
+                        f"input={spec.text}: model input {sig.name!r} has fixed size {have} on "
                         f"axis {axis}, not {want}; fix the shape"
                     )
             shapes[sig.name] = spec.shape
@@ -131,14 +131,14 @@ def _specs_by_input(signature: Sequence[InputSignature],
         out: dict[str, InputSpec] = {}
         for spec in specs:
             if spec.name not in names:
-                raise InputError(f"--input {spec.text}: the model has no input {spec.name!r}; "
+                raise InputError(f"input={spec.text}: the model has no input {spec.name!r}; "
                                  f"its inputs are {', '.join(names)}")
             out[spec.name] = spec
         return out
     if len(specs) != len(names):
         raise InputError(
-            f"--input given {len(specs)} times but the model has {len(names)} inputs "
-            f"({', '.join(names)}); give one --input per positional input"
+            f"input= given {len(specs)} times but the model has {len(names)} inputs "
+            f"({', '.join(names)}); give one input= per positional input"
         )
     return dict(zip(names, specs, strict=True))
 
@@ -151,7 +151,7 @@ def _input_dtypes(signature: Sequence[InputSignature], options: VerifyOptions) -
         dtypes[sig.name] = spec.dtype if spec is not None and spec.dtype else sig.dtype
         if dtypes[sig.name] != sig.dtype:
             raise InputError(
-                f"--input {spec.text if spec else sig.name}: model input {sig.name!r} takes "
+                f"input={spec.text if spec else sig.name}: model input {sig.name!r} takes "
                 f"{sig.dtype}, not {dtypes[sig.name]}; fix the dtype"
             )
     return dtypes
@@ -216,7 +216,7 @@ def _resize(shapes: Mapping[str, tuple[int, ...]], groups: Mapping[str, list[tup
     for places in groups.values():
         for name, axis in places:
             if axis >= len(new[name]):
-                raise InputError(f"--dynamic {name}:{axis}: input {name!r} has only "
+                raise InputError(f"dynamic={name}:{axis}: input {name!r} has only "
                                  f"{len(new[name])} axes")
         size = shapes[places[0][0]][places[0][1]]
         target = size * 2 if grow else max(1, size // 2)

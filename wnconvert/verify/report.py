@@ -153,11 +153,11 @@ def check_report_paths(paths: Sequence[Path], *, force: bool, inputs: Sequence[P
     seen: set[Path] = set()
     for path in paths:
         if path.suffix.lower() not in REPORT_SUFFIXES:
-            raise InputError(f"--report {path}: unknown report type; use a .json file or a .xml "
+            raise InputError(f"report={path}: unknown report type; use a .json file or a .xml "
                              "file (JUnit)")
         resolved = path.resolve()
         if resolved in seen:
-            raise InputError(f"--report {path}: given twice; name each report once")
+            raise InputError(f"report={path}: given twice; name each report once")
         seen.add(resolved)
         check_output(path, force=force, inputs=inputs)
 
