@@ -718,7 +718,8 @@ def test_interrupt_inside_the_pt_writer_exits_130(tmp_path, cli, snapshot, no_te
 def onnx_with_data_named_json(tmp_path: Path) -> tuple[Path, Path]:
     """An .onnx model whose external data file is ``w.json`` (a name a report could take)."""
     import onnx
-    from onnx_builders import weight_norm_model
+
+    from tests.onnx_graph.builders import weight_norm_model
 
     model, _, _ = weight_norm_model((4, 3), 0)
     path = tmp_path / "m.onnx"

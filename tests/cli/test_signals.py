@@ -116,7 +116,8 @@ def _checkpoint(folder: Path) -> Path:
 
 def _onnx_model(folder: Path) -> Path:
     import onnx
-    from onnx_builders import weight_norm_model
+
+    from tests.onnx_graph.builders import weight_norm_model
 
     model, _, _ = weight_norm_model((64, 32), 0)
     path = folder / "m.onnx"

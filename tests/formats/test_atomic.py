@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from onnx_builders import save, weight_norm_model
 
+from tests.onnx_graph.builders import save, weight_norm_model
 from wnconvert.errors import InputError
 from wnconvert.formats import atomic, load_checkpoint, save_checkpoint, write_checkpoint
 from wnconvert.formats import torch_pickle as tp

@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx_builders import initializer, run
 from torch import nn
 
+from tests.onnx_graph.builders import initializer, run
 from wnconvert import numerics
 from wnconvert.onnx_graph import check_file, fold_file, inspect_file
 
