@@ -17,9 +17,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import numpy_helper
 from typer.testing import CliRunner, Result
 
+from tests.onnx_graph.builders import scaled_copy
 from wnconvert.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,14 +120,8 @@ def test_real_inputs_from_npz(exported: dict[str, Path], tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def perturbed(exported: dict[str, Path]) -> Path:
     """The exported model with conv_pre.weight scaled by 1.01."""
-    model = onnx.load(exported["onnx"])
-    for init in model.graph.initializer:
-        if init.name == "conv_pre.weight":
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.01),
-                                                  init.name))
-    path = exported["dir"] / "perturbed.onnx"
-    onnx.save(model, path)
-    return path
+    return scaled_copy(exported["onnx"], exported["dir"] / "perturbed.onnx", "conv_pre.weight",
+                       1.01)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from tests.onnx_graph.builders import scaled_copy
 from wnconvert import export as ex
 from wnconvert.cli.parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs
 from wnconvert.errors import ConversionNotPossible, InputError
@@ -226,13 +227,7 @@ def test_onnx_model_runs_at_any_length(generator_export: Exported) -> None:
 @pytest.mark.slow
 def test_perturbed_onnx_weight_fails_and_names_output_and_weight(
         generator_export: Exported, tmp_path: Path) -> None:
-    model = onnx.load(generator_export.path)
-    for init in model.graph.initializer:
-        if init.name == "conv_pre.weight":
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.01),
-                                                  init.name))
-    bad = tmp_path / "bad.onnx"
-    onnx.save(model, bad)
+    bad = scaled_copy(generator_export.path, tmp_path / "bad.onnx", "conv_pre.weight", 1.01)
     report = verify_onnx_against_torch(
         bad, generator_export.prepared.reference,
         options=VerifyOptions(input_specs=(parse_input_spec("1x16x12"),)),
