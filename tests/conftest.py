@@ -7,6 +7,12 @@
   its path (``save_sharded`` writes shards with safetensors' own ``save_file`` plus a
   hand-written ``*.safetensors.index.json``).
 
+Helpers that are plain functions live in modules of the ``tests`` package (it is one, so test
+file names may repeat across folders) and are imported by name:
+``tests.checkpoints`` (``read_pt``, ``read_checkpoint``) and ``tests.onnx_graph.builders``
+(hand-built ONNX graphs). Fixtures of ``tests/cli/conftest.py`` are shared with
+``tests/formats`` by import.
+
 Hypothesis: the ``wnconvert`` profile (no deadline, no example database on disk) is loaded here.
 """
 

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from tests.checkpoints import read_checkpoint
 
 APIS = ("legacy", "parametrize")
 FORMATS = ("pt", "safetensors")
@@ -82,12 +84,6 @@ def save(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
     return path
 
 
-def load(path: Path) -> dict[str, torch.Tensor]:
-    if path.name.endswith(".safetensors"):
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     # float32 forward; the folded weight is computed in float64 and rounded once.
     torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-5)
@@ -112,7 +108,7 @@ def test_fold_round_trip(case, api, fmt, tmp_path, cli, assert_ok, snapshot):
     assert {k: after[k] for k in before} == before  # input untouched
     assert output.name in result.stdout
     target = plain(case)
-    target.load_state_dict(load(output), strict=True)
+    target.load_state_dict(read_checkpoint(output), strict=True)
     x = case.example()
     close(forward(target, x), forward(wn, x))
     close(getattr(target, case.name), getattr(wn, case.name).detach())
@@ -134,7 +130,7 @@ def test_decompose_like_round_trip(case, api, fmt, tmp_path, cli, assert_ok, sna
     after = snapshot(tmp_path)
     assert set(after) == {*before, output.name}
     assert {k: after[k] for k in before} == before
-    state = load(output)
+    state = read_checkpoint(output)
     target = weight_normed(case, api, seed=9)
     target.load_state_dict(state, strict=True)
     x = case.example()
@@ -159,7 +155,7 @@ def test_restyle_round_trip(case, api, fmt, tmp_path, cli, assert_ok, snapshot):
     after = snapshot(tmp_path)
     assert set(after) == {*before, output.name}
     assert {k: after[k] for k in before} == before
-    state = load(output)
+    state = read_checkpoint(output)
     target = weight_normed(case, other, seed=9)
     target.load_state_dict(state, strict=True)
     x = case.example()

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 from typer.main import get_command
 
+from tests.formats.faults import FailingFile
 from wnconvert import numerics
 from wnconvert._version import __version__
 from wnconvert.cli import app
@@ -657,33 +658,10 @@ def test_output_that_appears_while_writing_is_kept(target, tmp_path, cli, assert
     no_temp_files(tmp_path)
 
 
-class _FailingFile:
-    """The staged output file, failing on its second write like a full disk or Ctrl-C."""
-
-    def __init__(self, path: Path, mode: str, exc: BaseException) -> None:
-        self._file = open(path, mode)  # noqa: SIM115 - closed in __exit__
-        self._exc, self._writes = exc, 0
-
-    def write(self, data: bytes) -> int:
-        self._writes += 1
-        if self._writes == 2:
-            raise self._exc
-        return self._file.write(data)
-
-    def __getattr__(self, name: str):
-        return getattr(self._file, name)
-
-    def __enter__(self) -> _FailingFile:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._file.close()
-
-
 def _fail_in_the_write_layer(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
     from wnconvert.formats import atomic
 
-    monkeypatch.setattr(atomic, "open", lambda path, mode: _FailingFile(path, mode, exc),
+    monkeypatch.setattr(atomic, "open", lambda path, mode: FailingFile(path, mode, exc, fail_at=2),
                         raising=False)
 
 
@@ -718,7 +696,8 @@ def test_interrupt_inside_the_pt_writer_exits_130(tmp_path, cli, snapshot, no_te
 def onnx_with_data_named_json(tmp_path: Path) -> tuple[Path, Path]:
     """An .onnx model whose external data file is ``w.json`` (a name a report could take)."""
     import onnx
-    from onnx_builders import weight_norm_model
+
+    from tests.onnx_graph.builders import weight_norm_model
 
     model, _, _ = weight_norm_model((4, 3), 0)
     path = tmp_path / "m.onnx"

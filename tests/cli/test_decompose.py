@@ -12,9 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-
-def read_pt(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+from tests.checkpoints import read_pt
 
 
 def mixed_plain() -> dict[str, torch.Tensor]:

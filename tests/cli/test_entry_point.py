@@ -42,6 +42,7 @@ def test_version(entry, tmp_path):
     assert proc.stderr == ""
 
 
+@pytest.mark.slow
 def test_fold_shipped_fixture(entry, tmp_path, fixtures_dir, fixture_models):
     import torch
 

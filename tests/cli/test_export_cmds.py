@@ -17,9 +17,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import numpy_helper
 from typer.testing import CliRunner, Result
 
+from tests.onnx_graph.builders import scaled_copy
 from wnconvert.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +57,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_fold_to_onnx_exports_verifies_and_reports(exported: dict[str, Path]) -> None:
     stdout = str(exported["stdout"])
     assert "wrote" in stdout and "generator.onnx" in stdout
@@ -78,6 +79,7 @@ def test_fold_to_onnx_exports_verifies_and_reports(exported: dict[str, Path]) ->
     assert not {n.op_type for n in model.graph.node} & {"ReduceL2", "Div", "Sqrt"}
 
 
+@pytest.mark.slow
 def test_verify_against_the_checkpoint_passes(exported: dict[str, Path], tmp_path: Path) -> None:
     report = tmp_path / "v.json"
     result = run("verify", exported["onnx"], "--reference", FIXTURES / "tiny_hifigan_legacy.pt",
@@ -89,6 +91,7 @@ def test_verify_against_the_checkpoint_passes(exported: dict[str, Path], tmp_pat
     assert data["reference"]["checkpoint"].endswith("tiny_hifigan_legacy.pt")
 
 
+@pytest.mark.slow
 def test_verify_against_another_onnx_model_with_json_output(exported: dict[str, Path]) -> None:
     result = run("verify", exported["onnx"], "--reference", exported["onnx"], "--json",
                  "--provider", "cpu")
@@ -102,6 +105,7 @@ def test_verify_against_another_onnx_model_with_json_output(exported: dict[str, 
     assert shapes == [[1, 16, 16], [1, 16, 32]]
 
 
+@pytest.mark.slow
 def test_real_inputs_from_npz(exported: dict[str, Path], tmp_path: Path) -> None:
     npz = tmp_path / "mel.npz"
     np.savez(npz, mel=np.random.default_rng(0).standard_normal((1, 16, 20)).astype(np.float32))
@@ -116,16 +120,11 @@ def test_real_inputs_from_npz(exported: dict[str, Path], tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def perturbed(exported: dict[str, Path]) -> Path:
     """The exported model with conv_pre.weight scaled by 1.01."""
-    model = onnx.load(exported["onnx"])
-    for init in model.graph.initializer:
-        if init.name == "conv_pre.weight":
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.01),
-                                                  init.name))
-    path = exported["dir"] / "perturbed.onnx"
-    onnx.save(model, path)
-    return path
+    return scaled_copy(exported["onnx"], exported["dir"] / "perturbed.onnx", "conv_pre.weight",
+                       1.01)
 
 
+@pytest.mark.slow
 def test_perturbed_weight_fails_with_exit_1_and_a_report_naming_it(perturbed: Path,
                                                                    tmp_path: Path) -> None:
     report, junit = tmp_path / "bad.json", tmp_path / "bad.xml"
@@ -145,6 +144,7 @@ def test_perturbed_weight_fails_with_exit_1_and_a_report_naming_it(perturbed: Pa
     assert root.find(".//testcase[@name='output']/failure") is not None
 
 
+@pytest.mark.slow
 def test_tolerances_are_overridable(perturbed: Path) -> None:
     base = ("verify", perturbed, "--reference", FIXTURES / "tiny_hifigan_parametrize.pt",
             "--model", MODEL, "--input", "1x16x12", "--json")
@@ -157,6 +157,7 @@ def test_tolerances_are_overridable(perturbed: Path) -> None:
     assert run(*base, "--atol", str(need * 1.01), "--weights", "off").exit_code == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAS_CUDA, reason="CUDA is available here")
 def test_unavailable_provider_is_exit_2_listing_available_ones(
         exported: dict[str, Path], assert_input_error: Callable[..., str]) -> None:
@@ -197,6 +198,7 @@ def test_fold_input_errors_are_one_line_exit_2(
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.slow
 def test_existing_outputs_are_refused_without_force(
         exported: dict[str, Path], tmp_path: Path,
         assert_input_error: Callable[..., str]) -> None:
@@ -215,6 +217,7 @@ def test_existing_outputs_are_refused_without_force(
     assert report.read_text() == "keep"
 
 
+@pytest.mark.slow
 def test_verify_input_errors(exported: dict[str, Path], tmp_path: Path,
                              assert_input_error: Callable[..., str]) -> None:
     ckpt = FIXTURES / "tiny_hifigan_parametrize.pt"
@@ -227,6 +230,7 @@ def test_verify_input_errors(exported: dict[str, Path], tmp_path: Path,
 
 
 # torch.export's own note about the legacy weight-norm hook setting .weight during tracing.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The tensor attributes .* were assigned during export")
 def test_fold_of_a_pt2_program(tmp_path: Path, fixture_models: object) -> None:
     with pytest.warns(FutureWarning, match="weight_norm"):  # the legacy API is deprecated
@@ -254,6 +258,7 @@ def _cuda_starts() -> bool:
                                              explicit=True)) is None
 
 
+@pytest.mark.slow
 @pytest.mark.cuda
 @pytest.mark.skipif(not _cuda_starts(), reason="needs onnxruntime-gpu and a CUDA device")
 def test_verify_on_cuda_with_tf32_off(exported: dict[str, Path]) -> None:

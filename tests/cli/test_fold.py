@@ -13,6 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tests.checkpoints import read_checkpoint, read_pt
+
 SUMMARY_KEYS = {"action", "input", "output", "format", "pairs", "unchanged", "bytes_in",
                 "bytes_out", "file_bytes", "seconds", "notes"}
 
@@ -23,20 +25,12 @@ def legacy_linear(seed: int = 0, out_features: int = 3) -> dict[str, torch.Tenso
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def read_pt(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def is_safetensors(path: Path) -> bool:
     try:
         with safe_open(str(path), framework="pt"):
             return True
     except Exception:  # noqa: BLE001 - any failure means "not safetensors"
         return False
-
-
-def load_any(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path)) if path.suffix == ".safetensors" else read_pt(path)
 
 
 # --------------------------------------------------------------------------- shipped fixtures
@@ -60,10 +54,10 @@ def test_fold_shipped_fixture_matches_weight_normed_generator(
     assert f"wrote {output}" in result.stdout
     assert "folded 8 pair(s)" in result.stdout
 
-    state = load_any(source)
+    state = read_checkpoint(source)
     reference = fixture_models.build_generator(api)
     reference.load_state_dict(state[key] if key else state, strict=True)
-    folded_state = load_any(output)
+    folded_state = read_checkpoint(output)
     folded = fixture_models.build_generator("none")
     folded.load_state_dict(folded_state[key] if key else folded_state, strict=True)
     torch.manual_seed(3)
@@ -176,7 +170,7 @@ def test_fold_default_output_is_next_to_the_input(name, expected, tmp_path, cli,
     assert after[name] == before[name]
     assert list(elsewhere.iterdir()) == []
     assert expected in result.stdout
-    assert set(load_any(folder / expected)) == {"weight", "bias"}
+    assert set(read_checkpoint(folder / expected)) == {"weight", "bias"}
 
 
 def test_fold_output_suffix_chooses_safetensors(tmp_path, cli, assert_ok):
@@ -411,7 +405,7 @@ def test_fold_keeps_scalar_tensors_scalar(to, tmp_path, cli, assert_ok):
     save_file({"a.weight_g": torch.tensor(2.0), "a.weight_v": torch.randn(2, 3),
                "temperature": torch.tensor(1.5)}, str(source))
     assert_ok(cli("fold", source, "--to", to))
-    out = load_any(tmp_path / f"s.folded.{to}")
+    out = read_checkpoint(tmp_path / f"s.folded.{to}")
     assert out["temperature"].shape == ()
     assert out["temperature"].item() == 1.5
     assert out["a.weight"].shape == (2, 3)

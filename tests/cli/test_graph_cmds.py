@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx_builders import (
+
+from tests.onnx_graph.builders import (
     Graph,
     cycle_model,
     expected,
@@ -25,7 +26,6 @@ from onnx_builders import (
     wn_arrays,
     wrong_type_model,
 )
-
 from wnconvert.cli.common import VerifyCliOptions
 from wnconvert.cli.graph_cmds import fold_onnx_command, inspect_onnx_command
 from wnconvert.errors import CheckFailed, InputError

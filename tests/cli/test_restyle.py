@@ -4,16 +4,13 @@ tensors bit for bit, containers and safetensors metadata kept."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-
-def read_pt(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+from tests.checkpoints import read_pt
 
 
 def test_restyle_hifigan_container_to_parametrize(shipped, cli, assert_ok, tmp_path,

@@ -106,6 +106,15 @@ def _hidden(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
 
 
+def _wait_until_writing(proc: subprocess.Popen, ready: Path) -> None:
+    """Until the harness in ``proc`` has created ``ready`` (it blocks in its write then)."""
+    deadline = time.monotonic() + 90
+    while not ready.exists():
+        assert proc.poll() is None, f"exited early: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the writer never started"
+        time.sleep(0.02)
+
+
 def _checkpoint(folder: Path) -> Path:
     path = folder / "in.pt"
     torch.manual_seed(0)
@@ -116,7 +125,8 @@ def _checkpoint(folder: Path) -> Path:
 
 def _onnx_model(folder: Path) -> Path:
     import onnx
-    from onnx_builders import weight_norm_model
+
+    from tests.onnx_graph.builders import weight_norm_model
 
     model, _, _ = weight_norm_model((64, 32), 0)
     path = folder / "m.onnx"
@@ -153,11 +163,7 @@ def test_signal_while_writing_leaves_nothing(case, tmp_path):
                             cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while not ready.exists():
-            assert proc.poll() is None, f"exited early: {proc.communicate()}"
-            assert time.monotonic() < deadline, "the writer never started"
-            time.sleep(0.02)
+        _wait_until_writing(proc, ready)
         assert _hidden(work), "nothing staged: the signal would not land mid-write"
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=60)
@@ -220,11 +226,7 @@ def test_two_runs_writing_one_output(tmp_path):
                              "-o", str(output)], cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while not ready.exists():
-            assert slow.poll() is None, f"exited early: {slow.communicate()}"
-            assert time.monotonic() < deadline, "the writer never started"
-            time.sleep(0.02)
+        _wait_until_writing(slow, ready)
         fast = subprocess.run([sys.executable, "-m", "wnconvert", "fold", str(src), "-o",
                                str(output)], cwd=tmp_path, env=_env(), capture_output=True,
                               text=True, timeout=120, check=False)

@@ -118,6 +118,7 @@ def test_an_unknown_exporter_is_a_usage_error(workspace: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_requested_opset_is_honoured(workspace: Path) -> None:
     result, out = _fold(workspace, "cached", "--opset", "17")
     assert result.exit_code == 0, result.output
@@ -135,6 +136,7 @@ def test_user_code_that_exits_is_an_error_naming_the_callable(workspace: Path,
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["legacy", "auto"])
 def test_a_model_that_caches_a_tensor_exports(workspace: Path, exporter: str) -> None:
     result, out = _fold(workspace, "cached", "--exporter", exporter)
@@ -142,6 +144,7 @@ def test_a_model_that_caches_a_tensor_exports(workspace: Path, exporter: str) ->
     assert out.exists()
 
 
+@pytest.mark.slow
 def test_an_unsupported_operator_exits_3_naming_it(workspace: Path) -> None:
     result, out = _fold(workspace, "eig", shape="1x4x4")
     assert result.exit_code == 3, result.output

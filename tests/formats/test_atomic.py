@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from onnx_builders import save, weight_norm_model
 
+from tests.formats.faults import FailingFile
+from tests.onnx_graph.builders import save, weight_norm_model
 from wnconvert.errors import InputError
 from wnconvert.formats import atomic, load_checkpoint, save_checkpoint, write_checkpoint
 from wnconvert.formats import torch_pickle as tp
@@ -337,36 +338,19 @@ def test_copy_range_does_not_retry_a_full_disk(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- torch.save
 
 
-class FailingHandle:
-    """A file whose fourth write raises ``exc`` (as a full disk or Ctrl-C would)."""
-
-    def __init__(self, path: Path, exc: BaseException) -> None:
-        self._file = open(path, "wb")  # noqa: SIM115 - closed by the test
-        self.exc, self.writes = exc, 0
-
-    def write(self, data: bytes) -> int:
-        self.writes += 1
-        if self.writes == 4:
-            raise self.exc
-        return self._file.write(data)
-
-    def flush(self) -> None:
-        self._file.flush()
-
-
 @pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"),
                                  KeyboardInterrupt()], ids=["enospc", "ctrl-c"])
 def test_torch_save_keeps_the_real_error(exc, tmp_path):
     state = {f"w{i}": torch.randn(64, 64) for i in range(4)}
     # Control: torch alone turns the error into its own enforce-fail RuntimeError.
-    handle = FailingHandle(tmp_path / "a.pt", exc)
+    handle = FailingFile(tmp_path / "a.pt", "wb", exc, fail_at=4)
     with pytest.raises(RuntimeError, match="enforce fail"):
         torch.save(state, handle)
-    handle._file.close()
-    handle = FailingHandle(tmp_path / "b.pt", exc)
+    handle.close()
+    handle = FailingFile(tmp_path / "b.pt", "wb", exc, fail_at=4)
     with pytest.raises(type(exc)) as caught:
         tp.save_pickle(state, handle)
-    handle._file.close()
+    handle.close()
     assert caught.value is exc
 
 

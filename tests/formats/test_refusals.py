@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from tests.formats.payloads import OpensForWriting
 from wnconvert import numerics
 from wnconvert.convert import plan_decompose, plan_fold
 from wnconvert.errors import InputError, InputNotFound
@@ -440,14 +441,6 @@ def test_valid_pt_still_loads_memory_mapped(save_pt):
         assert torch.equal(loaded["state_dict"][key], value)
 
 
-class _WritesMarker:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def test_pt_never_unpickles_code_even_when_the_environment_asks(tmp_path, monkeypatch, cli,
                                                                 assert_input_error, snapshot):
     # torch honours TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD only when weights_only is not passed;
@@ -455,7 +448,7 @@ def test_pt_never_unpickles_code_even_when_the_environment_asks(tmp_path, monkey
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pt"
-    torch.save({"a.weight": torch.ones(2, 2), "x": _WritesMarker(marker)}, path)
+    torch.save({"a.weight": torch.ones(2, 2), "x": OpensForWriting(marker)}, path)
     with pytest.raises(InputError, match="needs arbitrary code"):
         tp.load_pickle(path)
     refused_by_cli(cli, assert_input_error, snapshot, tmp_path, path, "nothing from it was run")

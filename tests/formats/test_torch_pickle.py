@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import pickle
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.formats.payloads import OpensForWriting, RunsShell
 from wnconvert import InputError
 from wnconvert.convert import plan_fold
 from wnconvert.formats import load_checkpoint, write_checkpoint
@@ -214,25 +214,7 @@ def test_random_bytes_and_truncated_zip_are_input_errors(tmp_path, save_pt):
         load_checkpoint(cut)
 
 
-class _Pwn:
-    """Unpickling this runs code: it creates the marker file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-class _PwnOpen:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
-@pytest.mark.parametrize("payload", [_Pwn, _PwnOpen])
+@pytest.mark.parametrize("payload", [RunsShell, OpensForWriting])
 @pytest.mark.parametrize("writer", ["torch.save", "pickle-protocol-2"])
 def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path, payload, writer):
     marker = tmp_path / "pwned"
@@ -253,7 +235,7 @@ def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path, payload, wr
 def test_raw_pickle_with_code_is_an_input_error_and_nothing_runs(tmp_path, protocol):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    path.write_bytes(pickle.dumps({"hook": _Pwn(marker)}, protocol=protocol))
+    path.write_bytes(pickle.dumps({"hook": RunsShell(marker)}, protocol=protocol))
     with pytest.raises(InputError, match="evil.pt"):
         load_checkpoint(path)
     assert not marker.exists()
@@ -263,7 +245,7 @@ def test_refusal_names_the_culprit(tmp_path):
     """The message says what the file wanted to run (torch 2.13 words it 'unsupported GLOBAL
     posix.system'), so users can tell a custom class from an attack."""
     path = tmp_path / "evil.pt"
-    torch.save({"hook": _Pwn(tmp_path / "pwned")}, path)
+    torch.save({"hook": RunsShell(tmp_path / "pwned")}, path)
     with pytest.raises(InputError, match="refused") as info:
         load_checkpoint(path)
     assert "system" in str(info.value)

@@ -44,13 +44,7 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def wn_onnx(tmp_path: Path) -> Path:
     """An ONNX model that computes weight norm from constants (something to fold)."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from onnx_builders import save, weight_norm_model
-    finally:
-        sys.path.remove(str(REPO / "tests"))
+    from tests.onnx_graph.builders import save, weight_norm_model
     model, _, _ = weight_norm_model((6, 4, 3), 0, order="g/n*v")
     return save(model, tmp_path / "wn.onnx")
 

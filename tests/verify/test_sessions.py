@@ -174,13 +174,7 @@ def test_library_keeps_other_providers_when_one_fails(fake_gpu: FakeGpu, models)
 
 def test_fold_refuses_a_provider_that_cannot_start_before_writing(fake_gpu: FakeGpu,
                                                                   tmp_path: Path) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    try:
-        from onnx_builders import save, weight_norm_model
-    finally:
-        sys.path.pop(0)
+    from tests.onnx_graph.builders import save, weight_norm_model
     fake_gpu.fault = "probe"
     model, _, _ = weight_norm_model((6, 4, 3), 0, order="g/n*v")
     source = save(model, tmp_path / "wn.onnx")

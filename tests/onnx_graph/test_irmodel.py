@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnx_builders import Graph, weight_norm_model
 
+from tests.onnx_graph.builders import Graph, weight_norm_model
 from wnconvert.export import find_runtime_weight_norm
 from wnconvert.onnx_graph.irmodel import find_weight_norm_in_ir, runtime_weight_norm
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx_builders import Graph, expected, save, wn_arrays
 
+from tests.onnx_graph.builders import Graph, expected, save, wn_arrays
 from wnconvert.formats.source import DictSource
 from wnconvert.onnx_graph import load_model
 from wnconvert.onnx_graph import names as names_module

@@ -8,8 +8,16 @@ import os
 import numpy as np
 import onnx
 import pytest
-from onnx_builders import Graph, expected, initializer, run, save, weight_norm_model, wn_arrays
 
+from tests.onnx_graph.builders import (
+    Graph,
+    expected,
+    initializer,
+    run,
+    save,
+    weight_norm_model,
+    wn_arrays,
+)
 from wnconvert.errors import InputError
 from wnconvert.onnx_graph import FoldJob, check_file, fold_file, load_model, write_model
 from wnconvert.onnx_graph.protoio import FileRange

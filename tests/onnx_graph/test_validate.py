@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx_builders import (
+
+from tests.onnx_graph.builders import (
     Graph,
     cycle_model,
     external_location_model,
@@ -19,7 +20,6 @@ from onnx_builders import (
     weight_norm_model,
     wrong_type_model,
 )
-
 from wnconvert.errors import InputError
 from wnconvert.onnx_graph import check_file, fold_file, inspect_file, load_model
 from wnconvert.onnx_graph.protoio import FileRange

@@ -11,14 +11,15 @@ also over the limit), and a small Linear the dynamo exporter folds into ``mul_N`
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from onnx_builders import initializer, run
 from torch import nn
 
+from tests.onnx_graph.builders import initializer, run
 from wnconvert import numerics
 from wnconvert.onnx_graph import check_file, fold_file, inspect_file
 
@@ -118,14 +119,22 @@ def lost_is_folded_name(name: str) -> bool:
     return name.startswith("mul")
 
 
-def test_small_model_fully_folded_by_the_exporter_is_clean(tmp_path):
-    """Under the limit the dynamo exporter folds everything: check passes, inspect names it."""
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory) -> tuple[nn.Module, Path]:
+    """One Linear under the limit, exported by dynamo (which folds it into ``mul_N``), shared by
+    the tests below: they only read the model and write their outputs elsewhere."""
     torch.manual_seed(0)
     net = nn.Sequential(APIS["parametrize"](nn.Linear(8, 4))).eval()
-    path = tmp_path / "small.onnx"
+    path = tmp_path_factory.mktemp("small") / "small.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.randn(1, 8),), str(path), dynamo=True)
+    return net, path
+
+
+def test_small_model_fully_folded_by_the_exporter_is_clean(small_export):
+    """Under the limit the dynamo exporter folds everything: check passes, inspect names it."""
+    _, path = small_export
     assert check_file(path).clean
     [lost] = inspect_file(path).lost_names
     assert lost.parameter == "0.weight"
@@ -148,15 +157,10 @@ def test_fold_gives_exporter_folded_weights_their_names(exported, tmp_path):
     assert not again.result.changed  # already clean: a pipeline may fold twice
 
 
-def test_fully_prefolded_model_gets_names_from_metadata_or_reference(tmp_path):
+def test_fully_prefolded_model_gets_names_from_metadata_or_reference(small_export, tmp_path):
     """A model the exporter folded completely: fold names its weight (exit 0, not "nothing to
     fold"); without the exporter's metadata, --reference with the g/v checkpoint does."""
-    torch.manual_seed(0)
-    net = nn.Sequential(APIS["parametrize"](nn.Linear(8, 4))).eval()
-    path = tmp_path / "small.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(1, 8),), str(path), dynamo=True)
+    net, path = small_export
     outcome = fold_file(path, tmp_path / "named.onnx", force=False)
     assert [(r.new, r.how) for r in outcome.result.renamed] == [("0.weight", "folded_from")]
     bare = onnx.load(str(path))

@@ -191,6 +191,17 @@ def save(model: onnx.ModelProto, path: Path, *, external: bool = False,
     return path
 
 
+def scaled_copy(source: Path, target: Path, name: str, factor: float) -> Path:
+    """``source`` with its initializer ``name`` multiplied by ``factor`` (a weight a check must
+    catch), saved inline as ``target``."""
+    model = onnx.load(str(source))
+    [tensor] = [t for t in model.graph.initializer if t.name == name]
+    tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * np.float32(factor),
+                                            name))
+    onnx.save(model, str(target))
+    return target
+
+
 def initializer(path: Path, name: str) -> np.ndarray:
     """One initializer of a saved model (external data loaded)."""
     model = onnx.load(str(path))

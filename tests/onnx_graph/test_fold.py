@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx_builders import (
+
+from tests.onnx_graph.builders import (
     NORMS,
     ORDERS,
     Graph,
@@ -25,7 +26,6 @@ from onnx_builders import (
     weight_norm_model,
     wn_arrays,
 )
-
 from wnconvert import numerics
 from wnconvert.errors import WeightNormWarning
 from wnconvert.onnx_graph import check_file, fold_file, inspect_file

@@ -22,6 +22,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from tests.onnx_graph.builders import scaled_copy
 from wnconvert import export as ex
 from wnconvert.cli.parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs
 from wnconvert.errors import ConversionNotPossible, InputError
@@ -130,6 +131,7 @@ def zoo_exports(zoo_file: Path, tmp_path_factory: pytest.TempPathFactory,
     return exported
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(ZOO_CASES))
 def test_zoo_export_verifies_on_onnx_runtime(zoo_exports: dict[str, Exported], case: str) -> None:
     item = zoo_exports[case]
@@ -145,6 +147,7 @@ def test_zoo_export_verifies_on_onnx_runtime(zoo_exports: dict[str, Exported], c
     assert report.weights.worst is not None and report.weights.worst.max_abs == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(ZOO_CASES))
 def test_zoo_graph_has_no_weight_norm_and_keeps_parameter_names(
         zoo_exports: dict[str, Exported], case: str) -> None:
@@ -161,6 +164,7 @@ def test_zoo_graph_has_no_weight_norm_and_keeps_parameter_names(
     assert [i.name for i in item.model.graph.input] == ["seq", "img"]
 
 
+@pytest.mark.slow
 def test_zoo_weights_are_the_exact_fold(zoo_exports: dict[str, Exported], zoo_file: Path) -> None:
     from wnconvert.convert import fold_state_dict
 
@@ -172,6 +176,7 @@ def test_zoo_weights_are_the_exact_fold(zoo_exports: dict[str, Exported], zoo_fi
         np.testing.assert_array_equal(inits[name], folded[name].numpy(), err_msg=name)
 
 
+@pytest.mark.slow
 def test_reference_keeps_weight_norm_and_export_module_has_none(
         zoo_exports: dict[str, Exported]) -> None:
     for case in ZOO_CASES:
@@ -194,6 +199,7 @@ def generator_export(tmp_path_factory: pytest.TempPathFactory) -> Exported:
                    dynamic=[parse_dynamic_axis("2=time")])
 
 
+@pytest.mark.slow
 def test_dynamic_time_axis_is_verified_at_two_lengths(generator_export: Exported) -> None:
     report = verify_onnx_against_torch(
         generator_export.path, generator_export.prepared.reference,
@@ -208,6 +214,7 @@ def test_dynamic_time_axis_is_verified_at_two_lengths(generator_export: Exported
     assert generator_export.result.input_shapes == {"mel": [1, 16, "time"]}
 
 
+@pytest.mark.slow
 def test_onnx_model_runs_at_any_length(generator_export: Exported) -> None:
     session = ort.InferenceSession(str(generator_export.path), providers=["CPUExecutionProvider"])
     mel = np.random.default_rng(0).standard_normal((1, 16, 7)).astype(np.float32)
@@ -217,15 +224,10 @@ def test_onnx_model_runs_at_any_length(generator_export: Exported) -> None:
     np.testing.assert_allclose(audio, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_perturbed_onnx_weight_fails_and_names_output_and_weight(
         generator_export: Exported, tmp_path: Path) -> None:
-    model = onnx.load(generator_export.path)
-    for init in model.graph.initializer:
-        if init.name == "conv_pre.weight":
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.01),
-                                                  init.name))
-    bad = tmp_path / "bad.onnx"
-    onnx.save(model, bad)
+    bad = scaled_copy(generator_export.path, tmp_path / "bad.onnx", "conv_pre.weight", 1.01)
     report = verify_onnx_against_torch(
         bad, generator_export.prepared.reference,
         options=VerifyOptions(input_specs=(parse_input_spec("1x16x12"),)),
@@ -238,6 +240,7 @@ def test_perturbed_onnx_weight_fails_and_names_output_and_weight(
         "conv_pre.weight"]
 
 
+@pytest.mark.slow
 def test_existing_output_is_not_overwritten_without_force(generator_export: Exported) -> None:
     before = generator_export.path.read_bytes()
     with pytest.raises(InputError, match="already exists"):
@@ -247,6 +250,7 @@ def test_existing_output_is_not_overwritten_without_force(generator_export: Expo
     assert generator_export.path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_large_models_use_external_data(tmp_path: Path, generator_export: Exported,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # Pretend the 2 GB limit is 0 bytes so the tiny generator takes the external-data path.
@@ -279,6 +283,7 @@ def program_file(tmp_path_factory: pytest.TempPathFactory, fixture_models: Any) 
     return path
 
 
+@pytest.mark.slow
 def test_program_is_folded_exported_and_verified(program_file: Path, tmp_path: Path) -> None:
     prepared = ex.prepare_program(program_file)
     assert prepared.input_names == ["mel"]
@@ -557,6 +562,7 @@ class _LstmHead(nn.Module):
         return self.head(hidden)
 
 
+@pytest.mark.slow
 def test_auto_exporter_falls_back_when_the_dynamic_axis_does_not_work(tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = _LstmHead().eval()
