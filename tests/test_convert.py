@@ -389,14 +389,14 @@ def test_plan_decompose_negative_dim_is_refused_as_ambiguous(dim):
 @pytest.mark.parametrize("dim", [2, 3])
 def test_plan_decompose_dim_out_of_range_is_input_error(dim):
     state = {"lin.weight": torch.randn(3, 4), "conv.weight": torch.randn(3, 4, 5)}
-    with pytest.raises(InputError, match=rf"lin\.weight has shape \[3, 4\]: --dim {dim}"):
+    with pytest.raises(InputError, match=rf"lin\.weight has shape \[3, 4\]: dim={dim}"):
         plan_decompose(state, dim=dim)
 
 
 def test_plan_decompose_bad_style_is_input_error():
-    with pytest.raises(InputError, match="--style"):
+    with pytest.raises(InputError, match="style="):
         plan_decompose({"a.weight": torch.ones(2, 2)}, style="weightnorm")  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="--style"):
+    with pytest.raises(InputError, match="style="):
         plan_restyle({"a.weight": torch.ones(2, 2)}, style="new")  # type: ignore[arg-type]
 
 

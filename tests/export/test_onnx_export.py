@@ -424,7 +424,7 @@ def test_model_kwargs_must_be_a_json_object() -> None:
     assert parse_model_kwargs('{"a": 1}') == {"a": 1}
     assert parse_model_kwargs(None) == {}
     for bad in ("{a: 1}", "[1]"):
-        with pytest.raises(InputError, match="--model-kwargs"):
+        with pytest.raises(InputError, match="model_kwargs="):
             parse_model_kwargs(bad)
 
 
@@ -448,11 +448,11 @@ def test_checkpoint_that_does_not_fit_names_the_keys() -> None:
     state["extra.weight"] = torch.zeros(1)
     del state["conv_post.bias"]
     module = ex.build_model(GENERATOR, {"weight_norm": "none"})
-    with pytest.raises(InputError, match=r"ckpt.pt: does not fit --model .*conv_post.bias.*"
+    with pytest.raises(InputError, match=r"ckpt.pt: does not fit model=.*conv_post.bias.*"
                                          r"extra.weight"):
         ex.load_strict(module, state, source="ckpt.pt", model=GENERATOR)
     wrong = ex.build_model(GENERATOR, {"weight_norm": "none", "channels": 16})
-    with pytest.raises(InputError, match="--model-kwargs"):
+    with pytest.raises(InputError, match="model_kwargs="):
         ex.load_strict(wrong, ex.build_model(GENERATOR, {"weight_norm": "none"}).state_dict(),
                        source="ckpt.pt", model=GENERATOR)
 

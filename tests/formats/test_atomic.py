@@ -68,7 +68,7 @@ def test_other_existing_files_need_force(tmp_path):
     source.write_bytes(b"input")
     existing = tmp_path / "out.pt"
     existing.write_bytes(b"old")
-    with pytest.raises(InputError, match="--force"):
+    with pytest.raises(InputError, match="force=True"):
         atomic.check_output(existing, force=False, inputs=[source])
     atomic.check_output(existing, force=True, inputs=[source])
     atomic.check_output(tmp_path / "new.pt", force=False, inputs=[source])
@@ -87,7 +87,7 @@ def test_a_dangling_symlink_is_an_existing_output(tmp_path):
 def test_a_file_that_appears_meanwhile_is_kept(tmp_path):
     output = tmp_path / "out.bin"
     with (
-        pytest.raises(InputError, match="appeared while writing.*--force"),
+        pytest.raises(InputError, match="appeared while writing.*force=True"),
         atomic.atomic_file(output) as handle,
     ):
         handle.write(b"ours")

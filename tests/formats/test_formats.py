@@ -109,7 +109,7 @@ def test_unknown_suffix_and_key_on_safetensors(tmp_path, save_st):
     path.write_bytes(b"x")
     with pytest.raises(InputError, match="unknown checkpoint type"):
         load_checkpoint(path)
-    with pytest.raises(InputError, match="--key applies to .pt containers"):
+    with pytest.raises(InputError, match="key= applies to .pt containers"):
         load_checkpoint(save_st(extras()), key="state_dict")
 
 
@@ -435,7 +435,7 @@ def test_check_output(tmp_path):
     out = tmp_path / "out.pt"
     check_output(out, force=False, inputs=[src])
     out.write_bytes(b"y")
-    with pytest.raises(InputError, match="already exists; use --force"):
+    with pytest.raises(InputError, match="already exists; use force=True"):
         check_output(out, force=False, inputs=[src])
     check_output(out, force=True, inputs=[src])
     for force in (False, True):
@@ -473,7 +473,7 @@ def test_output_format_and_default_output(tmp_path):
     assert output_format(Path("x.safetensors"), None, pt) == "safetensors"
     assert output_format(Path("x.ckpt"), None, st) == "pt"
     assert output_format(Path("x.ckpt"), "safetensors", st) == "safetensors"
-    with pytest.raises(InputError, match="--to onnx"):
+    with pytest.raises(InputError, match="to=onnx"):
         output_format(None, "onnx", st)
     with pytest.raises(InputError, match="cannot tell the output format"):
         output_format(Path("x.weights"), None, st)

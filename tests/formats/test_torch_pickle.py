@@ -62,7 +62,7 @@ def test_containers_pick_the_state_dict(save_pt, container, key_path):
 def test_two_state_dicts_with_pairs_need_key(save_pt):
     path = save_pt({"generator": wn_state(), "ema": wn_state(seed=3), "steps": 1})
     with pytest.raises(InputError, match=r"several state dicts found \(generator, ema\); "
-                                         r"choose one with --key"):
+                                         r"choose one with key="):
         load_checkpoint(path)
     ckpt = load_checkpoint(path, key="ema")
     assert ckpt.key_path == ("ema",)
@@ -71,7 +71,7 @@ def test_two_state_dicts_with_pairs_need_key(save_pt):
 
 def test_two_state_dicts_without_pairs_need_key(save_pt):
     path = save_pt({"a": plain_state(), "b": plain_state(2)})
-    with pytest.raises(InputError, match="--key"):
+    with pytest.raises(InputError, match="key="):
         load_checkpoint(path)
 
 

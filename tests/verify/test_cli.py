@@ -138,7 +138,7 @@ def test_weight_check_that_matched_nothing_fails_with_the_names_and_a_hint(tmp_p
     data = json.loads(result.stdout)["verification"]
     assert data["providers"][0]["passed"] is True  # the outputs agree...
     assert data["weights"]["nothing_matched"] is True  # ...but the weight check saw nothing
-    assert "fc.weight" in result.stderr and "weights='report'" in result.stderr
+    assert "fc.weight" in result.stderr and "--weights 'report'" in result.stderr
     assert run("verify", cand, "--reference", ref, "--weights", "report").exit_code == 0
 
 

@@ -137,7 +137,7 @@ def test_write_reports_by_suffix_and_refuses_to_clobber(tmp_path: Path) -> None:
     assert json.loads(paths[0].read_text())["passed"] is True
     assert ET.parse(paths[1]).getroot().tag == "testsuites"
     before = paths[0].read_bytes()
-    with pytest.raises(InputError, match="already exists; use --force"):
+    with pytest.raises(InputError, match="already exists; use force=True"):
         write_reports(make_report(fail_output=True), paths, force=False)
     assert paths[0].read_bytes() == before
     write_reports(make_report(fail_output=True), paths, force=True)
