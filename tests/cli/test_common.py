@@ -21,7 +21,8 @@ from wnconvert.cli.common import in_flag_terms
      "narrow the selection with --include/--exclude or pick another --dim"),
     ("out.pt: already exists; use force=True to overwrite it",
      "out.pt: already exists; use --force to overwrite it"),
-    ("use_tf32=0 and reference_key=x are not flags", "use_tf32=0 and reference_key=x are not flags"),
+    ("use_tf32=0 and reference_key=x are not flags",
+     "use_tf32=0 and reference_key=x are not flags"),
 ])
 def test_api_terms_become_flags(api: str, cli: str) -> None:
     assert in_flag_terms(api) == cli
