@@ -4,6 +4,9 @@ Each job first builds a *plan* from names, shapes and dtypes alone (nothing is r
 mismatches are reported before any work and writers can stream. ``fold_state_dict`` and friends
 are the in-memory API on torch state dicts; the CLI uses the ``plan_*`` functions with the
 streaming writers in :mod:`wnconvert.formats`.
+
+(Why one module of ~600 lines: the three plans share the pair model, the producers and the
+prefix handling; ``plan_decompose(like=...)`` mixes all three jobs per key.)
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""inspect / decompose / fold / restyle for checkpoints (fold and inspect also route ONNX)."""
+"""inspect / decompose / fold / restyle for checkpoints (fold and inspect also route ONNX).
+
+(Why ~500 lines: typer needs each command's options spelled out in its signature; the option
+types themselves are declared once in :mod:`.options`.)
+"""
 
 from __future__ import annotations
 

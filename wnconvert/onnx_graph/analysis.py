@@ -1,5 +1,9 @@
 """Finding weight norm that an ONNX graph computes from constant tensors.
 
+(Why one module of ~850 lines: it is one algebra. The op handlers, the term/factor
+representation and the classifier only make sense together, and splitting them would export the
+private representation across files.)
+
 Rather than matching a fixed list of node patterns, every constant-valued expression built from
 the ops weight norm is written with is described as a product of *factors* with rational
 exponents, each factor either a constant leaf (an initializer or Constant output, possibly passed

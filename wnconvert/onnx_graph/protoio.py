@@ -8,6 +8,10 @@ it changes, one at a time, and :func:`write_model` streams every other tensor fr
 to the output with ``copy_file_range`` (never through Python memory). Peak memory is the skeleton
 plus the working set of one fold, whatever the model's size, and the output's serialization is the
 one ``onnx.save`` would produce (fields in field-number order).
+
+(Why one module of ~680 lines: the reader and the writer share the wire-format scanner, the
+:class:`FileRange`/:class:`Computed` sources and the field layout; the atomic publishing itself
+lives in :mod:`wnconvert.formats.atomic`.)
 """
 
 from __future__ import annotations
