@@ -171,3 +171,14 @@ def test_unsupported_operators_are_read_from_both_exporters_messages() -> None:
             "overload='default')>; UnsupportedOperatorError: Exporting the operator "
             "'aten::diff' to ONNX opset version 18 is not supported")
     assert unsupported_operators(text) == ["aten::diff"]
+
+
+@pytest.mark.parametrize("shape", ["100000x100000x1000", "0x4", "4x0"])
+def test_inputs_with_no_elements_or_too_many_are_refused(workspace: Path, shape: str) -> None:
+    """Issue 9 §3/§5: a huge --input is a clear input error (not a MemoryError), and an input
+    with no elements would make every check compare nothing."""
+    result, out = _fold(workspace, "cached", shape=shape)
+    assert result.exit_code == 2, result.output
+    assert ("GiB" in result.stderr) if shape.startswith("1") else ("no elements" in result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
