@@ -99,3 +99,11 @@ def test_onnx_and_ort_spellings_agree_with_onnx_itself() -> None:
     assert dtypes.from_ort_type("tensor(bfloat16)") == "bfloat16"
     assert dtypes.from_ort_type("tensor(double)") == "float64"
     assert dtypes.from_ort_type("tensor(string)") is None
+
+
+def test_onnx_float_types_come_from_the_registry() -> None:
+    from wnconvert.onnx_graph import analysis
+
+    assert analysis.FLOAT_TYPES == {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}
+    assert {analysis.FLOAT, analysis.FLOAT16, analysis.DOUBLE, analysis.BFLOAT16} == set(
+        analysis.FLOAT_TYPES)

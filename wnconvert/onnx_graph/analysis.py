@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+from ..dtypes import FLOATING, from_onnx_code, onnx_code
 from ..keys import pair_keys
 from ..numerics import infer_dim
 from .walk import iter_nodes, outer_references
@@ -37,9 +38,10 @@ if TYPE_CHECKING:
 
     from .protoio import LazyModel
 
-# onnx.TensorProto element types of the float formats weight norm can be folded in.
-FLOAT, FLOAT16, DOUBLE, BFLOAT16 = 1, 10, 11, 16
-FLOAT_TYPES = {FLOAT: "float32", FLOAT16: "float16", DOUBLE: "float64", BFLOAT16: "bfloat16"}
+# onnx.TensorProto element types of the float formats weight norm can be folded in (from the one
+# dtype registry), and their precision order for choosing the narrowest of several casts.
+FLOAT_TYPES = {code: name for name in FLOATING if (code := onnx_code(name)) is not None}
+FLOAT, FLOAT16, DOUBLE, BFLOAT16 = 1, 10, 11, 16  # TensorProto codes, as in dtypes.REGISTRY
 _PRECISION = {DOUBLE: 3, FLOAT: 2, FLOAT16: 1, BFLOAT16: 1}
 
 # Op types whose chains the analysis understands (default ONNX domain).
@@ -54,7 +56,7 @@ _MAX_DEPTH = 64
 def dtype_name(elem_type: int) -> str:
     import onnx
 
-    return FLOAT_TYPES.get(elem_type) or onnx.TensorProto.DataType.Name(elem_type).lower()
+    return from_onnx_code(elem_type) or onnx.TensorProto.DataType.Name(elem_type).lower()
 
 
 def _numel(shape: tuple[int, ...]) -> int:
