@@ -424,7 +424,7 @@ def test_model_kwargs_must_be_a_json_object() -> None:
     assert parse_model_kwargs('{"a": 1}') == {"a": 1}
     assert parse_model_kwargs(None) == {}
     for bad in ("{a: 1}", "[1]"):
-        with pytest.raises(InputError, match="model_kwargs="):
+        with pytest.raises(InputError, match="--model-kwargs"):
             parse_model_kwargs(bad)
 
 
