@@ -24,8 +24,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash fixtures/demo.sh
 
+# Tests run on every core, one test file per worker (module fixtures that export a model are
+# built once), one math thread per worker so workers do not oversubscribe the cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
 	$(BIN)/ruff check wnconvert tests fixtures benchmarks
 	$(BIN)/mypy
 
