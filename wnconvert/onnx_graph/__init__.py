@@ -27,15 +27,8 @@ from ..keys import find_pair_keys
 from .analysis import GraphIndex, WeightNormSite, find_weight_norm, op_counts
 from .fold import FoldResult, LayerFold, fold_model
 from .names import LostName, Renamed, lost_names, restore_names
-from .protoio import (
-    LazyModel,
-    StagedOutput,
-    WrittenFiles,
-    data_file_name,
-    load_model,
-    plan_external,
-    write_model,
-)
+from .protoio import LazyModel, load_model
+from .protowrite import StagedOutput, WrittenFiles, data_file_name, plan_external, write_model
 from .validate import open_model, pair_dim
 
 if TYPE_CHECKING:
