@@ -29,7 +29,12 @@ from .common import (
 from .options import (
     AddPrefixOpt,
     AtolOpt,
+    DynamicOpt,
     ExporterChoice,
+    InputOpt,
+    InputsOpt,
+    ModelKwargsOpt,
+    ModelOpt,
     ProviderOpt,
     ReportOpt,
     RtolOpt,
@@ -241,44 +246,12 @@ def fold(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     json_out: JsonOpt = False,
-    # --- export (--to onnx) ---
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            help="[onnx] MODULE:CALLABLE or path/to/file.py:CALLABLE that returns the nn.Module.",
-        ),
-    ] = None,
-    model_kwargs: Annotated[
-        str | None,
-        typer.Option(
-            "--model-kwargs",
-            help="[onnx] JSON object of keyword arguments for --model.",
-        ),
-    ] = None,
-    input_shapes: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input",
-            help="[onnx] [NAME=]SHAPE[:DTYPE] of an input, e.g. 1x80x200 or "
-            "mel=1x80x200:float16 (once per input).",
-        ),
-    ] = None,
-    inputs_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--inputs",
-            help="[onnx] .npz file with real input arrays (in order).",
-        ),
-    ] = None,
-    dynamic: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--dynamic",
-            help="[onnx] Dynamic axis [INPUT:]AXIS[=NAME], e.g. 0:2=time (axis 2 of the "
-            "first input, named time); repeatable.",
-        ),
-    ] = None,
+    # --- export (--to onnx); model and input options declared once in .options ---
+    model: ModelOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    input_shapes: InputOpt = None,
+    inputs_file: InputsOpt = None,
+    dynamic: DynamicOpt = None,
     opset: Annotated[
         int | None,
         typer.Option("--opset", help="[onnx] ONNX opset to export with."),

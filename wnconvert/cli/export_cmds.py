@@ -30,6 +30,11 @@ from .common import (
 from .options import (
     AddPrefixOpt,
     AtolOpt,
+    DynamicOpt,
+    InputOpt,
+    InputsOpt,
+    ModelKwargsOpt,
+    ModelOpt,
     ProviderOpt,
     ReportOpt,
     RtolOpt,
@@ -245,28 +250,12 @@ def verify(
         typer.Option("--reference", "-r", help="Checkpoint (with --model), .pt2 program, or "
                      "another .onnx model (run on ONNX Runtime CPU)."),
     ],
-    model: Annotated[
-        str | None,
-        typer.Option("--model", help="MODULE:CALLABLE or path/to/file.py:CALLABLE that builds "
-                     "the network for a checkpoint reference."),
-    ] = None,
-    model_kwargs: Annotated[
-        str | None, typer.Option("--model-kwargs", help="JSON object of keyword arguments.")
-    ] = None,
+    model: ModelOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
     key: KeyOpt = None,
-    input_shapes: Annotated[
-        list[str] | None,
-        typer.Option("--input", help="[NAME=]SHAPE[:DTYPE] of an input, once per input "
-                     "(default: the model's input shapes; symbolic axes 16, batch 1)."),
-    ] = None,
-    inputs_file: Annotated[
-        Path | None, typer.Option("--inputs", help=".npz file with real input arrays.")
-    ] = None,
-    dynamic: Annotated[
-        list[str] | None,
-        typer.Option("--dynamic", help="[INPUT:]AXIS[=NAME] to also check at a second size "
-                     "(symbolic axes of the model are checked automatically)."),
-    ] = None,
+    input_shapes: InputOpt = None,
+    inputs_file: InputsOpt = None,
+    dynamic: DynamicOpt = None,
     provider: ProviderOpt = None,
     seed: SeedOpt = 0,
     runs: RunsOpt = 1,

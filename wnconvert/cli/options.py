@@ -100,3 +100,34 @@ AddPrefixOpt = Annotated[
     typer.Option("--add-prefix", help="Add this prefix to the checkpoint's keys (after "
                  "--strip-prefix)."),
 ]
+
+
+# Model and inputs: shared by `fold --to onnx` (export, then verification) and `verify` (a
+# checkpoint reference). The same words in both commands' help.
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="MODULE:CALLABLE or path/to/file.py:CALLABLE that returns the "
+                 "nn.Module to load a checkpoint into (fold --to onnx; verify with a checkpoint "
+                 "reference)."),
+]
+ModelKwargsOpt = Annotated[
+    str | None,
+    typer.Option("--model-kwargs", help="JSON object of keyword arguments for --model."),
+]
+InputOpt = Annotated[
+    list[str] | None,
+    typer.Option("--input", help="[NAME=]SHAPE[:DTYPE] of an input, e.g. 1x80x200 or "
+                 "mel=1x80x200:float16, once per input (verify's default: the model's input "
+                 "shapes, symbolic axes 16, batch 1)."),
+]
+InputsOpt = Annotated[
+    Path | None,
+    typer.Option("--inputs", help=".npz file with real input arrays (named after the inputs, or "
+                 "in order)."),
+]
+DynamicOpt = Annotated[
+    list[str] | None,
+    typer.Option("--dynamic", help="Dynamic axis [INPUT:]AXIS[=NAME], e.g. 0:2=time (axis 2 of "
+                 "the first input, named time); repeatable. Verification also checks it at a "
+                 "second size (symbolic axes of the model are checked automatically)."),
+]
