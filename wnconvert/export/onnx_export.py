@@ -373,6 +373,10 @@ def unsupported_operators(text: str) -> list[str]:
     return found
 
 
+#: Characters of an exporter's error kept in wnconvert's one-line message.
+MESSAGE_LIMIT = 400
+
+
 def _exporter_message(exc: BaseException) -> str:
     """The first lines of the innermost error, on one line (the exporters wrap the cause)."""
     cause = exc
@@ -382,7 +386,9 @@ def _exporter_message(exc: BaseException) -> str:
     # torch.export appends links and generic advice after the specific part.
     for marker in (" For more information", " The error above", " Refer to http"):
         text = text.split(marker)[0]
-    return f"{type(cause).__name__}: {text[:400]}"
+    if len(text) > MESSAGE_LIMIT:  # say it is cut, not end mid-word as if that were all
+        text = text[:MESSAGE_LIMIT].rstrip() + "..."
+    return f"{type(cause).__name__}: {text}"
 
 
 def _export_legacy(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *,
