@@ -73,12 +73,14 @@ def print_report(report: VerificationReport) -> None:
             table.add_row(escape(provider.name), "-", "", "", "", "", "", "", "", "",
                           "[bold red]ERROR[/]")
         for out in provider.outputs:
-            first = out.first
+            # The case that failed worst (the first when all pass): its shape and tolerance
+            # are the ones the FAIL is about, e.g. the second size of a dynamic axis.
+            _, shown = out.worst_case
             result = "[green]pass[/]" if out.passed else "[bold red]FAIL[/]"
             table.add_row(
-                escape(provider.name), escape(out.name), "x".join(map(str, first.shape)) or "()",
-                first.dtype, _num(out.max_abs), _num(out.max_rel), _num(out.mean_abs),
-                f"{first.atol:g}", f"{first.rtol:g}", _num(out.min_atol), result,
+                escape(provider.name), escape(out.name), "x".join(map(str, shown.shape)) or "()",
+                shown.dtype, _num(out.max_abs), _num(out.max_rel), _num(out.mean_abs),
+                f"{shown.atol:g}", f"{shown.rtol:g}", _num(out.min_atol), result,
             )
     console.print(table)
     console.print(f"rule: {escape(report.rule)}")
