@@ -75,12 +75,12 @@ def print_report(report: VerificationReport) -> None:
         for out in provider.outputs:
             # The case that failed worst (the first when all pass): its shape and tolerance
             # are the ones the FAIL is about, e.g. the second size of a dynamic axis.
-            _, shown = out.worst_case
+            _, case = out.worst_case
             result = "[green]pass[/]" if out.passed else "[bold red]FAIL[/]"
             table.add_row(
-                escape(provider.name), escape(out.name), "x".join(map(str, shown.shape)) or "()",
-                shown.dtype, _num(out.max_abs), _num(out.max_rel), _num(out.mean_abs),
-                f"{shown.atol:g}", f"{shown.rtol:g}", _num(out.min_atol), result,
+                escape(provider.name), escape(out.name), "x".join(map(str, case.shape)) or "()",
+                case.dtype, _num(out.max_abs), _num(out.max_rel), _num(out.mean_abs),
+                f"{case.atol:g}", f"{case.rtol:g}", _num(out.min_atol), result,
             )
     console.print(table)
     console.print(f"rule: {escape(report.rule)}")
