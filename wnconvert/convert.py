@@ -506,10 +506,7 @@ def _over_original(conversion: Conversion, renamed: RenamedSource, why: str) -> 
     read the checkpoint itself), with a note saying what was renamed and left out."""
     plan = [replace(item, source_key=renamed.original(item.source_key))
             for item in conversion.plan]
-    note = f"{why}: {renamed.change.describe()}"
-    if renamed.left_out:
-        note += (f"; {len(renamed.left_out)} key(s) without it left out "
-                 f"({_clip(renamed.left_out)})")
+    note = renamed.change.note(renamed.source.keys(), why=why)
     return Conversion(conversion.action, plan, conversion.pairs, renamed.source,
                       [*conversion.notes, note])
 

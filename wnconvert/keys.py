@@ -173,6 +173,16 @@ class PrefixChange:
             return f"prefix {self.strip!r} replaced by {self.add!r}"
         return f"prefix {self.strip!r} removed" if self.strip else f"prefix {self.add!r} added"
 
+    def note(self, keys: Iterable[str], *, why: str) -> str:
+        """One line for the user: ``why``, the change, and the ``keys`` it leaves out."""
+        left_out = [k for k in keys if self.apply(k) is None]
+        text = f"{why}: {self.describe()}"
+        if left_out:
+            shown = ", ".join(left_out[:3]) + (f", ... {len(left_out) - 3} more"
+                                               if len(left_out) > 3 else "")
+            text += f"; {len(left_out)} key(s) without it left out ({shown})"
+        return text
+
 
 def rename_keys(keys: Iterable[str], change: PrefixChange) -> dict[str, str]:
     """``{new: old}`` for every key ``change`` keeps (one prefix swapped for another on the kept

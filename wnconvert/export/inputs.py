@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError, InputNotFound
+from ..dtypes import ITEMSIZE
+from ..errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,17 +58,11 @@ def check_input_size(label: str, shape: Sequence[int], dtype: str) -> None:
     if count == 0:
         raise InputError(f"input {label}: shape {'x'.join(map(str, shape))} has no elements, so "
                          "a check on it would compare nothing; give every axis a size >= 1")
-    itemsize = 2 if dtype == "bfloat16" else (1 if dtype == "bool" else _itemsize(dtype))
+    itemsize = ITEMSIZE[dtype]
     if count * itemsize > MAX_INPUT_BYTES:
         raise InputError(f"input {label}: {count * itemsize / 1024**3:.1f} GiB for one input is "
                          f"more than the {MAX_INPUT_BYTES // 1024**3} GiB wnconvert generates; "
                          "use a smaller shape")
-
-
-def _itemsize(dtype: str) -> int:
-    import numpy as np
-
-    return int(np.dtype(dtype).itemsize)
 
 
 @dataclass(frozen=True)
@@ -104,10 +99,9 @@ def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
 
     import numpy as np
 
-    if not path.exists():
-        raise InputNotFound(f"{path}: no such file; check the inputs path")
-    if not path.is_file():
-        raise InputError(f"{path}: not a regular file; give an .npz file written by numpy.savez")
+    from ..formats.files import require_regular_file
+
+    require_regular_file(path, what="inputs file")
     if not zipfile.is_zipfile(path):
         # np.load would happily return a single array for .npy (no input names) or try to
         # unpickle anything else; only an .npz archive maps names to inputs.

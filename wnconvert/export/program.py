@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError, InputNotFound
+from ..errors import InputError
 from .inputs import DynamicAxis
 from .torch_model import PreparedModel, load_strict
 
@@ -33,11 +33,9 @@ def load_program(path: Path) -> Any:
     """
     import torch
 
-    if not path.exists():
-        raise InputNotFound(f"{path}: no such file; check the path")
-    if not path.is_file():
-        raise InputError(f"{path}: not a regular file; give a .pt2 archive saved by "
-                         "torch.export.save")
+    from ..formats.files import require_regular_file
+
+    require_regular_file(path, what=".pt2 program")
     check_program_archive(path)
     try:
         with _safe_unpickling():

@@ -243,8 +243,10 @@ def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
     note.
     """
     notes: list[str] = []
+    key_change: str | None = None
     if prefix:
-        state_dict = renamed_state_dict(state_dict, prefix, notes, why="keys renamed as asked")
+        key_change = prefix.note(state_dict, why="keys renamed as asked")
+        state_dict = renamed_state_dict(state_dict, prefix)
     if model.endswith(".pt2"):
         from .program import prepare_program
 
@@ -255,8 +257,8 @@ def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
     if not prefix:
         change = prefix_to_match(_weight_names(state_dict), _weight_names(reference.state_dict()))
         if change is not None:
-            state_dict = renamed_state_dict(state_dict, change, notes,
-                                            why="keys fit the model after a prefix change")
+            key_change = change.note(state_dict, why="keys fit the model after a prefix change")
+            state_dict = renamed_state_dict(state_dict, change)
     plain: torch.nn.Module | None = None
     applied = 0
     if not has_weight_norm(reference) and find_pair_keys(state_dict):
@@ -282,8 +284,8 @@ def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
     description = {"model": model, "model_kwargs": dict(model_kwargs), "checkpoint": source,
                    "weight_norm": "applied" if applied else (
                        "as built" if has_weight_norm(reference) else "none")}
-    key_change = next((n for n in notes if n.startswith("keys ")), None)
-    return PreparedModel(reference, plain, weights, [], description, notes=notes,
+    return PreparedModel(reference, plain, weights, [], description,
+                         notes=[*([key_change] if key_change else []), *notes],
                          key_change=key_change)
 
 
@@ -298,18 +300,12 @@ def _weight_names(state_dict: Mapping[str, Any]) -> list[str]:
     return list(names.values())
 
 
-def renamed_state_dict(state_dict: Mapping[str, torch.Tensor], change: PrefixChange,
-                       notes: list[str], *, why: str) -> dict[str, torch.Tensor]:
-    """``state_dict`` under ``change`` (keys without its prefix left out), noted in ``notes``."""
+def renamed_state_dict(state_dict: Mapping[str, torch.Tensor],
+                       change: PrefixChange) -> dict[str, torch.Tensor]:
+    """``state_dict`` under ``change`` (keys without its prefix left out)."""
     from ..keys import rename_keys
 
-    renamed = rename_keys(state_dict, change)
-    left_out = [k for k in state_dict if change.apply(k) is None]
-    note = f"{why}: {change.describe()}"
-    if left_out:
-        note += f"; {len(left_out)} key(s) without it left out ({_few(left_out)})"
-    notes.append(note)
-    return {new: state_dict[old] for new, old in renamed.items()}
+    return {new: state_dict[old] for new, old in rename_keys(state_dict, change).items()}
 
 
 def apply_weight_norm_like(module: torch.nn.Module,

@@ -102,7 +102,6 @@ class RenamedSource:
         self.source = source
         self.change = change
         self._old = rename_keys(source.keys(), change)  # new -> old
-        self.left_out = [k for k in source.keys() if change.apply(k) is None]
 
     def keys(self) -> list[str]:
         return list(self._old)
