@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from .export import DynamicAxis, Exporter, ExportResult, InputSpec
+    from .export import DynamicAxis, Exporter, ExportResult, InputSpec, PreparedModel
     from .formats import Checkpoint, Format
     from .keys import PrefixChange
     from .onnx_graph import CheckResult, FoldOutcome
@@ -109,29 +109,45 @@ def verify(candidate: Path | str, reference: Path | str | Mapping[str, torch.Ten
     ``reference`` is another ONNX model, a ``.pt2`` program, or a checkpoint (path or state
     dict) together with ``model`` that builds the network. Returns the report: ``.passed``,
     ``.failures()``, ``.to_dict()`` (the JSON schema of ``--report``)."""
-    from .export import prepare_model, prepare_program
-    from .formats import load_checkpoint
     from .verify import VerifyOptions, verify_onnx_against_onnx, verify_onnx_against_torch
 
     options = options if options is not None else VerifyOptions()
-    candidate = Path(candidate)
-    if isinstance(reference, (str, Path)) and str(reference).lower().endswith(".onnx"):
-        return verify_onnx_against_onnx(candidate, Path(reference), options=options)
-    if isinstance(reference, (str, Path)) and str(reference).lower().endswith(".pt2"):
-        prepared = prepare_program(Path(reference))
-    else:
-        if model is None:
-            from .errors import InputError
-
-            raise InputError("verify: a checkpoint reference needs model='MODULE:CALLABLE' to "
-                             "build the network (or pass an .onnx/.pt2 reference)")
-        if isinstance(reference, (str, Path)):
-            name = str(reference)
-            state_dict = load_checkpoint(Path(reference), key=key).materialize()
-        else:
-            name, state_dict = "state dict", dict(reference)
-        prepared = prepare_model(state_dict, model=model, model_kwargs=dict(model_kwargs or {}),
-                                 source=name, need_plain=False, prefix=prefix)
-    return verify_onnx_against_torch(candidate, prepared.reference, options=options,
+    prepared = load_reference(reference, model=model, model_kwargs=model_kwargs, key=key,
+                              prefix=prefix)
+    if prepared is None:
+        return verify_onnx_against_onnx(Path(candidate), Path(str(reference)), options=options)
+    return verify_onnx_against_torch(Path(candidate), prepared.reference, options=options,
                                      reference_weights=prepared.weights,
                                      reference_info=prepared.description)
+
+
+def load_reference(reference: Path | str | Mapping[str, torch.Tensor], *,
+                   model: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
+                   key: str | None = None,
+                   prefix: PrefixChange | None = None) -> PreparedModel | None:
+    """The PyTorch reference that :func:`verify` runs: a ``.pt2`` program, or a checkpoint
+    (path or state dict) loaded into what ``model`` builds; None for an ONNX reference, which
+    runs as it is on ONNX Runtime."""
+    from .errors import InputError
+    from .export import prepare_model, prepare_program
+    from .formats import load_checkpoint
+
+    suffix = Path(str(reference)).suffix.lower() if isinstance(reference, (str, Path)) else ""
+    if suffix == ".onnx":
+        if model or key:
+            raise InputError(f"{reference}: an ONNX reference runs as it is; drop model=/key=")
+        return None
+    if suffix == ".pt2":
+        if model:
+            raise InputError(f"{reference}: a .pt2 program is the model itself; drop model=")
+        return prepare_program(Path(str(reference)))
+    if not model:
+        raise InputError(f"{reference if suffix else 'verify'}: a checkpoint reference needs "
+                         "model='MODULE:CALLABLE' to build the network (or pass an .onnx/.pt2)")
+    if isinstance(reference, (str, Path)):
+        name = str(reference)
+        state_dict = load_checkpoint(Path(reference), key=key).materialize()
+    else:
+        name, state_dict = "state dict", dict(reference)
+    return prepare_model(state_dict, model=model, model_kwargs=dict(model_kwargs or {}),
+                         source=name, need_plain=False, prefix=prefix)

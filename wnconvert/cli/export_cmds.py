@@ -312,31 +312,19 @@ def verify_command(*, candidate: Path, reference: Path, key: str | None, force: 
         inputs_file=export.inputs_file,
         dynamic_axes=[parse_dynamic_axis(text) for text in export.dynamic])
     plan_providers(options.providers, cuda_tf32=options.cuda_tf32)  # fail before loading
-    suffix = reference.suffix.lower()
-    if suffix == ".onnx":
-        if export.model or key:
-            raise InputError(f"{reference}: an ONNX reference runs as it is; drop --model/--key")
+    from ..api import load_reference
+
+    prepared = load_reference(reference, model=export.model,
+                              model_kwargs=parse_model_kwargs(export.model_kwargs), key=key,
+                              prefix=export.prefix)
+    if prepared is None:
         _status(f"verifying {candidate} against {reference} (ONNX Runtime CPU)", quiet=quiet)
         with render.progress("verifying", quiet=quiet) as callback:
             report = verify_onnx_against_onnx(candidate, reference, options=options,
                                               progress=callback)
     else:
-        from ..export import prepare_program
-
-        if suffix == ".pt2":
-            if export.model:
-                raise InputError(f"{reference}: a .pt2 program is the model itself; drop --model")
-            prepared = prepare_program(reference)
-        else:
-            if not export.model:
-                raise InputError(f"{reference}: a checkpoint reference needs --model "
-                                 "MODULE:CALLABLE to build the network (or pass a .onnx/.pt2)")
-            prepared = _prepare_from_checkpoint(
-                reference, key=key, model=export.model,
-                kwargs=parse_model_kwargs(export.model_kwargs), need_plain=False,
-                prefix=export.prefix)
-            if prepared.key_change:
-                render.info(f"note: {prepared.key_change}", quiet=quiet)
+        if prepared.key_change:
+            render.info(f"note: {prepared.key_change}", quiet=quiet)
         _status(f"verifying {candidate} against {reference} (PyTorch CPU)", quiet=quiet)
         with render.progress("verifying", quiet=quiet) as callback:
             report = verify_onnx_against_torch(
