@@ -289,6 +289,38 @@ def test_fold_counts_nonfinite_rows(where):
     assert np.isfinite(np.delete(out, row, axis=0)).all()
 
 
+SIGNALLING_NAN = {"float32": 0x7F80_0001, "float16": 0x7C01, "bfloat16": 0x7F81,
+                  "float64": 0x7FF0_0000_0000_0001}
+_BITS = {"float32": np.uint32, "float16": np.uint16, "bfloat16": np.uint16, "float64": np.uint64}
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("dim", [0, 1, None])
+def test_signalling_nan_is_data_not_a_warning(dtype, dim):
+    # A flipped byte can make any element a signalling NaN; widening it raises the CPU's
+    # "invalid" flag. That is a NaN in the result (counted), never a RuntimeWarning.
+    v = np.ones((3, 4), dtype=numpy_dtype(dtype))
+    v.view(_BITS[dtype])[1, 2] = SIGNALLING_NAN[dtype]
+    g = np.ones(numerics.g_shape_for(v.shape, dim), dtype=v.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wide = numerics.as_float64(v)
+        norms = numerics.squared_norms(v, dim)
+        out, stats = numerics.fold(g, v, dim)
+        numerics.decompose(v, dim)
+    assert np.isnan(wide[1, 2]) and wide.dtype == np.float64
+    assert np.isnan(norms).sum() == 1
+    assert stats.nonfinite_rows == 1
+    assert np.isnan(numerics.as_float64(out)).any()
+
+
+def test_plain_widening_of_a_signalling_nan_warns():
+    # What the test above guards against: numpy's own cast raises the flag.
+    v = np.array([SIGNALLING_NAN["float32"]], dtype=np.uint32).view(np.float32)
+    with pytest.warns(RuntimeWarning, match="invalid value"):
+        v.astype(np.float64)
+
+
 # --------------------------------------------------------------------------- chunks and threads
 
 

@@ -30,7 +30,7 @@ def inspect_checkpoint(
     pairs = find_pairs(source)
     pair_rows = []
     for i, pair in enumerate(pairs):
-        g = source.load(pair.keys.g_key).astype(np.float64)
+        g = numerics.as_float64(source.load(pair.keys.g_key))
         norms = numerics.squared_norms(read_view(source, pair.keys.v_key), pair.dim)
         finite_g = g[np.isfinite(g)]
         pair_rows.append(

@@ -92,6 +92,21 @@ def check_pair_shapes(name: str, g_shape: tuple[int, ...], v_shape: tuple[int, .
         ) from None
 
 
+# --------------------------------------------------------------------------- widening
+
+
+def as_float64(array: np.ndarray) -> np.ndarray:
+    """``array`` widened to float64 (a copy), NaN payloads and all.
+
+    A checkpoint's bytes are whatever they are: a float32 signalling NaN raises the CPU's
+    "invalid" flag when widened, which numpy reports as a RuntimeWarning. The value is a NaN
+    either way (torch widens it silently to a quiet NaN), so the flag is not news; what the
+    NaN does to a result is counted where it matters (``FoldStats.nonfinite_rows``).
+    """
+    with np.errstate(invalid="ignore"):
+        return np.asarray(array).astype(np.float64)
+
+
 # --------------------------------------------------------------------------- rounding
 
 
@@ -175,7 +190,7 @@ def squared_norms(v: np.ndarray, dim: int | None) -> np.ndarray:
     if dim == 0 and v.ndim:
 
         def per_row(a: int, b: int) -> np.ndarray:
-            c = rows[a:b].astype(np.float64)
+            c = as_float64(rows[a:b])
             return np.einsum("ij,ij->i", c, c)
 
         return np.concatenate(_run_chunks(chunks, per_row, v.size)).reshape(shape)
@@ -184,7 +199,7 @@ def squared_norms(v: np.ndarray, dim: int | None) -> np.ndarray:
     if dim is None or v.ndim == 0:
 
         def total(a: int, b: int) -> float:
-            c = rows[a:b].astype(np.float64)
+            c = as_float64(rows[a:b])
             return float(np.einsum("ij,ij->", c, c))
 
         return np.array(sum(_run_chunks(chunks, total, v.size)), dtype=np.float64)
@@ -192,8 +207,9 @@ def squared_norms(v: np.ndarray, dim: int | None) -> np.ndarray:
     axes = tuple(i for i in range(v.ndim) if i != dim)
 
     def partial(a: int, b: int) -> np.ndarray:
-        c = v[a:b].astype(np.float64)
-        return np.sum(c * c, axis=axes, keepdims=True)
+        c = as_float64(v[a:b])
+        with np.errstate(invalid="ignore"):  # a signalling NaN squared: NaN, nothing more
+            return np.sum(c * c, axis=axes, keepdims=True)
 
     parts = _run_chunks(_row_chunks(v.shape[0], rows.shape[1]), partial, v.size)
     acc = np.zeros(shape, dtype=np.float64)
@@ -255,9 +271,9 @@ def fold_into(
             raise ValueError(f"g has {g_rows.size} elements, v has {rows.shape[0]} rows")
 
         def fold_rows(a: int, b: int) -> tuple[int, int]:
-            block = rows[a:b].astype(np.float64)
+            block = as_float64(rows[a:b])
             norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-            g64 = g_rows[a:b].astype(np.float64)
+            g64 = as_float64(g_rows[a:b])
             zero = norms == 0
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 # A zero-norm row is all zeros in v; scaling it by 0 gives zeros, not 0/0 = NaN.
@@ -272,7 +288,7 @@ def fold_into(
 
     # The norm spans many rows: all norms first, then a second pass applies them.
     norms = np.sqrt(squared_norms(v, dim))
-    g64 = np.asarray(g, dtype=np.float64).reshape(norms.shape)
+    g64 = as_float64(g).reshape(norms.shape)
     zero = norms == 0
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(zero, 0.0, g64 / np.where(zero, 1.0, norms))
@@ -283,9 +299,9 @@ def fold_into(
     def apply(a: int, b: int) -> None:
         with np.errstate(invalid="ignore", over="ignore"):
             if full_scale is not None:
-                block = v[a:b].astype(np.float64) * full_scale
+                block = as_float64(v[a:b]) * full_scale
             else:
-                block = rows[a:b].astype(np.float64)
+                block = as_float64(rows[a:b])
                 block *= float(scale)
             write(a * row_bytes, round_from_float64(block, v.dtype))
 

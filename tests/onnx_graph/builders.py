@@ -284,6 +284,23 @@ def external_location_model(location: str) -> onnx.ModelProto:
     return _plain_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [w])
 
 
+def unknown_data_type_model() -> onnx.ModelProto:
+    """``y = x + w`` with w of tensor data type 99, which no ONNX version defines."""
+    w = numpy_helper.from_array(np.ones((2, 3), dtype=np.float32), "w")
+    w.data_type = 99
+    return _plain_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [w])
+
+
+def save_with_non_utf8_name(path: Path) -> Path:
+    """A valid model whose node name is not UTF-8 (protobuf parses it; onnx.checker accepts
+    it), written byte by byte since protobuf cannot build such a string itself."""
+    model = _plain_model([helper.make_node("Add", ["x", "x"], ["y"], name="add\u00e9")], [])
+    data = model.SerializeToString()
+    assert data.count("add\u00e9".encode()) == 1
+    path.write_bytes(data.replace("add\u00e9".encode(), b"add\xff\xfe"))
+    return path
+
+
 def truncate_external_length(path: Path, name: str, nbytes_missing: int = 4) -> None:
     """Rewrite a saved external-data model so ``name``'s recorded length is too short."""
     model = onnx.load(str(path), load_external_data=False)

@@ -14,9 +14,11 @@ from tests.onnx_graph.builders import (
     external_location_model,
     misfit_pair_model,
     save,
+    save_with_non_utf8_name,
     truncate_external_length,
     truncated_model,
     undefined_input_model,
+    unknown_data_type_model,
     weight_norm_model,
     wrong_type_model,
 )
@@ -38,6 +40,10 @@ def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
         "wrong-type": (save(wrong_type_model(), folder / "wrong_type.onnx"), "onnx.checker"),
         "nul-location": (save(external_location_model("w\0.bin"), folder / "nul.onnx"),
                          "NUL byte"),
+        "unknown-type": (save(unknown_data_type_model(), folder / "unknown_type.onnx"),
+                         "data type 99"),
+        "non-utf8": (save_with_non_utf8_name(folder / "non_utf8.onnx"),
+                     "model.graph.node[0].name is not valid UTF-8"),
     }
     model, _, _ = weight_norm_model((64, 32, 16), 0)
     external = save(model, folder / "ext.onnx", external=True)
@@ -48,7 +54,7 @@ def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
 
 @pytest.mark.parametrize("case", ["cycle", "undefined", "truncated", "truncated-large",
                                   "misfit-pair", "wrong-type", "nul-location",
-                                  "truncated-external"])
+                                  "truncated-external", "unknown-type", "non-utf8"])
 def test_every_entry_point_refuses_the_same_bad_model(tmp_path, case):
     path, phrase = _bad_files(tmp_path)[case]
     messages = set()
@@ -65,9 +71,10 @@ def test_every_entry_point_refuses_the_same_bad_model(tmp_path, case):
 def test_onnx_checker_refuses_the_bad_models_too(tmp_path):
     """The builders make models the reference library refuses (so the tests above test that)."""
     for name, (path, _) in _bad_files(tmp_path).items():
-        if name in ("misfit-pair", "nul-location", "truncated-external"):
+        if name in ("misfit-pair", "nul-location", "truncated-external", "non-utf8"):
             continue  # valid for the checker / not loadable by onnx.load at all
-        with pytest.raises((onnx.checker.ValidationError, onnx.shape_inference.InferenceError)):
+        with pytest.raises((onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
+                            ValueError)):
             onnx.checker.check_model(str(path), full_check=True)
 
 

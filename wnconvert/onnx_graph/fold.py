@@ -350,12 +350,11 @@ def _typed(read: Callable[[], np.ndarray], elem_type: int) -> np.ndarray:
 
 def _apply_casts(x: np.ndarray, casts: tuple[int, ...]) -> np.ndarray:
     """The value a leaf has after the graph's narrowing casts (each rounds to nearest even)."""
-    import numpy as np
 
-    from ..numerics import round_from_float64
+    from ..numerics import as_float64, round_from_float64
 
     for to in casts:
-        x = round_from_float64(x.astype(np.float64), _numpy_type(to))
+        x = round_from_float64(as_float64(x), _numpy_type(to))
     return x
 
 
@@ -368,7 +367,7 @@ def _compute(
     """``g * v / ||v||`` for one site, in float64, rounded once: the checkpoint fold's numbers."""
     import numpy as np
 
-    from ..numerics import fold, g_shape_for, round_from_float64
+    from ..numerics import as_float64, fold, g_shape_for, round_from_float64
 
     v = _apply_casts(load_v(), site.v_casts)
     g = _apply_casts(load_g(), site.g_casts)
@@ -385,7 +384,7 @@ def _compute(
     if v.dtype == round_type:
         w, stats = fold(g, v, dim)
     else:
-        w64, stats = fold(g, v.astype(np.float64), dim)
+        w64, stats = fold(g, as_float64(v), dim)
         w = round_from_float64(w64, round_type)
     del v, g
     out_type = _numpy_type(site.dtype)

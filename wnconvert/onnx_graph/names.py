@@ -251,10 +251,11 @@ def _near_match(
     import numpy as np
 
     from ..dtypes import numpy_dtype
+    from ..numerics import as_float64
 
     dtype = numpy_dtype(item.info.dtype)
     eps = _EPS[item.info.dtype]
-    ref = np.asarray(array, dtype=np.float64).reshape(-1)
+    ref = as_float64(array).reshape(-1)
     sample = np.linspace(0, ref.size - 1, min(_SAMPLE, ref.size)).astype(np.int64)
     fits = []
     for name in candidates[(item.info.dtype, item.info.shape)]:
@@ -262,9 +263,9 @@ def _near_match(
             continue
         data = np.asarray(read_initializer(model, by_name[name]))
         flat = (data if data.dtype == dtype else data.view(dtype)).reshape(-1)
-        if not _close(flat[sample].astype(np.float64), ref[sample], eps):
+        if not _close(as_float64(flat[sample]), ref[sample], eps):
             continue  # the cheap test: most candidates fail here
-        if _close(flat.astype(np.float64), ref, eps):
+        if _close(as_float64(flat), ref, eps):
             fits.append(name)
     return fits[0] if len(fits) == 1 else None
 

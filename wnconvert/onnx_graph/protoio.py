@@ -19,7 +19,7 @@ import mmap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from .walk import subgraphs
@@ -216,6 +216,7 @@ def load_model(path: Path) -> LazyModel:
             f"{path}: not an ONNX model (no IR version or graph); give an .onnx file"
         )
     proto.graph.initializer.extend(skeletons)
+    _require_utf8(path, proto)
     sources, data_files = _tensor_sources(path, proto, [raw for _, raw in tensors])
     _inline_subgraph_external_data(path, proto)
     return LazyModel(
@@ -225,6 +226,43 @@ def load_model(path: Path) -> LazyModel:
         alignment=_alignment(sources),
         data_files=data_files,
     )
+
+
+def _require_utf8(path: Path, proto: onnx.ModelProto) -> None:
+    """Refuse a model with a string field that is not UTF-8.
+
+    ONNX strings (names, op types, domains, metadata) are UTF-8, but ``string`` fields of the
+    proto2 schema are not validated when parsed: protobuf hands the raw bytes over instead of a
+    ``str``, and ``onnx.checker`` lets them through. Any name could be one, so every string
+    field is looked at once, here (the skeleton holds no tensor data; that is ``bytes``).
+    """
+    from google.protobuf.descriptor import FieldDescriptor
+
+    string, message = FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE
+    pending: list[tuple[str, Any]] = [("model", proto)]
+    while pending:
+        where, node = pending.pop()
+        for descriptor, value in node.ListFields():
+            if descriptor.type not in (string, message):
+                continue
+            items = list(enumerate(value)) if _is_repeated(descriptor) else [(None, value)]
+            for index, item in items:
+                here = f"{where}.{descriptor.name}" + ("" if index is None else f"[{index}]")
+                if descriptor.type == message:
+                    pending.append((here, item))
+                elif not isinstance(item, str):
+                    raise InputError(
+                        f"{path}: {here} is not valid UTF-8 ({bytes(item)[:40]!r}); ONNX "
+                        "stores every name and string as UTF-8: export the model again or fix "
+                        "the tool that wrote it"
+                    )
+
+
+def _is_repeated(descriptor: Any) -> bool:
+    # protobuf 6 added ``is_repeated`` and protobuf 7 removed ``label``.
+    if hasattr(descriptor, "is_repeated"):
+        return bool(descriptor.is_repeated)
+    return bool(descriptor.label == descriptor.LABEL_REPEATED)
 
 
 def _scan_graph(

@@ -135,7 +135,10 @@ def _run_checker(model: LazyModel) -> None:
     proto = _checker_copy(model)
     try:
         onnx.checker.check_model(proto, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    # The checker's C++ core also says "invalid" with a bare ValueError (an unknown tensor
+    # data type) or RuntimeError; whatever it raises, it refused the model.
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError,
+            TypeError, RuntimeError) as exc:
         raise InputError(
             f"{model.path}: not a valid ONNX model, onnx.checker refuses it: {_one_line(exc)}; "
             "export the model again"

@@ -161,11 +161,9 @@ def _max_abs_finite(array: np.ndarray) -> float:
 
 
 def _as_float64(array: np.ndarray) -> np.ndarray:
-    import numpy as np
+    from ..numerics import as_float64
 
-    if array.dtype == np.bool_:
-        return array.astype(np.float64)
-    return np.asarray(array).astype(np.float64)
+    return as_float64(array)
 
 
 
