@@ -18,6 +18,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -26,15 +27,18 @@ from tests.fuzzing import FUZZ, examples, flips
 from tests.onnx_graph.builders import save, weight_norm_model
 
 
-def _files(*, external: bool) -> dict[str, bytes]:
+def _files(*, external: bool, threshold: int = 0) -> dict[str, bytes]:
     model, _, _ = weight_norm_model((4, 3, 2), 0)
     with tempfile.TemporaryDirectory() as folder:
-        save(model, Path(folder) / "model.onnx", external=external)
+        save(model, Path(folder) / "model.onnx", external=external, threshold=threshold)
         return {p.name: p.read_bytes() for p in Path(folder).iterdir()}
 
 
 INLINE = _files(external=False)
 EXTERNAL = _files(external=True)
+# Only the weights external (shape constants inline, as exporters write them): ONNX Runtime
+# can run it, so fold's verification runs too.
+INLINE_DATA = _files(external=True, threshold=64)
 
 
 def checker_accepts(path: Path) -> bool:
@@ -122,3 +126,33 @@ def test_external_data_truncated_or_extended(cli, cut, tail):
     data = files["model.onnx.data"]
     files["model.onnx.data"] = data[:cut] if not tail else data + tail
     check_contract(cli, files)
+
+
+@settings(FUZZ, max_examples=examples(30))
+@given(flips=flips)
+@example(flips=[(3, 96)])  # v[0, 0, 0] = 3.7e19: the graph's float32 norm overflows
+@example(flips=[(3, 127), (2, 128), (1, 0), (0, 1)])  # a signalling NaN in v
+def test_weight_bytes_flipped_fold_and_verify(cli, flips):
+    # Any bytes are valid float data: NaN (signalling too), Inf, subnormals, huge values. The
+    # fold reproduces what the graph computes (verification by ONNX Runtime passes), except
+    # where the graph's float32 norm overflows and the float64 fold does not: then the check
+    # fails (exit 1) and says so, and nothing is written.
+    files = dict(INLINE_DATA)
+    files["model.onnx.data"] = flipped(files["model.onnx.data"], flips)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        for name, content in files.items():
+            (root / name).write_bytes(content)
+        result = cli("fold", root / "model.onnx", "-o", root / "out.onnx")
+        assert "Traceback" not in result.output, result.output
+        if result.exit_code == 1:
+            assert result.stderr.strip().splitlines()[-1].startswith(
+                "error: verification failed:"), result.stderr
+            assert not (root / "out.onnx").exists()
+            weights = np.frombuffer(files["model.onnx.data"], np.float32)
+            with np.errstate(over="ignore"):
+                total = np.square(weights).sum(dtype=np.float32)  # >= any row's
+            assert not np.isfinite(total), "the check failed, yet no float32 norm overflows"
+        else:
+            assert result.exit_code == 0, result.output
+            assert checker_accepts(root / "out.onnx")

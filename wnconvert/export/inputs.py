@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..dtypes import ITEMSIZE
 from ..errors import InputError
@@ -94,10 +94,14 @@ class DynamicAxis:
 
 
 def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
-    """Arrays of an ``.npz`` file in file order (no pickles: object arrays are refused)."""
-    import zipfile
+    """Arrays of an ``.npz`` file in file order (no pickles: object arrays are refused).
 
-    import numpy as np
+    Each member's ``.npy`` header is read first and its declared size checked against the
+    member's size in the archive, so a damaged header cannot make numpy allocate what the
+    file does not hold; every damaged or unexpected member is an :class:`InputError`.
+    """
+    import zipfile
+    import zlib
 
     from ..formats.files import require_regular_file
 
@@ -108,9 +112,18 @@ def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: not an .npz archive; save the inputs with "
                          "numpy.savez(path, name=array, ...) so each array names its input")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (ValueError, zipfile.BadZipFile, EOFError) as exc:
+        with zipfile.ZipFile(path) as archive:
+            arrays = {}
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name in arrays or not info.filename.endswith(".npy"):
+                    what = "twice" if name in arrays else "not an .npy array"
+                    raise ValueError(f"member {info.filename!r} is {what}")
+                if info.flag_bits & 0x1:  # zipfile would ask for a password (RuntimeError)
+                    raise ValueError(f"member {info.filename!r} is encrypted")
+                with archive.open(info) as member:
+                    arrays[name] = _read_npy(member, info.file_size)
+    except (ValueError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         raise InputError(f"{path}: cannot read as .npz without pickles ({exc}); save plain "
                          "numeric arrays with numpy.savez") from None
     except OSError as exc:
@@ -122,6 +135,35 @@ def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
             raise InputError(f"{path}: array {name!r} has no elements (shape {array.shape}); a "
                              "check on it would compare nothing")
     return arrays
+
+
+def _read_npy(member: IO[bytes], size: int) -> np.ndarray:
+    """One ``.npy`` member of ``size`` bytes; ValueError if it is not a plain numeric array
+    whose data fills the member exactly."""
+    import numpy as np
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(member)
+    if version == (1, 0):
+        shape, fortran_order, dtype = npy.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = npy.read_array_header_2_0(member)
+    else:  # 3.0 exists only for structured dtypes with non-ASCII field names
+        raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
+        raise ValueError(f"dtype {dtype} is not a plain numeric type")
+    count = 1
+    for extent in shape:
+        count *= extent
+    expected, available = count * dtype.itemsize, size - member.tell()
+    if expected != available:
+        raise ValueError(f"shape {list(shape)} of {dtype} needs {expected} bytes of data, the "
+                         f"member holds {available}")
+    data = member.read(expected)
+    if len(data) != expected:
+        raise ValueError(f"the member ends after {len(data)} of {expected} bytes of data")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+    return array.copy()  # writable, owning its memory, like np.load's arrays
 
 
 def random_array(rng: np.random.Generator, shape: Sequence[int], dtype: str) -> np.ndarray:
