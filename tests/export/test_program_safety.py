@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from tests.fuzzing import FUZZ, examples, flips
 from wnconvert.cli import app
 from wnconvert.errors import InputError
 from wnconvert.export import load_program
@@ -175,3 +178,57 @@ def test_not_a_zip_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a torch.export archive"):
         load_program(path)
+
+
+# --------------------------------------------------------------------------- damaged archives
+
+
+def _version(members: dict[str, bytes], root: str) -> None:
+    members[root + ".data/version"] = b"x"
+
+
+def _renamed_constant(members: dict[str, bytes], root: str) -> None:
+    spec = members[root + "models/model.json"]
+    members[root + "models/model.json"] = spec.replace(b'"c_offset"', b'"c_odfset"', 1)
+
+
+@pytest.mark.parametrize("edit, cause", [
+    (_version, "RuntimeError: [enforce fail at inline_container.cc:215] . Couldn't parse the "
+               "version x"),
+    (_renamed_constant, "KeyError: 'c_odfset'"),
+])
+def test_a_damaged_archive_is_one_line_naming_the_cause(
+    edit: Callable[[dict[str, bytes], str], None], cause: str, valid_pt2: Path,
+    tmp_path: Path, capfd: pytest.CaptureFixture[str],
+) -> None:
+    # torch logs the cause with a traceback on stderr and raises "check the warnings above".
+    bad = _rewrite(valid_pt2, tmp_path / "bad.pt2", edit)
+    capfd.readouterr()
+    with pytest.raises(InputError) as caught:
+        load_program(bad)
+    assert cause in str(caught.value) and "\n" not in str(caught.value)
+    assert capfd.readouterr().err == ""
+
+
+@settings(FUZZ, max_examples=examples(30))
+@given(data=st.data(), flips=flips)
+def test_mutated_archives_load_or_are_input_errors(
+    valid_pt2: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], data: st.DataObject,
+    flips: list[tuple[int, int]],
+) -> None:
+    with zipfile.ZipFile(valid_pt2) as archive:
+        member = data.draw(st.sampled_from(sorted(archive.namelist())))
+
+    def flip(members: dict[str, bytes], root: str) -> None:
+        content = bytearray(members[member])
+        for where, value in flips if content else ():
+            content[where % len(content)] = value
+        members[member] = bytes(content)
+
+    bad = _rewrite(valid_pt2, tmp_path / "mutated.pt2", flip)
+    capfd.readouterr()
+    try:
+        load_program(bad)
+    except InputError as exc:
+        assert "\n" not in str(exc)
+    assert capfd.readouterr().err == "", "torch printed to stderr"

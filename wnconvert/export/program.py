@@ -5,6 +5,7 @@ the CPU, and fold its ``aten._weight_norm`` calls on parameters into plain param
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,15 +39,39 @@ def load_program(path: Path) -> Any:
     require_regular_file(path, what=".pt2 program")
     check_program_archive(path)
     try:
-        with _safe_unpickling():
+        with _safe_unpickling(), _torch_export_log() as logged:
             program = torch.export.load(str(path))
     except _UnsafeMember as exc:
         raise InputError(f"{path}: refused: {exc}; wnconvert never unpickles arbitrary objects. "
                          "Re-save the program with torch.export.save from plain tensors") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad archives
+        # torch logs the real cause (with a traceback) and raises "check the warnings above".
+        cause = next((r.exc_info[1] for r in reversed(logged) if r.exc_info and r.exc_info[1]),
+                     exc)
         raise InputError(f"{path}: cannot load as a torch.export program (.pt2): "
-                         f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+                         f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}") from None
     return _to_cpu(program)
+
+
+@contextlib.contextmanager
+def _torch_export_log() -> Iterator[list[logging.LogRecord]]:
+    """Keep what ``torch.export`` logs while loading (a traceback on stderr for a damaged
+    archive) off the terminal; the records are returned so the error can name the cause."""
+    logger = logging.getLogger("torch.export")
+    records: list[logging.LogRecord] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    # torch gives this logger its own stderr handler (and no propagation): swap them all.
+    handlers, propagate = logger.handlers[:], logger.propagate
+    logger.handlers = [_Keep(logging.WARNING)]
+    logger.propagate = False
+    try:
+        yield records
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
 
 
 class _UnsafeMember(Exception):
