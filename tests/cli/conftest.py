@@ -55,6 +55,24 @@ def cli(runner: CliRunner) -> Callable[..., Result]:
 
 
 @pytest.fixture
+def strict_cli(cli: Callable[..., Result],
+               capfd: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """``cli``, also failing if anything reached the process's own stdout or stderr: C++ code
+    and logging handlers bound to the original streams (torch's) bypass CliRunner's capture,
+    so a stray traceback would go unseen by ``result.stderr``."""
+
+    def invoke(*args: object) -> Result:
+        capfd.readouterr()
+        result = cli(*args)
+        leaked = capfd.readouterr()
+        assert leaked.out == "" and leaked.err == "", (
+            f"printed outside the command's streams: {leaked.out!r} {leaked.err!r}")
+        return result
+
+    return invoke
+
+
+@pytest.fixture
 def shipped(tmp_path: Path, fixtures_dir: Path) -> Callable[[str], Path]:
     """Copy a shipped fixture into ``tmp_path`` (outputs land next to inputs)."""
 

@@ -11,4 +11,5 @@ from tests.cli.conftest import (  # noqa: F401 - re-exported as fixtures of this
     cli,
     runner,
     snapshot,
+    strict_cli,
 )

@@ -100,6 +100,12 @@ def reference_reads_pt(path: Path) -> bool:
     return True
 
 
+
+@pytest.fixture
+def cli(strict_cli):
+    """Every command here must print nothing past its own streams (see ``strict_cli``)."""
+    return strict_cli
+
 def check_contract(cli, content: bytes, suffix: str,
                    reference_reads: Callable[[Path], bool]) -> None:
     with tempfile.TemporaryDirectory() as folder:

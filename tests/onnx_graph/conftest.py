@@ -7,4 +7,5 @@ from tests.cli.conftest import (  # noqa: F401 - re-exported as fixtures of this
     app_command,
     cli,
     runner,
+    strict_cli,
 )

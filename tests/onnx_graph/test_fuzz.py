@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -58,6 +59,12 @@ def checker_accepts(path: Path) -> bool:
 def _digests(root: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.iterdir()}
 
+
+
+@pytest.fixture
+def cli(strict_cli):
+    """Every command here must print nothing past its own streams (see ``strict_cli``)."""
+    return strict_cli
 
 def check_contract(cli, files: dict[str, bytes]) -> None:
     with tempfile.TemporaryDirectory() as folder:
