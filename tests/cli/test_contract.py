@@ -573,6 +573,21 @@ def test_unknown_option_is_a_usage_error(source, cli):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("args", [
+    ["fold", "SOURCE", "--frobnicate"],
+    ["restyle", "SOURCE"],  # click lists the choices of a missing option one per line
+    ["restyle", "SOURCE", "--style", "bogus"],
+    ["fold", "SOURCE", "--dim"],
+    ["squash", "x.pt"],
+])
+def test_usage_errors_are_one_line(args, source, cli):
+    result = cli(*(source if a == "SOURCE" else a for a in args))
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert lines[0].endswith("-h')"), lines[0]  # where to look
+
+
 def test_unknown_command_is_a_usage_error(cli):
     result = cli("squash", "x.pt")
     assert result.exit_code == 2

@@ -1,4 +1,5 @@
-"""Fuzzing the checkpoint readers through the CLI (``inspect`` and ``fold``).
+"""Fuzzing the checkpoint readers through the CLI (``inspect``, ``fold``, ``decompose``,
+``restyle``).
 
 Valid safetensors files and ``.pt`` archives are mutated (byte flips, truncation, header JSON
 edits, pickle byte flips) and every outcome must be one of two:
@@ -114,15 +115,19 @@ def check_contract(cli, content: bytes, suffix: str,
         path.write_bytes(content)
         digest = _digest(path)
         output = root / f"output{suffix}"
-        for args in (["inspect", path], ["fold", path, "-o", output]):
+        writers = ("fold", "decompose", "restyle")
+        for args in (["inspect", path], ["fold", path, "-o", output],
+                     ["decompose", path, "-o", output],
+                     ["restyle", path, "--style", "parametrize", "-o", output]):
             result = cli(*args)
             assert "Traceback" not in result.output, result.output
             assert _digest(path) == digest, "the input was modified"
             if result.exit_code == 0:
                 assert reference_reads(path), (
                     f"{args[0]} accepted a file the reference refuses:\n{result.output}")
-                if args[0] == "fold":
-                    assert reference_reads(output), "fold wrote a file the reference refuses"
+                if args[0] in writers:
+                    assert reference_reads(output), (
+                        f"{args[0]} wrote a file the reference refuses")
                     output.unlink()
             else:
                 assert result.exit_code == 2, (

@@ -34,12 +34,17 @@ class OneLineErrorsGroup(TyperGroup):
             sys.exit(exc.exit_code)
         except click_errors.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "wnconvert"
-            echo(f"error: {exc.format_message()} (see '{where} -h')", err=True)
+            echo(f"error: {_one_line(exc.format_message())} (see '{where} -h')", err=True)
             sys.exit(exc.exit_code)
         except click_errors.ClickException as exc:
-            echo(f"error: {exc.format_message()}", err=True)
+            echo(f"error: {_one_line(exc.format_message())}", err=True)
             sys.exit(exc.exit_code)
         except Abort:
             echo("error: interrupted; no output was written", err=True)
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(message: str) -> str:
+    """Click lists choices one per line ("Choose from:\n\tparametrize,\n\tlegacy")."""
+    return " ".join(message.split())
