@@ -272,13 +272,13 @@ def wrong_type_model(shape: Sequence[int] = (256, 128)) -> onnx.ModelProto:
     return b.model("w", shape)
 
 
-def external_location_model(location: str) -> onnx.ModelProto:
-    """``y = x + w`` with w in external data at ``location`` (offset 0, 24 bytes)."""
+def external_location_model(location: str, offset: str = "0") -> onnx.ModelProto:
+    """``y = x + w`` with w in external data at ``location`` (``offset``, 24 bytes)."""
     w = TensorProto()
     w.name, w.data_type = "w", TensorProto.FLOAT
     w.dims.extend([2, 3])
     w.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", "24")):
+    for key, value in (("location", location), ("offset", offset), ("length", "24")):
         entry = w.external_data.add()
         entry.key, entry.value = key, value
     return _plain_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [w])

@@ -113,6 +113,7 @@ def test_inline_model_byte_flips(cli, flips):
 @given(flips=flips)
 @example(flips=[(484478, 29)])  # tensor data type 29: onnx.checker raised a bare ValueError
 @example(flips=[(578, 1)])  # an external-data key onnx does not know: ignored, like onnx does
+@example(flips=[(1035, 216)])  # offset "": onnx.load refuses it, it was read as 0
 def test_external_data_model_byte_flips(cli, flips):
     files = dict(EXTERNAL)
     files["model.onnx"] = flipped(files["model.onnx"], flips)

@@ -40,11 +40,14 @@ def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
         "wrong-type": (save(wrong_type_model(), folder / "wrong_type.onnx"), "onnx.checker"),
         "nul-location": (save(external_location_model("w\0.bin"), folder / "nul.onnx"),
                          "NUL byte"),
+        "empty-offset": (save(external_location_model("w.bin", offset=""),
+                              folder / "empty_offset.onnx"), "malformed external-data offset"),
         "unknown-type": (save(unknown_data_type_model(), folder / "unknown_type.onnx"),
                          "data type 99"),
         "non-utf8": (save_with_non_utf8_name(folder / "non_utf8.onnx"),
                      "model.graph.node[0].name is not valid UTF-8"),
     }
+    (folder / "w.bin").write_bytes(bytes(24))  # the data file of "empty-offset"
     model, _, _ = weight_norm_model((64, 32, 16), 0)
     external = save(model, folder / "ext.onnx", external=True)
     truncate_external_length(external, "layer.parametrizations.weight.original1")
@@ -54,7 +57,8 @@ def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
 
 @pytest.mark.parametrize("case", ["cycle", "undefined", "truncated", "truncated-large",
                                   "misfit-pair", "wrong-type", "nul-location",
-                                  "truncated-external", "unknown-type", "non-utf8"])
+                                  "truncated-external", "unknown-type", "non-utf8",
+                                  "empty-offset"])
 def test_every_entry_point_refuses_the_same_bad_model(tmp_path, case):
     path, phrase = _bad_files(tmp_path)[case]
     messages = set()
@@ -71,7 +75,8 @@ def test_every_entry_point_refuses_the_same_bad_model(tmp_path, case):
 def test_onnx_checker_refuses_the_bad_models_too(tmp_path):
     """The builders make models the reference library refuses (so the tests above test that)."""
     for name, (path, _) in _bad_files(tmp_path).items():
-        if name in ("misfit-pair", "nul-location", "truncated-external", "non-utf8"):
+        if name in ("misfit-pair", "nul-location", "truncated-external", "non-utf8",
+                    "empty-offset"):
             continue  # valid for the checker / not loadable by onnx.load at all
         with pytest.raises((onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
                             ValueError)):

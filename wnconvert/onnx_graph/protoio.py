@@ -312,9 +312,10 @@ def _external_range(path: Path, tensor: onnx.TensorProto) -> FileRange:
     location = info.get("location", "")
     data_path = _resolve_location(path, tensor.name, location)
     try:
-        offset = int(info.get("offset", 0) or 0)
+        # As onnx.load reads them: a key that is present must be an integer ("" is not).
+        offset = int(info["offset"]) if "offset" in info else 0
         file_size = data_path.stat().st_size
-        length = int(info["length"]) if info.get("length") else file_size - offset
+        length = int(info["length"]) if "length" in info else file_size - offset
     except ValueError:
         raise InputError(
             f"{path}: initializer {tensor.name!r} has a malformed external-data offset or "
