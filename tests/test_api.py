@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import wnconvert
+from tests.onnx_graph.builders import cycle_model, save, weight_norm_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,9 +44,24 @@ def test_save_accepts_what_load_returns(tmp_path: Path) -> None:
 def test_errors_subclass_the_builtin_that_fits(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         wnconvert.load_checkpoint(tmp_path / "missing.pt")
-    with pytest.raises(ValueError, match="model="):
+    with pytest.raises(FileNotFoundError):
         wnconvert.verify(tmp_path / "x.onnx", {"w": torch.ones(1)})
+    candidate = save(weight_norm_model((4, 3), 0)[0], tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="model="):
+        wnconvert.verify(candidate, {"w": torch.ones(1)})
     assert issubclass(wnconvert.ConversionNotPossible, RuntimeError)
+
+
+def test_verify_refuses_a_model_onnx_checker_refuses(tmp_path: Path) -> None:
+    # The same files and message as check_onnx: a gate run on a broken file is no gate.
+    good = save(weight_norm_model((2, 3), 0)[0], tmp_path / "good.onnx")
+    broken = save(cycle_model(), tmp_path / "cycle.onnx")
+    with pytest.raises(ValueError) as refused:
+        wnconvert.check_onnx(broken)
+    for candidate, reference in ((broken, good), (good, broken)):
+        with pytest.raises(ValueError) as caught:
+            wnconvert.verify(candidate, reference)
+        assert str(caught.value) == str(refused.value)
 
 
 def test_verify_is_callable_even_after_its_package_is_imported() -> None:

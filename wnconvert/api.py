@@ -112,6 +112,7 @@ def verify(candidate: Path | str, reference: Path | str | Mapping[str, torch.Ten
     from .verify import VerifyOptions, verify_onnx_against_onnx, verify_onnx_against_torch
 
     options = options if options is not None else VerifyOptions()
+    candidate = check_candidate(candidate)
     prepared = load_reference(reference, model=model, model_kwargs=model_kwargs, key=key,
                               prefix=prefix)
     if prepared is None:
@@ -119,6 +120,22 @@ def verify(candidate: Path | str, reference: Path | str | Mapping[str, torch.Ten
     return verify_onnx_against_torch(Path(candidate), prepared.reference, options=options,
                                      reference_weights=prepared.weights,
                                      reference_info=prepared.description)
+
+
+def check_candidate(candidate: Path | str) -> Path:
+    """The ONNX model :func:`verify` checks, refused (:class:`InputError`) when it is missing,
+    not ``.onnx``, or a model ``onnx.checker`` refuses: the files ``check_onnx``, ``inspect``
+    and ``fold_onnx`` refuse, with the same message (a gate on a broken file is no gate)."""
+    from .errors import InputError, InputNotFound
+    from .onnx_graph import open_model
+
+    path = Path(candidate)
+    if not path.exists():
+        raise InputNotFound(f"{path}: no such file or directory; check the path")
+    if path.suffix.lower() != ".onnx":
+        raise InputError(f"{path}: expected an .onnx model to verify")
+    open_model(path)
+    return path
 
 
 def load_reference(reference: Path | str | Mapping[str, torch.Tensor], *,
@@ -131,11 +148,13 @@ def load_reference(reference: Path | str | Mapping[str, torch.Tensor], *,
     from .errors import InputError
     from .export import prepare_model, prepare_program
     from .formats import load_checkpoint
+    from .onnx_graph import open_model
 
     suffix = Path(str(reference)).suffix.lower() if isinstance(reference, (str, Path)) else ""
     if suffix == ".onnx":
         if model or key:
             raise InputError(f"{reference}: an ONNX reference runs as it is; drop model=/key=")
+        open_model(Path(str(reference)))  # refused like any ONNX input (onnx.checker)
         return None
     if suffix == ".pt2":
         if model:

@@ -235,12 +235,14 @@ def _bad_models(folder: Path) -> list[Path]:
     ]
 
 
-def test_check_inspect_and_fold_refuse_the_same_files(cli, tmp_path, assert_input_error,
-                                                      no_temp_files):
+def test_check_inspect_fold_and_verify_refuse_the_same_files(cli, tmp_path, assert_input_error,
+                                                             no_temp_files, clean_model):
     for path in _bad_models(tmp_path):
-        lines = {assert_input_error(cli(command, path, *extra), path)
-                 for command, extra in (("check", ()), ("inspect", ()),
-                                        ("fold", ("--no-verify",)))}
+        lines = {assert_input_error(cli(command, *args), path)
+                 for command, args in (("check", (path,)), ("inspect", (path,)),
+                                       ("fold", (path, "--no-verify")),
+                                       ("verify", (path, "--reference", clean_model)),
+                                       ("verify", (clean_model, "--reference", path)))}
         assert len(lines) == 1, lines  # the same one line from every command
         assert "unexpected" not in lines.pop()
         assert not path.with_name(f"{path.stem}.folded.onnx").exists()

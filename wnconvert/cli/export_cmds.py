@@ -295,14 +295,13 @@ def verify_command(*, candidate: Path, reference: Path, key: str | None, force: 
                    quiet: bool, json_out: bool, export: ExportCliOptions,
                    verify: VerifyCliOptions) -> None:
     """The body of ``wnconvert verify`` (raises InputError / CheckFailed)."""
+    from ..api import check_candidate, load_reference
     from ..verify import plan_providers, verify_onnx_against_onnx, verify_onnx_against_torch
     from ..verify.report import check_report_paths
 
-    for path in (candidate, reference):
-        if not path.exists():
-            raise InputNotFound(f"{path}: no such file or directory; check the path")
-    if candidate.suffix.lower() != ".onnx":
-        raise InputError(f"{candidate}: expected an .onnx model to verify")
+    check_candidate(candidate)
+    if not reference.exists():
+        raise InputNotFound(f"{reference}: no such file or directory; check the path")
     if export.input_shapes and export.inputs_file is not None:
         raise InputError("--input and --inputs both given; use one of them")
     check_report_paths(verify.reports, force=force, inputs=protected_inputs(
@@ -312,8 +311,6 @@ def verify_command(*, candidate: Path, reference: Path, key: str | None, force: 
         inputs_file=export.inputs_file,
         dynamic_axes=[parse_dynamic_axis(text) for text in export.dynamic])
     plan_providers(options.providers, cuda_tf32=options.cuda_tf32)  # fail before loading
-    from ..api import load_reference
-
     prepared = load_reference(reference, model=export.model,
                               model_kwargs=parse_model_kwargs(export.model_kwargs), key=key,
                               prefix=export.prefix)
