@@ -284,6 +284,77 @@ def external_location_model(location: str, offset: str = "0") -> onnx.ModelProto
     return _plain_model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [w])
 
 
+def function_model(*, weight_norm: bool = True, nested: bool = False, seed: int = 0,
+                   ) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """``y = x + F(v, g)`` where F is a model-local function computing ``g * v / ||v||`` over
+    dim 0 (or ``v + g`` without ``weight_norm``); ``nested``: F only calls G, which computes it.
+    Shape (4, 3); returns (model, g, v)."""
+    g, v = wn_arrays((4, 3), 0, np.float32, seed)
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("local", 1)]
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64))
+    body = [helper.make_node("Constant", [], ["axes"], value=axes),
+            helper.make_node("ReduceL2", ["v", "axes"], ["n"], keepdims=1),
+            helper.make_node("Div", ["v", "n"], ["d"]),
+            helper.make_node("Mul", ["d", "g"], ["w"])] if weight_norm else [
+            helper.make_node("Add", ["v", "g"], ["w"])]
+    functions = [helper.make_function("local", "WeightNorm", ["v", "g"], ["w"], body, opsets)]
+    if nested:
+        functions.append(helper.make_function(
+            "local", "Layer", ["v", "g"], ["w"],
+            [helper.make_node("WeightNorm", ["v", "g"], ["w"], domain="local")], opsets))
+    call = "Layer" if nested else "WeightNorm"
+    graph = helper.make_graph(
+        [helper.make_node(call, ["layer.weight_v", "layer.weight_g"], ["w"], domain="local",
+                          name="call"),
+         helper.make_node("Add", ["x", "w"], ["y"], name="add")], "functions",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])],
+        initializer=[numpy_helper.from_array(g, "layer.weight_g"),
+                     numpy_helper.from_array(v, "layer.weight_v")])
+    model = helper.make_model(graph, functions=functions, opset_imports=opsets,
+                              producer_name="wnconvert-tests")
+    model.ir_version = 10
+    return model, g, v
+
+
+def if_model(*, loop: bool = False) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """``y = x + (If cond: g * v / ||v|| else: v)`` with g and v main-graph initializers read
+    from the branch (``loop``: the same inside a one-iteration Loop body instead). Shape (4, 3);
+    returns (model, g, v)."""
+    g, v = wn_arrays((4, 3), 0, np.float32, 0)
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64))
+    out = helper.make_tensor_value_info("w_body", TensorProto.FLOAT, [4, 3])
+    norm = [helper.make_node("Constant", [], ["axes"], value=axes),
+            helper.make_node("ReduceL2", ["layer.weight_v", "axes"], ["n"], keepdims=1),
+            helper.make_node("Div", ["layer.weight_v", "n"], ["d"]),
+            helper.make_node("Mul", ["d", "layer.weight_g"], ["w_body"])]
+    if loop:
+        body = helper.make_graph(
+            [*norm, helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), out])
+        holder = helper.make_node("Loop", ["", "cond"], ["w"], body=body, name="loop")
+    else:
+        then = helper.make_graph(norm, "then", [], [out])
+        other = helper.make_graph([helper.make_node("Identity", ["layer.weight_v"], ["w_body"])],
+                                  "else", [], [out])
+        holder = helper.make_node("If", ["cond"], ["w"], then_branch=then, else_branch=other,
+                                  name="if")
+    scan_out = [4, 3] if not loop else [None, 4, 3]
+    graph = helper.make_graph(
+        [holder, helper.make_node("Add", ["x", "w"], ["y"], name="add")], "subgraphs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, scan_out)],
+        initializer=[numpy_helper.from_array(g, "layer.weight_g"),
+                     numpy_helper.from_array(v, "layer.weight_v")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                              producer_name="wnconvert-tests")
+    model.ir_version = 10
+    return model, g, v
+
+
 def unknown_data_type_model() -> onnx.ModelProto:
     """``y = x + w`` with w of tensor data type 99, which no ONNX version defines."""
     w = numpy_helper.from_array(np.ones((2, 3), dtype=np.float32), "w")

@@ -186,7 +186,9 @@ def check(
             print_check(result.to_dict())
         if not result.clean:
             count = len(result.sites)
+            stuck = sum(not site.foldable for site in result.sites)
+            how = (f"fold it with wnconvert fold {model}" if not stuck else
+                   f"{stuck} of them cannot be folded, see wnconvert inspect {model}")
             raise CheckFailed(
-                f"{model}: computes weight norm at run time in {count} place(s); fold it with "
-                f"wnconvert fold {model}"
+                f"{model}: computes weight norm at run time in {count} place(s); {how}"
             )

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..keys import find_pair_keys
-from .analysis import GraphIndex, WeightNormSite, find_weight_norm, op_counts
+from .analysis import (
+    GraphIndex,
+    WeightNormSite,
+    find_all_weight_norm,
+    find_weight_norm,
+    op_counts,
+)
 from .fold import FoldResult, LayerFold, fold_model
 from .names import LostName, Renamed, lost_names, restore_names
 from .protoio import LazyModel, load_model
@@ -98,6 +104,7 @@ class Inspection:
     pairs: list[GvPair] = field(default_factory=list)
     lost_names: list[LostName] = field(default_factory=list)
     ops: dict[str, int] = field(default_factory=dict)
+    inlined_functions: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -111,6 +118,7 @@ class Inspection:
             "pairs": [pair.to_dict() for pair in self.pairs],
             "folded_with_lost_names": [lost.to_dict() for lost in self.lost_names],
             "op_counts": self.ops,
+            "inlined_functions": list(self.inlined_functions),
         }
 
 
@@ -118,6 +126,7 @@ class Inspection:
 class CheckResult:
     path: Path
     sites: list[WeightNormSite]
+    inlined_functions: tuple[str, ...] = ()
 
     @property
     def clean(self) -> bool:
@@ -128,6 +137,7 @@ class CheckResult:
             "model": str(self.path),
             "clean": self.clean,
             "weight_norm": [site.to_dict() for site in self.sites],
+            "inlined_functions": list(self.inlined_functions),
         }
 
 
@@ -138,6 +148,7 @@ class FoldOutcome:
     files: list[Path]  # written, final paths (data file first)
     result: FoldResult
     external_data: bool
+    inlined_functions: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -146,6 +157,7 @@ class FoldOutcome:
             "files": [str(path) for path in self.files],
             "external_data": self.external_data,
             **self.result.to_dict(),
+            "inlined_functions": list(self.inlined_functions),
         }
 
 
@@ -157,14 +169,15 @@ def default_output(path: Path) -> Path:
 def check_file(path: Path) -> CheckResult:
     """Find run-time weight norm in ``path`` (reads no tensor data but small constants)."""
     model = open_model(path)
-    return CheckResult(path=Path(path), sites=find_weight_norm(GraphIndex.build(model)))
+    return CheckResult(path=Path(path), sites=find_all_weight_norm(GraphIndex.build(model)),
+                       inlined_functions=model.inlined_functions)
 
 
 def inspect_file(path: Path) -> Inspection:
     model = open_model(path)
     proto = model.proto
     index = GraphIndex.build(model)
-    sites = find_weight_norm(index)
+    sites = find_all_weight_norm(index)
     return Inspection(
         path=Path(path),
         ir_version=proto.ir_version,
@@ -176,6 +189,7 @@ def inspect_file(path: Path) -> Inspection:
         pairs=_pairs(index, sites),
         lost_names=lost_names(model),
         ops=op_counts(proto.graph),
+        inlined_functions=model.inlined_functions,
     )
 
 
@@ -287,6 +301,7 @@ class FoldJob:
             files=files,
             result=self.result,
             external_data=self._written.data is not None,
+            inlined_functions=self.model.inlined_functions if self.model else (),
         )
 
     def __exit__(self, *exc_info: object) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..dtypes import FLOATING, from_onnx_code, onnx_code
 from ..keys import pair_keys
 from ..numerics import infer_dim
-from .walk import iter_nodes, outer_references
+from .walk import defined_names, iter_nodes, node_subgraphs, outer_references
 
 if TYPE_CHECKING:
     import numpy as np
@@ -174,13 +174,26 @@ class GraphIndex:
     # Values computable from constants by ops the analysis understands (graph order is
     # topological, so one pass finds them all); analysis never looks past them.
     constant_values: set[str] = field(default_factory=set)
+    # For a subgraph: its own initializers (complete in the proto, unlike the main graph's,
+    # whose bytes are read through ``model.sources``) and what its node labels start with.
+    own_initializers: set[str] = field(default_factory=set)
+    label_prefix: str = ""
 
     @classmethod
-    def build(cls, model: LazyModel) -> GraphIndex:
-        graph = model.proto.graph
-        index = cls(model=model)
+    def build(cls, model: LazyModel, graph: onnx.GraphProto | None = None,
+              label_prefix: str = "") -> GraphIndex:
+        """The index of the main graph, or of ``graph`` (a subgraph of it), which also sees
+        the main graph's initializers unless it defines the name itself."""
+        main = model.proto.graph
+        index = cls(model=model, label_prefix=label_prefix)
+        if graph is None:
+            graph = main
+        else:
+            shadowed = defined_names(graph)
+            index.initializers = {t.name: t for t in main.initializer if t.name not in shadowed}
+            index.own_initializers = {t.name for t in graph.initializer}
         index.nodes = list(graph.node)
-        index.initializers = {t.name: t for t in graph.initializer}
+        index.initializers.update({t.name: t for t in graph.initializer})
         index.graph_outputs = {o.name for o in graph.output}
         for position, node in enumerate(index.nodes):
             for name in node.output:
@@ -210,7 +223,7 @@ class GraphIndex:
 
     def node_label(self, position: int) -> str:
         node = self.nodes[position]
-        return node.name or f"{node.op_type}#{position}"
+        return self.label_prefix + (node.name or f"{node.op_type}#{position}")
 
     # -- constants ------------------------------------------------------------------------
 
@@ -247,6 +260,8 @@ class GraphIndex:
         info = self.constant_info(name)
         if info is None or (limit is not None and _numel(info[0]) > limit):
             return None
+        if name in self.own_initializers:
+            return numpy_helper.to_array(self.initializers[name])
         if name in self.initializers:
             return read_initializer(self.model, self.initializers[name])
         attr = _constant_attr(self.nodes[self.constants[name]])
@@ -789,6 +804,41 @@ def find_weight_norm(index: GraphIndex) -> list[WeightNormSite]:
         covered.update(site.node_indices)
         sites.append(site)
     return sites
+
+
+def find_all_weight_norm(index: GraphIndex) -> list[WeightNormSite]:
+    """:func:`find_weight_norm` on the main graph, then :func:`find_weight_norm_in_subgraphs`:
+    everything ``check`` must report."""
+    return find_weight_norm(index) + find_weight_norm_in_subgraphs(index.model)
+
+
+def find_weight_norm_in_subgraphs(model: LazyModel) -> list[WeightNormSite]:
+    """Weight norm computed inside If/Loop/Scan bodies (from the main graph's initializers or
+    their own constants). Reported, never folded: fold rewrites the main graph only."""
+    sites: list[WeightNormSite] = []
+    for number, (owner, sub) in enumerate(_subgraphs_with_owners(model.proto.graph)):
+        where = f"{owner}/{sub.name or f'subgraph{number}'}"
+        index = GraphIndex.build(model, sub, label_prefix=f"{where}/")
+        sites.extend(
+            replace(site, node_indices=(), foldable=False,
+                    reason=f"inside the subgraph {where} (an If/Loop/Scan body); fold "
+                           "rewrites the main graph only")
+            for site in find_weight_norm(index)
+        )
+    return sites
+
+
+def _subgraphs_with_owners(graph: onnx.GraphProto) -> list[tuple[str, onnx.GraphProto]]:
+    """Every subgraph at any depth with the label of the node that holds it."""
+    found: list[tuple[str, onnx.GraphProto]] = []
+    stack = [graph]
+    while stack:
+        current = stack.pop()
+        for position, node in enumerate(current.node):
+            for sub in node_subgraphs(node):
+                found.append((node.name or f"{node.op_type}#{position}", sub))
+                stack.append(sub)
+    return found
 
 
 def _extend_root(

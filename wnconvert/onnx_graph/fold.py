@@ -20,6 +20,7 @@ from .analysis import (
     WeightNormSite,
     dtype_name,
     find_weight_norm,
+    find_weight_norm_in_subgraphs,
     op_counts,
 )
 from .names import Renamed, names_in_use
@@ -101,6 +102,7 @@ def fold_model(model: LazyModel) -> FoldResult:
     index = GraphIndex.build(model)
     sites = find_weight_norm(index)
     result.skipped = [site for site in sites if not site.foldable]
+    result.skipped += find_weight_norm_in_subgraphs(model)
     foldable = [site for site in sites if site.foldable]
     if not foldable:
         result.ops_after = dict(result.ops_before)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .analysis import _SMALL_CONSTANT, GraphIndex, WeightNormSite, find_weight_norm
+from .analysis import _SMALL_CONSTANT, GraphIndex, WeightNormSite, find_all_weight_norm
 from .protoio import LazyModel
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def _skeleton(model: ir.Model) -> onnx.ModelProto:
 def find_weight_norm_in_ir(model: ir.Model) -> list[WeightNormSite]:
     """Every weight-norm computation from constants in ``model``'s main graph (as ``check``)."""
     lazy = LazyModel(path=Path("<in memory>"), proto=_skeleton(model), sources={}, alignment=1)
-    return find_weight_norm(GraphIndex.build(lazy))
+    return find_all_weight_norm(GraphIndex.build(lazy))
 
 
 def runtime_weight_norm(model: ir.Model) -> list[str]:

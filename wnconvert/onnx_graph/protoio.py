@@ -103,6 +103,9 @@ class LazyModel:
     sources: dict[str, Source]
     alignment: int  # offset alignment to use for an external data file
     data_files: tuple[Path, ...] = field(default=())  # the external data files the model uses
+    # Model-local functions inlined into ``proto`` because they compute weight norm
+    # (``domain.name``; see :mod:`.functions`).
+    inlined_functions: tuple[str, ...] = field(default=())
 
     @property
     def has_external_data(self) -> bool:

@@ -33,10 +33,15 @@ _MESSAGE_LIMIT = 300
 
 
 def open_model(path: Path) -> LazyModel:
-    """Read ``path`` lazily and refuse it (:class:`InputError`) if it is not a valid model."""
+    """Read ``path`` lazily and refuse it (:class:`InputError`) if it is not a valid model.
+
+    Model-local functions that compute weight norm come back inlined, so no caller can miss
+    weight norm hidden in one (:mod:`.functions`)."""
+    from .functions import inline_functions_hiding_weight_norm
+
     model = load_model(path)
     validate_model(model)
-    return model
+    return inline_functions_hiding_weight_norm(model)
 
 
 def validate_model(model: LazyModel) -> None:

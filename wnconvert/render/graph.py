@@ -76,6 +76,7 @@ def print_fold(summary: dict[str, Any]) -> None:
     if not summary.get("changed", True):
         console.print(f"[green]already clean[/]: {escape(summary['input'])} computes no weight "
                       "norm and its initializers have their names; nothing folded or renamed")
+    _print_inlined(console, summary, "into the graph to fold it")
     if layers:
         _print_layers(console, layers)
     renamed = summary.get("renamed", [])
@@ -143,6 +144,7 @@ def print_inspection(info: dict[str, Any]) -> None:
         f"{escape(info['producer'] or 'unknown producer')}; "
         f"{format_bytes(info['tensor_bytes'])} of tensors, {layout})"
     )
+    _print_inlined(console, info, "to find it")
     sites = info["weight_norm"]
     if sites:
         console.print(_sites_table(
@@ -179,9 +181,17 @@ def print_inspection(info: dict[str, Any]) -> None:
     console.print(_ops_table("op counts", info["op_counts"], None))
 
 
+def _print_inlined(console: Any, info: dict[str, Any], purpose: str) -> None:
+    names = info.get("inlined_functions") or []
+    if names:
+        console.print(f"[yellow]note[/]: weight norm is computed inside model-local function(s) "
+                      f"{escape(', '.join(names))}; inlined {purpose}")
+
+
 def print_check(result: dict[str, Any]) -> None:
     """``check``: one line per place that still computes weight norm, or a clean verdict."""
     console = stdout()
+    _print_inlined(console, result, "to find it")
     sites = result["weight_norm"]
     if not sites:
         console.print(f"[green]clean[/]: {escape(result['model'])} computes no weight norm at "
