@@ -64,7 +64,8 @@ def test_check_json_schema(cli, wn_model, clean_model):
     result = cli("check", wn_model[0], "--json")
     assert result.exit_code == 1
     data = json.loads(result.stdout)
-    assert set(data) == {"model", "clean", "weight_norm", "inlined_functions"}
+    assert set(data) == {"model", "clean", "weight_norm", "unrecognized_pairs",
+                         "inlined_functions"}
     assert data["clean"] is False and data["inlined_functions"] == []
     [site] = data["weight_norm"]
     assert set(site) == {"value", "parameter", "v", "g", "shape", "dim", "dtype", "nodes", "ops",
@@ -76,7 +77,7 @@ def test_check_json_schema(cli, wn_model, clean_model):
     ok = cli("check", clean_model, "--json")
     assert ok.exit_code == 0
     assert json.loads(ok.stdout) == {"model": str(clean_model), "clean": True, "weight_norm": [],
-                                     "inlined_functions": []}
+                                     "unrecognized_pairs": [], "inlined_functions": []}
 
 
 def test_check_quiet_prints_only_the_error(cli, wn_model):

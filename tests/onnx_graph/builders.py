@@ -303,14 +303,16 @@ def function_model(*, weight_norm: bool = True, nested: bool = False, seed: int 
             "local", "Layer", ["v", "g"], ["w"],
             [helper.make_node("WeightNorm", ["v", "g"], ["w"], domain="local")], opsets))
     call = "Layer" if nested else "WeightNorm"
+    # Without weight norm the tensors are not named like a g/v pair either (a pair read by
+    # something else is reported as unrecognized weight norm).
+    v_name, g_name = (("layer.weight_v", "layer.weight_g") if weight_norm else
+                      ("layer.scale", "layer.shift"))
     graph = helper.make_graph(
-        [helper.make_node(call, ["layer.weight_v", "layer.weight_g"], ["w"], domain="local",
-                          name="call"),
+        [helper.make_node(call, [v_name, g_name], ["w"], domain="local", name="call"),
          helper.make_node("Add", ["x", "w"], ["y"], name="add")], "functions",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])],
-        initializer=[numpy_helper.from_array(g, "layer.weight_g"),
-                     numpy_helper.from_array(v, "layer.weight_v")])
+        initializer=[numpy_helper.from_array(g, g_name), numpy_helper.from_array(v, v_name)])
     model = helper.make_model(graph, functions=functions, opset_imports=opsets,
                               producer_name="wnconvert-tests")
     model.ir_version = 10
@@ -353,6 +355,22 @@ def if_model(*, loop: bool = False) -> tuple[onnx.ModelProto, np.ndarray, np.nda
                               producer_name="wnconvert-tests")
     model.ir_version = 10
     return model, g, v
+
+
+def transposed_norm_model() -> onnx.ModelProto:
+    """Weight norm over dim 1 written with Transposes around the norm, which the analysis does
+    not follow: ``g * v / T(ReduceL2(T(v)))``. Shape (4, 3, 2)."""
+    g, v = wn_arrays((4, 3, 2), 1, np.float32, 0)
+    axes = numpy_helper.from_array(np.array([1, 2], dtype=np.int64))
+    nodes = [helper.make_node("Transpose", ["layer.weight_v"], ["vt"], perm=[1, 0, 2]),
+             helper.make_node("Constant", [], ["axes"], value=axes),
+             helper.make_node("ReduceL2", ["vt", "axes"], ["nt"], keepdims=1),
+             helper.make_node("Transpose", ["nt"], ["n"], perm=[1, 0, 2]),
+             helper.make_node("Div", ["layer.weight_v", "n"], ["d"]),
+             helper.make_node("Mul", ["d", "layer.weight_g"], ["w"]),
+             helper.make_node("Add", ["x", "w"], ["y"], name="add")]
+    return _plain_model(nodes, [numpy_helper.from_array(g, "layer.weight_g"),
+                                numpy_helper.from_array(v, "layer.weight_v")], shape=(4, 3, 2))
 
 
 def unknown_data_type_model() -> onnx.ModelProto:

@@ -81,13 +81,16 @@ def fold_onnx_command(
     with FoldJob(path, target, force=force, reference=reference,
                  reference_key=reference_key) as job:
         result = job.result
-        if not result.changed and result.skipped:
-            raise InputError(_nothing_to_fold(path, result.skipped))
+        if not result.changed and (result.skipped or result.unrecognized):
+            raise InputError(_nothing_to_fold(path, result.skipped, result.unrecognized))
         if not result.changed:
             render.info(f"already clean: {path} computes no weight norm and its initializers "
                         f"have their names; writing an unchanged copy to {target}", quiet=quiet)
         for site in result.skipped:
             render.warning(f"{site.root}: weight norm left in place ({site.reason})")
+        for name in result.unrecognized:
+            render.warning(f"{name}: its g/v pair is read at run time in a way wnconvert cannot "
+                           "analyze; left in place")
         with render.progress(f"folding → {target.name}", quiet=quiet) as bar:
             staged = job.write(on_tensor=bar)
         report = None
@@ -105,8 +108,10 @@ def fold_onnx_command(
     finish_verification(report, verify.reports, force=force, quiet=quiet, json_out=json_out)
 
 
-def _nothing_to_fold(path: Path, skipped: list[Any]) -> str:
-    reasons = "; ".join(f"{site.root}: {site.reason}" for site in skipped[:3])
+def _nothing_to_fold(path: Path, skipped: list[Any], unrecognized: list[str]) -> str:
+    reasons = "; ".join([f"{site.root}: {site.reason}" for site in skipped] + [
+        f"{name}: its g/v pair is read in a way wnconvert cannot analyze"
+        for name in unrecognized][:3])
     return (f"{path}: weight norm found but none can be folded ({reasons}); see "
             f"wnconvert inspect {path}")
 
@@ -184,6 +189,13 @@ def check(
             from ..render.graph import print_check
 
             print_check(result.to_dict())
+        if result.unrecognized_pairs:
+            names = ", ".join(pair.parameter for pair in result.unrecognized_pairs[:3])
+            raise CheckFailed(
+                f"{model}: reads {len(result.unrecognized_pairs)} weight-norm g/v pair(s) at run "
+                f"time in a way wnconvert cannot analyze ({names}); export the model with "
+                "weight norm removed (wnconvert fold CHECKPOINT --to onnx)"
+            )
         if not result.clean:
             count = len(result.sites)
             stuck = sum(not site.foldable for site in result.sites)

@@ -30,6 +30,7 @@ from .analysis import (
     find_all_weight_norm,
     find_weight_norm,
     op_counts,
+    pairs_read_at_run_time,
 )
 from .fold import FoldResult, LayerFold, fold_model
 from .names import LostName, Renamed, lost_names, restore_names
@@ -78,6 +79,9 @@ class GvPair:
     dim: int | None
     shapes_fit: bool
     computed_by: str | None  # the weight-norm computation using them, if any
+    # Both read at run time by nothing recognized as weight norm (e.g. through a Transpose):
+    # most likely weight norm the analysis cannot see (:func:`.analysis.pairs_read_at_run_time`).
+    unrecognized: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -89,6 +93,7 @@ class GvPair:
             "dim": self.dim,
             "shapes_fit": self.shapes_fit,
             "computed_by": self.computed_by,
+            "read_unrecognized": self.unrecognized,
         }
 
 
@@ -127,16 +132,19 @@ class CheckResult:
     path: Path
     sites: list[WeightNormSite]
     inlined_functions: tuple[str, ...] = ()
+    # g/v pairs read at run time by something not recognized as weight norm: not clean either.
+    unrecognized_pairs: list[GvPair] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not self.sites
+        return not self.sites and not self.unrecognized_pairs
 
     def to_dict(self) -> dict:
         return {
             "model": str(self.path),
             "clean": self.clean,
             "weight_norm": [site.to_dict() for site in self.sites],
+            "unrecognized_pairs": [pair.to_dict() for pair in self.unrecognized_pairs],
             "inlined_functions": list(self.inlined_functions),
         }
 
@@ -169,8 +177,10 @@ def default_output(path: Path) -> Path:
 def check_file(path: Path) -> CheckResult:
     """Find run-time weight norm in ``path`` (reads no tensor data but small constants)."""
     model = open_model(path)
-    return CheckResult(path=Path(path), sites=find_all_weight_norm(GraphIndex.build(model)),
-                       inlined_functions=model.inlined_functions)
+    index = GraphIndex.build(model)
+    sites = find_all_weight_norm(index)
+    return CheckResult(path=Path(path), sites=sites, inlined_functions=model.inlined_functions,
+                       unrecognized_pairs=[p for p in _pairs(index, sites) if p.unrecognized])
 
 
 def inspect_file(path: Path) -> Inspection:
@@ -195,6 +205,7 @@ def inspect_file(path: Path) -> Inspection:
 
 def _pairs(index: GraphIndex, sites: list[WeightNormSite]) -> list[GvPair]:
     by_leaves = {(site.g, site.v): site.root for site in sites}
+    unrecognized = {keys.weight_key for keys in pairs_read_at_run_time(index, sites)}
     pairs = []
     for keys in find_pair_keys(index.initializers):
         g_shape = tuple(index.initializers[keys.g_key].dims)
@@ -213,6 +224,7 @@ def _pairs(index: GraphIndex, sites: list[WeightNormSite]) -> list[GvPair]:
                 dim=dim,
                 shapes_fit=fits,
                 computed_by=by_leaves.get((keys.g_key, keys.v_key)),
+                unrecognized=keys.weight_key in unrecognized,
             )
         )
     return pairs

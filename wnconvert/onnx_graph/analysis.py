@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
+    from ..keys import PairKeys
     from .protoio import LazyModel
 
 # onnx.TensorProto element types of the float formats weight norm can be folded in (from the one
@@ -810,6 +811,20 @@ def find_all_weight_norm(index: GraphIndex) -> list[WeightNormSite]:
     """:func:`find_weight_norm` on the main graph, then :func:`find_weight_norm_in_subgraphs`:
     everything ``check`` must report."""
     return find_weight_norm(index) + find_weight_norm_in_subgraphs(index.model)
+
+
+def pairs_read_at_run_time(index: GraphIndex, sites: list[WeightNormSite]) -> list[PairKeys]:
+    """Initializers named like a g/v pair that nodes read at run time (both of them, here or
+    in a subgraph) and that no site in ``sites`` computes from: weight norm the analysis does
+    not recognize (through a ``Transpose``, say), not something to call clean."""
+    from ..keys import find_pair_keys
+
+    computed = {(site.g, site.v) for site in sites}
+    return [
+        keys for keys in find_pair_keys(index.initializers)
+        if (keys.g_key, keys.v_key) not in computed
+        and index.consumers.get(keys.g_key) and index.consumers.get(keys.v_key)
+    ]
 
 
 def find_weight_norm_in_subgraphs(model: LazyModel) -> list[WeightNormSite]:

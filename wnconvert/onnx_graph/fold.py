@@ -22,6 +22,7 @@ from .analysis import (
     find_weight_norm,
     find_weight_norm_in_subgraphs,
     op_counts,
+    pairs_read_at_run_time,
 )
 from .names import Renamed, names_in_use
 from .protoio import Computed, FileRange, LazyModel, read_initializer
@@ -69,6 +70,8 @@ class LayerFold:
 class FoldResult:
     layers: list[LayerFold] = field(default_factory=list)
     skipped: list[WeightNormSite] = field(default_factory=list)  # found, left in place
+    # g/v pairs read at run time by something not recognized as weight norm: left in place.
+    unrecognized: list[str] = field(default_factory=list)
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
     initializers_removed: list[str] = field(default_factory=list)
@@ -85,6 +88,7 @@ class FoldResult:
             "layers": [layer.to_dict() for layer in self.layers],
             "renamed": [entry.to_dict() for entry in self.renamed],
             "skipped": [site.to_dict() for site in self.skipped],
+            "unrecognized_pairs": self.unrecognized,
             "initializers_removed": self.initializers_removed,
             "op_counts": {"before": self.ops_before, "after": self.ops_after},
         }
@@ -103,6 +107,8 @@ def fold_model(model: LazyModel) -> FoldResult:
     sites = find_weight_norm(index)
     result.skipped = [site for site in sites if not site.foldable]
     result.skipped += find_weight_norm_in_subgraphs(model)
+    result.unrecognized = [keys.weight_key for keys in
+                           pairs_read_at_run_time(index, sites + result.skipped)]
     foldable = [site for site in sites if site.foldable]
     if not foldable:
         result.ops_after = dict(result.ops_before)

@@ -158,7 +158,9 @@ def print_inspection(info: dict[str, Any]) -> None:
             table.add_column(col)
         for pair in pairs[:_MAX_ROWS]:
             dim = _dim(pair["dim"]) if pair["shapes_fit"] else "[red]shapes do not fit[/]"
-            used = escape(pair["computed_by"]) if pair["computed_by"] else "—"
+            used = (escape(pair["computed_by"]) if pair["computed_by"] else
+                    "[red]read at run time, not recognized[/]" if pair.get("read_unrecognized")
+                    else "—")
             table.add_row(
                 escape(pair["parameter"]), escape(pair["g"]), escape(pair["v"]),
                 _shape(pair["v_shape"]), dim, used,
@@ -193,7 +195,14 @@ def print_check(result: dict[str, Any]) -> None:
     console = stdout()
     _print_inlined(console, result, "to find it")
     sites = result["weight_norm"]
-    if not sites:
+    for pair in result.get("unrecognized_pairs", []):
+        console.print(
+            f"[red]g/v pair read at run time[/]: {escape(pair['parameter'])} "
+            f"({escape(pair['g'])}, {escape(pair['v'])}) is used by the graph in a way wnconvert "
+            "does not recognize as weight norm (e.g. through a Transpose); it likely computes "
+            "weight norm at run time"
+        )
+    if not sites and not result.get("unrecognized_pairs"):
         console.print(f"[green]clean[/]: {escape(result['model'])} computes no weight norm at "
                       "run time")
         return
