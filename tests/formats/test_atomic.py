@@ -4,7 +4,8 @@
   even with ``force``; an existing file (also a dangling symlink) needs ``force``;
 * publishing never replaces a file that appeared at the output path while the run worked,
   unless ``force``; a multi-file set (shards + index, model + data file) is published whole or
-  not at all; nothing is left in the folder on refusal or failure;
+  not at all, with ``force`` too (the old files come back); nothing is left in the folder on
+  refusal or failure;
 * the byte-range copier copies exactly, with and without ``copy_file_range``;
 * torch's writer keeps the real error (a full disk, Ctrl-C) instead of its "enforce fail".
 """
@@ -116,6 +117,59 @@ def test_a_set_is_published_whole_or_not_at_all(tmp_path):
         index.write_bytes(b"someone else's index")
     # The shard was published first, then taken back: no half set is left.
     assert listing(tmp_path) == {"m.index.json": b"someone else's index"}
+    no_debris(tmp_path)
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.EIO, "I/O error"), KeyboardInterrupt()],
+                         ids=["error", "ctrl-c"])
+def test_force_puts_every_old_file_back_when_the_set_fails_part_way(failure, tmp_path,
+                                                                    monkeypatch):
+    # A model and its data file from two runs would be a corrupt pair: the data file is
+    # replaced first, so the model's replacement failing must bring the old data file back.
+    data, model = tmp_path / "a.onnx.data", tmp_path / "a.onnx"
+    data.write_bytes(b"old data")
+    model.write_bytes(b"old model")
+    real = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        if Path(str(dst)) == model and ".tmp" in str(src):
+            raise failure
+        real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with (
+        pytest.raises(type(failure)),
+        atomic.atomic_files([data, model], force=True) as temps,
+    ):
+        for tmp in temps:
+            tmp.write_bytes(b"new")
+    assert listing(tmp_path) == {"a.onnx": b"old model", "a.onnx.data": b"old data"}
+    no_debris(tmp_path)
+
+
+def test_force_keeps_old_files_without_hard_links(tmp_path, monkeypatch):
+    data, model = tmp_path / "a.onnx.data", tmp_path / "a.onnx"
+    data.write_bytes(b"old data")
+    model.write_bytes(b"old model")
+
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "hard links not supported here")
+
+    monkeypatch.setattr(atomic.os, "link", no_links)
+    real = os.replace
+    calls = []
+
+    def replace(src: object, dst: object) -> None:
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "I/O error")
+        real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError), atomic.atomic_files([data, model], force=True) as temps:
+        for tmp in temps:
+            tmp.write_bytes(b"new")
+    assert listing(tmp_path) == {"a.onnx": b"old model", "a.onnx.data": b"old data"}
     no_debris(tmp_path)
 
 

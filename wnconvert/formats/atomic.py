@@ -152,19 +152,26 @@ def move_no_replace(staged: Path, final: Path) -> None:
 def publish(moves: Sequence[tuple[Path, Path]], *, force: bool) -> list[Path]:
     """Move each ``(staged, final)`` into place, in order; returns the final paths.
 
-    With ``force`` an existing file is replaced (``os.replace``). Without it, a file that
-    appeared at a final path since :func:`check_output` is kept and :class:`InputError` is
-    raised; the files of this set already published are removed again, so either the whole
-    set is in place or none of it.
+    Either the whole set is in place or none of it (a model and its data file, shards and
+    their index never mix two runs):
+
+    * without ``force``, a file that appeared at a final path since :func:`check_output` is
+      kept and :class:`InputError` is raised; the files of this set already published are
+      removed again;
+    * with ``force``, an existing file is replaced (``os.replace``), its old version kept
+      (hard-linked beside the staged file) until the whole set is in place: a failure or a
+      signal part way puts every old file back.
     """
     # Each file stays open until the set is complete: an open file keeps its inode, so a
     # rollback can tell our file from one that replaced it (a freed inode number is reused at
     # once by the next file created). A file is listed before its move, so a signal between
     # the move and the next line cannot leave it out of the rollback.
-    done: list[tuple[Path, int]] = []
+    done: list[tuple[Path, int, Path | None]] = []
     try:
         for staged, final in moves:
-            done.append((final, os.open(staged, os.O_RDONLY)))
+            fd = os.open(staged, os.O_RDONLY)
+            old = _keep_old_version(staged, final) if force else None
+            done.append((final, fd, old))
             if force:
                 os.replace(staged, final)
                 continue
@@ -176,18 +183,36 @@ def publish(moves: Sequence[tuple[Path, Path]], *, force: bool) -> list[Path]:
                     "was kept and nothing was written; use force=True to replace it"
                 ) from None
     except BaseException:
-        if not force:
-            with signals_deferred():
-                for final, fd in reversed(done):
-                    with contextlib.suppress(OSError):
-                        ours, there = os.fstat(fd), os.stat(final, follow_symlinks=False)
-                        if (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino):
-                            os.unlink(final)
+        with signals_deferred():
+            for final, fd, old in reversed(done):
+                with contextlib.suppress(OSError):
+                    ours, there = os.fstat(fd), os.stat(final, follow_symlinks=False)
+                    if (ours.st_dev, ours.st_ino) != (there.st_dev, there.st_ino):
+                        continue  # not (or no longer) ours: leave it
+                    if old is not None:
+                        os.replace(old, final)
+                    else:
+                        os.unlink(final)
         raise
     finally:
-        for _, fd in done:
+        for _, fd, _old in done:
             os.close(fd)
-    return [final for final, _ in done]
+    return [final for final, _, _ in done]
+
+
+def _keep_old_version(staged: Path, final: Path) -> Path | None:
+    """A second name for the file now at ``final`` (in the staging folder, which is deleted
+    with it), so a rollback can put it back; None if there is nothing there."""
+    if not os.path.lexists(final):
+        return None
+    old = staged.with_name(f"{staged.name}.replaced")
+    try:
+        os.link(final, old, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        shutil.copy2(final, old, follow_symlinks=False)  # no hard links here: a real copy
+    return old
 
 
 class Staging:
