@@ -256,9 +256,18 @@ def _run_reference(reference: Runner, case: InputCase) -> dict[str, np.ndarray]:
 
 def _match_outputs(candidate: Sequence[str], reference: Sequence[str]
                    ) -> tuple[dict[str, str], Literal["name", "position"]]:
-    """Candidate output -> reference output: by name when all match, else by position."""
-    if set(candidate) <= set(reference) and candidate:
+    """Candidate output -> reference output: by name when the names are the same set, else by
+    position when the counts are equal. A candidate with fewer outputs is refused: the
+    outputs it lacks would go unchecked, and a gate may not pass on what it never compared."""
+    if set(candidate) == set(reference) and len(candidate) == len(reference):
         return {name: name for name in candidate}, "name"
+    missing = [name for name in reference if name not in candidate]
+    if set(candidate) < set(reference):
+        raise InputError(
+            f"the candidate lacks {len(missing)} of the reference's outputs ({', '.join(missing)}"
+            f"; it has {', '.join(candidate)}), so they could not be checked; verify the model "
+            "exported with every output"
+        )
     if len(candidate) == len(reference):
         return dict(zip(candidate, reference, strict=True)), "position"
     raise InputError(
