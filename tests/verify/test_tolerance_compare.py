@@ -67,6 +67,28 @@ def test_nan_and_inf_pass_only_when_both_sides_agree(cand: float, ref: float, ok
         assert math.isinf(comp.min_atol)
 
 
+@pytest.mark.parametrize("copy", [True, False], ids=["bit-identical", "element-wise"])
+def test_agreeing_nan_and_inf_alone_compare_nothing_and_fail(copy: bool) -> None:
+    # An output that is NaN/Inf everywhere on both sides (inputs outside the model's domain)
+    # checks nothing: it may not pass. The bit-identical shortcut must say so too.
+    ref = np.array([np.nan, np.inf, -np.inf, np.nan], dtype=np.float32)
+    cand = ref.copy()
+    if not copy:
+        cand.view(np.uint32)[0] = 0x7FC0_0001  # another NaN payload: not the same bytes
+    comp = compare_arrays(cand, ref, Tolerance(1e-5, 1e-4))
+    assert not comp.passed and comp.mismatched == 0
+    assert comp.message is not None and comp.message.startswith(
+        "all 4 reference values are NaN or Inf, so nothing was compared")
+
+
+def test_one_finite_value_is_a_comparison_and_empty_outputs_stay_neutral() -> None:
+    ref = np.array([np.nan, np.nan, 0.25], dtype=np.float32)
+    assert compare_arrays(ref.copy(), ref, Tolerance(1e-5, 1e-4)).passed
+    assert compare_arrays(ref + np.float32(0), ref, Tolerance(1e-5, 1e-4)).passed
+    empty = np.zeros((0, 3), dtype=np.float32)
+    assert compare_arrays(empty, empty.copy(), Tolerance(1e-5, 1e-4)).passed
+
+
 def test_shape_mismatch_fails_with_a_message() -> None:
     comp = compare_arrays(np.zeros((1, 4)), np.zeros((1, 5)), Tolerance(1, 1))
     assert not comp.passed

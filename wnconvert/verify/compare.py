@@ -73,9 +73,11 @@ def compare_arrays(
     if cand_dtype == ref_dtype and _same_bytes(candidate, reference):
         # Bit-identical (copied weights, or both sides folded by the same code): every error
         # is 0 and NaN/Inf agree, so skip the element-wise pass over what may be gigabytes.
+        peak, finite = _finite_peak_and_count(reference)
         return ArrayComparison(
             **base, max_abs=0.0, max_rel=0.0, mean_abs=0.0, min_atol=0.0, mismatched=0,
-            nonfinite_mismatch=0, size=size, ref_max_abs=_max_abs_finite(reference),
+            nonfinite_mismatch=0, size=size, ref_max_abs=peak,
+            message=_nothing_finite(size, finite),
         )
     cand_flat = np.asarray(candidate).reshape(-1)
     ref_flat = np.asarray(reference).reshape(-1)
@@ -124,7 +126,7 @@ def compare_arrays(
     if worst_flat is not None:
         worst = tuple(int(i) for i in np.unravel_index(worst_flat, ref_shape))
         worst_c, worst_r = float(cand_flat[worst_flat]), float(ref_flat[worst_flat])
-    message = None
+    message = _nothing_finite(size, n_finite + nonfinite_mismatch)
     if cand_dtype != ref_dtype:
         message = f"dtype {cand_dtype} differs from the reference's {ref_dtype}"
     return ArrayComparison(
@@ -147,17 +149,27 @@ def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def _max_abs_finite(array: np.ndarray) -> float:
+def _nothing_finite(size: int, compared: int) -> str | None:
+    """Why a comparison of only agreeing NaN/Inf is no check (None when something was)."""
+    if size == 0 or compared:
+        return None
+    return (f"all {size} reference values are NaN or Inf, so nothing was compared; give inputs "
+            "the model is defined on (--inputs)")
+
+
+def _finite_peak_and_count(array: np.ndarray) -> tuple[float, int]:
+    """The largest finite ``|x|`` and how many finite elements ``array`` has."""
     import numpy as np
 
     flat = np.asarray(array).reshape(-1)
-    peak = 0.0
+    peak, count = 0.0, 0
     for start in range(0, flat.size, _COMPARE_CHUNK):
         chunk = np.abs(_as_float64(flat[start : start + _COMPARE_CHUNK]))
         chunk = chunk[np.isfinite(chunk)]
+        count += int(chunk.size)
         if chunk.size:
             peak = max(peak, float(chunk.max()))
-    return peak
+    return peak, count
 
 
 def _as_float64(array: np.ndarray) -> np.ndarray:
@@ -198,4 +210,3 @@ def _fmt(value: float) -> str:
 def json_number(value: float) -> float | None:
     """JSON has no Infinity/NaN: non-finite numbers are written as null."""
     return value if math.isfinite(value) else None
-
