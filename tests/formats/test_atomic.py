@@ -122,10 +122,12 @@ def test_a_set_is_published_whole_or_not_at_all(tmp_path):
 
 @pytest.mark.parametrize("failure", [OSError(errno.EIO, "I/O error"), KeyboardInterrupt()],
                          ids=["error", "ctrl-c"])
-def test_force_puts_every_old_file_back_when_the_set_fails_part_way(failure, tmp_path,
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_force_puts_every_old_file_back_when_the_set_fails_part_way(failure, links, tmp_path,
                                                                     monkeypatch):
     # A model and its data file from two runs would be a corrupt pair: the data file is
-    # replaced first, so the model's replacement failing must bring the old data file back.
+    # replaced first, so the model's replacement failing must bring the old data file back
+    # (kept as a hard link, or as a copy where the file system has none).
     data, model = tmp_path / "a.onnx.data", tmp_path / "a.onnx"
     data.write_bytes(b"old data")
     model.write_bytes(b"old model")
@@ -136,37 +138,16 @@ def test_force_puts_every_old_file_back_when_the_set_fails_part_way(failure, tmp
             raise failure
         real(src, dst)
 
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "hard links not supported here")
+
     monkeypatch.setattr(atomic.os, "replace", replace)
+    if not links:
+        monkeypatch.setattr(atomic.os, "link", no_links)
     with (
         pytest.raises(type(failure)),
         atomic.atomic_files([data, model], force=True) as temps,
     ):
-        for tmp in temps:
-            tmp.write_bytes(b"new")
-    assert listing(tmp_path) == {"a.onnx": b"old model", "a.onnx.data": b"old data"}
-    no_debris(tmp_path)
-
-
-def test_force_keeps_old_files_without_hard_links(tmp_path, monkeypatch):
-    data, model = tmp_path / "a.onnx.data", tmp_path / "a.onnx"
-    data.write_bytes(b"old data")
-    model.write_bytes(b"old model")
-
-    def no_links(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.EPERM, "hard links not supported here")
-
-    monkeypatch.setattr(atomic.os, "link", no_links)
-    real = os.replace
-    calls = []
-
-    def replace(src: object, dst: object) -> None:
-        calls.append(dst)
-        if len(calls) == 2:
-            raise OSError(errno.EIO, "I/O error")
-        real(src, dst)
-
-    monkeypatch.setattr(atomic.os, "replace", replace)
-    with pytest.raises(OSError), atomic.atomic_files([data, model], force=True) as temps:
         for tmp in temps:
             tmp.write_bytes(b"new")
     assert listing(tmp_path) == {"a.onnx": b"old model", "a.onnx.data": b"old data"}
