@@ -24,15 +24,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..keys import find_pair_keys
-from .analysis import (
-    GraphIndex,
-    WeightNormSite,
-    find_all_weight_norm,
-    find_weight_norm,
-    op_counts,
-    pairs_read_at_run_time,
-)
+from .analysis import GraphIndex, WeightNormSite, find_weight_norm, op_counts
 from .fold import FoldResult, LayerFold, fold_model
+from .hidden import find_all_weight_norm, pairs_read_at_run_time
 from .names import LostName, Renamed, lost_names, restore_names
 from .protoio import LazyModel, load_model
 from .protowrite import StagedOutput, WrittenFiles, data_file_name, plan_external, write_model

@@ -1,6 +1,6 @@
 """Finding weight norm that an ONNX graph computes from constant tensors.
 
-(Why one module of ~850 lines: it is one algebra. The op handlers, the term/factor
+(Why one module of ~870 lines: it is one algebra. The op handlers, the term/factor
 representation and the classifier only make sense together, and splitting them would export the
 private representation across files.)
 
@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING, Any
 from ..dtypes import FLOATING, from_onnx_code, onnx_code
 from ..keys import pair_keys
 from ..numerics import infer_dim
-from .walk import defined_names, iter_nodes, node_subgraphs, outer_references
+from .walk import defined_names, iter_nodes, outer_references
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from ..keys import PairKeys
     from .protoio import LazyModel
 
 # onnx.TensorProto element types of the float formats weight norm can be folded in (from the one
@@ -805,55 +804,6 @@ def find_weight_norm(index: GraphIndex) -> list[WeightNormSite]:
         covered.update(site.node_indices)
         sites.append(site)
     return sites
-
-
-def find_all_weight_norm(index: GraphIndex) -> list[WeightNormSite]:
-    """:func:`find_weight_norm` on the main graph, then :func:`find_weight_norm_in_subgraphs`:
-    everything ``check`` must report."""
-    return find_weight_norm(index) + find_weight_norm_in_subgraphs(index.model)
-
-
-def pairs_read_at_run_time(index: GraphIndex, sites: list[WeightNormSite]) -> list[PairKeys]:
-    """Initializers named like a g/v pair that nodes read at run time (both of them, here or
-    in a subgraph) and that no site in ``sites`` computes from: weight norm the analysis does
-    not recognize (through a ``Transpose``, say), not something to call clean."""
-    from ..keys import find_pair_keys
-
-    computed = {(site.g, site.v) for site in sites}
-    return [
-        keys for keys in find_pair_keys(index.initializers)
-        if (keys.g_key, keys.v_key) not in computed
-        and index.consumers.get(keys.g_key) and index.consumers.get(keys.v_key)
-    ]
-
-
-def find_weight_norm_in_subgraphs(model: LazyModel) -> list[WeightNormSite]:
-    """Weight norm computed inside If/Loop/Scan bodies (from the main graph's initializers or
-    their own constants). Reported, never folded: fold rewrites the main graph only."""
-    sites: list[WeightNormSite] = []
-    for number, (owner, sub) in enumerate(_subgraphs_with_owners(model.proto.graph)):
-        where = f"{owner}/{sub.name or f'subgraph{number}'}"
-        index = GraphIndex.build(model, sub, label_prefix=f"{where}/")
-        sites.extend(
-            replace(site, node_indices=(), foldable=False,
-                    reason=f"inside the subgraph {where} (an If/Loop/Scan body); fold "
-                           "rewrites the main graph only")
-            for site in find_weight_norm(index)
-        )
-    return sites
-
-
-def _subgraphs_with_owners(graph: onnx.GraphProto) -> list[tuple[str, onnx.GraphProto]]:
-    """Every subgraph at any depth with the label of the node that holds it."""
-    found: list[tuple[str, onnx.GraphProto]] = []
-    stack = [graph]
-    while stack:
-        current = stack.pop()
-        for position, node in enumerate(current.node):
-            for sub in node_subgraphs(node):
-                found.append((node.name or f"{node.op_type}#{position}", sub))
-                stack.append(sub)
-    return found
 
 
 def _extend_root(

@@ -20,10 +20,9 @@ from .analysis import (
     WeightNormSite,
     dtype_name,
     find_weight_norm,
-    find_weight_norm_in_subgraphs,
     op_counts,
-    pairs_read_at_run_time,
 )
+from .hidden import find_weight_norm_in_subgraphs, pairs_read_at_run_time
 from .names import Renamed, names_in_use
 from .protoio import Computed, FileRange, LazyModel, read_initializer
 from .walk import outer_references, rename_references

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .analysis import _SMALL_CONSTANT, GraphIndex, WeightNormSite, find_all_weight_norm
+from .analysis import _SMALL_CONSTANT, GraphIndex, WeightNormSite
+from .hidden import find_all_weight_norm
 from .protoio import LazyModel
 
 if TYPE_CHECKING:

@@ -104,7 +104,7 @@ class LazyModel:
     alignment: int  # offset alignment to use for an external data file
     data_files: tuple[Path, ...] = field(default=())  # the external data files the model uses
     # Model-local functions inlined into ``proto`` because they compute weight norm
-    # (``domain.name``; see :mod:`.functions`).
+    # (``domain.name``; see :mod:`.hidden`).
     inlined_functions: tuple[str, ...] = field(default=())
 
     @property

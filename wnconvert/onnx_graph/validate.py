@@ -36,8 +36,8 @@ def open_model(path: Path) -> LazyModel:
     """Read ``path`` lazily and refuse it (:class:`InputError`) if it is not a valid model.
 
     Model-local functions that compute weight norm come back inlined, so no caller can miss
-    weight norm hidden in one (:mod:`.functions`)."""
-    from .functions import inline_functions_hiding_weight_norm
+    weight norm hidden in one (:mod:`.hidden`)."""
+    from .hidden import inline_functions_hiding_weight_norm
 
     model = load_model(path)
     validate_model(model)
