@@ -168,11 +168,14 @@ def publish(moves: Sequence[tuple[Path, Path]], *, force: bool) -> list[Path]:
     # the move and the next line cannot leave it out of the rollback.
     done: list[tuple[Path, int, Path | None]] = []
     try:
-        for staged, final in moves:
+        for number, (staged, final) in enumerate(moves, start=1):
             fd = os.open(staged, os.O_RDONLY)
-            old = _keep_old_version(staged, final) if force else None
-            done.append((final, fd, old))
+            done.append((final, fd, None))
             if force:
+                # The last replacement is the end of the set: nothing after it can fail, so
+                # its old version need not be kept (no copy where hard links are missing).
+                if number < len(moves):
+                    done[-1] = (final, fd, _keep_old_version(staged, final))
                 os.replace(staged, final)
                 continue
             try:
