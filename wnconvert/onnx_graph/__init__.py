@@ -74,7 +74,7 @@ class GvPair:
     shapes_fit: bool
     computed_by: str | None  # the weight-norm computation using them, if any
     # Both read at run time by nothing recognized as weight norm (e.g. through a Transpose):
-    # most likely weight norm the analysis cannot see (:func:`.analysis.pairs_read_at_run_time`).
+    # most likely weight norm the analysis cannot see (:func:`.hidden.pairs_read_at_run_time`).
     unrecognized: bool = False
 
     def to_dict(self) -> dict:
