@@ -23,6 +23,7 @@ from wnconvert.cli.common import in_flag_terms
      "out.pt: already exists; use --force to overwrite it"),
     ("use_tf32=0 and reference_key=x are not flags",
      "use_tf32=0 and reference_key=x are not flags"),
+    ("report=/tmp/m.py: unknown report type", "--report /tmp/m.py: unknown report type"),
 ])
 def test_api_terms_become_flags(api: str, cli: str) -> None:
     assert in_flag_terms(api) == cli

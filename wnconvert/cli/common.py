@@ -226,7 +226,9 @@ def in_flag_terms(message: str) -> str:
 
     def flag(match: re.Match[str]) -> str:
         after = match.group(2)
-        value_follows = bool(after) and (after.isalnum() or after in "'\"-[{.~/") and after != "/"
+        value_follows = bool(after) and (after.isalnum() or after in "'\"-[{.~/")
+        if after == "/":  # "include=/exclude=" lists terms; "report=/tmp/x" is a value
+            value_follows = not _API_TERM.match(match.string, match.end() + 1)
         return _API_TO_FLAG[match.group(1)] + (" " if value_follows else "")
 
     return _API_TERM.sub(flag, message)
