@@ -52,6 +52,12 @@ def _pt_bytes() -> bytes:
         return path.read_bytes()
 
 
+# A crafted pickle can reach torch's C++ warning about a plain-method __torch_function__ while
+# the unpickler's error is already set; made an exception by the strict warning filter, torch
+# then prints it to the process's stderr instead (the CLI alone records and drops it).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Defining your `__torch_function__` as a plain method:UserWarning")
+
 SAFETENSORS = _safetensors_bytes()
 PT = _pt_bytes()
 
@@ -177,6 +183,7 @@ def test_safetensors_truncated_or_extended(cli, cut, tail):
 
 @FUZZ
 @given(flips=flips)
+@example(flips=[(169544, 210), (17992, 100), (210, 129), (169544, 210)])  # the warning above
 def test_pt_pickle_byte_flips(cli, flips):
     records = list(RECORDS)
     name, pickled = records[PICKLE]
