@@ -8,8 +8,10 @@ also shows that it refuses the same file: wnconvert never accepts what the refer
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import struct
 import threading
 import zipfile
@@ -19,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tests.formats.payloads import OpensForWriting
+from tests.formats.references import safetensors_reference_reads
 from wnconvert import numerics
 from wnconvert.convert import plan_decompose, plan_fold
 from wnconvert.errors import InputError, InputNotFound
@@ -112,21 +114,9 @@ def bad_safetensors(request, tmp_path) -> tuple[Path, str, bool]:
     return path, words, reference_refuses
 
 
-def reference_refuses_safetensors(path: Path) -> bool:
-    # numpy, as wnconvert reads tensors into numpy arrays: with numpy, safe_open also refuses
-    # more than 64 dims and a shape whose product overflows even when one axis is 0.
-    try:
-        with safe_open(str(path), "np") as f:
-            for key in f.keys():
-                f.get_tensor(key)
-    except Exception:  # noqa: BLE001 - any refusal by the reference counts
-        return True
-    return False
-
-
 def test_bad_safetensors_header_library(bad_safetensors):
     path, words, reference_refuses = bad_safetensors
-    assert reference_refuses_safetensors(path) == reference_refuses
+    assert (not safetensors_reference_reads(path)) == reference_refuses
     with pytest.raises(InputError, match="not a valid safetensors file") as info:
         load_checkpoint(path)
     assert words in str(info.value)
@@ -147,7 +137,7 @@ def test_header_over_100_mb_is_refused_before_it_is_read(tmp_path, cli, assert_i
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", 100_000_001))
         f.truncate(8 + 100_000_001 + 8)
-    assert reference_refuses_safetensors(path)
+    assert not safetensors_reference_reads(path)
     with pytest.raises(InputError, match="over the format's limit of 100000000 bytes"):
         st.SafetensorsFile(path)
     refused_by_cli(cli, assert_input_error, snapshot, tmp_path, path, "limit")
@@ -167,7 +157,7 @@ def test_header_padding_and_unknown_fields_are_accepted_like_safetensors(tmp_pat
     header = json.dumps({"a": {**entry(), "note": [[1]]}}).encode() + b"  \t"
     path = tmp_path / "padded.safetensors"
     path.write_bytes(safetensors_bytes(header, np.arange(2, dtype=np.float32).tobytes()))
-    assert not reference_refuses_safetensors(path)
+    assert safetensors_reference_reads(path)
     assert st.SafetensorsFile(path).load("a").tolist() == [0.0, 1.0]
 
 
@@ -398,6 +388,28 @@ def test_short_record_message_names_the_record(tmp_path):
 def test_view_message_says_how_far_it_reaches(tmp_path):
     with pytest.raises(InputError, match="holds 64 bytes but the pickle's tensors reach byte 128"):
         tp.load_pickle(_view_past_record(tmp_path))
+
+
+@pytest.mark.parametrize("record", ["data.pkl", ".storage_alignment", "data/0"])
+def test_a_record_marked_as_a_folder_is_refused(record, tmp_path, cli, assert_input_error,
+                                                 snapshot):
+    # Found by test_fuzz: with the DOS folder bit set in a record's external attributes, torch's
+    # zip reader extracts nothing and torch parses an unfilled buffer, so the same file loaded
+    # or failed from one run to the next.
+    good = tmp_path / "good.bin"
+    torch.save({"a.weight_g": torch.ones(3, 1)}, good)
+    data = bytearray(good.read_bytes())
+    good.unlink()
+    name = next(n for n in zipfile.ZipFile(io.BytesIO(data)).namelist() if n.endswith(record))
+    entry = data.find(b"PK\x01\x02")  # the record's central-directory entry
+    while data[entry + 46 : entry + 46 + len(name)] != name.encode():
+        entry = data.find(b"PK\x01\x02", entry + 4)
+    data[entry + 38] |= 0x10  # external attributes, low byte: the DOS folder bit
+    path = tmp_path / "folder.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"record {re.escape(name)} is marked as a folder"):
+        tp.load_pickle(path)
+    refused_by_cli(cli, assert_input_error, snapshot, tmp_path, path, "marked as a folder")
 
 
 def test_tensor_with_backward_hooks_is_refused(tmp_path, cli, assert_input_error, snapshot):

@@ -34,7 +34,10 @@ def load_pickle(path: Path) -> Any:
     try:
         # mmap needs the zip format (torch >= 1.6 default), and records checked beforehand:
         # torch's mmap path does not compare a record's size with what the pickle declares.
-        mmap = zipfile.is_zipfile(path) and _records_fit(path)
+        is_zip = zipfile.is_zipfile(path)
+        if is_zip:
+            _refuse_directory_records(path)
+        mmap = is_zip and _records_fit(path)
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         _check_tensors(path, loaded)
         return loaded
@@ -86,6 +89,26 @@ def _check_tensors(path: Path, loaded: Any) -> None:
             stack.extend(obj.values())
         elif isinstance(obj, (list, tuple, set, frozenset)):
             stack.extend(obj)
+
+
+def _refuse_directory_records(path: Path) -> None:
+    """Refuse records marked as folders (a name ending in ``/`` or the DOS folder attribute).
+
+    torch.save never writes one. torch's zip reader (miniz) extracts nothing from a record it
+    takes for a folder, and torch then parses the buffer it allocated for the record's bytes
+    without filling it: whether such a file loads depends on leftover memory.
+    """
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.is_dir() or info.external_attr & _DOS_FOLDER:
+                raise InputError(
+                    f"{path}: not a readable PyTorch checkpoint: record {info.filename} is "
+                    "marked as a folder, which torch.save never writes; the file is corrupt "
+                    "(re-save it)"
+                )
+
+
+_DOS_FOLDER = 0x10  # the "directory" bit of a zip record's external attributes
 
 
 def _records_fit(path: Path) -> bool:
