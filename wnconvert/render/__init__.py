@@ -7,8 +7,8 @@ stderr is a terminal.
 from __future__ import annotations
 
 import json
-import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -60,20 +60,56 @@ def info(message: str, *, quiet: bool = False) -> None:
         stderr().print(_escape(message))
 
 
-# Control characters (ESC starts terminal commands: a tensor named "\x1b[2J" would clear the
-# screen), C1 controls and the invisible format characters (bidi overrides, zero-width) that can
-# make a name look like another one.
-_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+#: What a terminal does not show as itself, by Unicode category: Cc (controls: ESC starts terminal
+#: commands, so a tensor named "\x1b[2J" would clear the screen; CR rewrites the line), Cf
+#: (format characters: bidi overrides and marks, zero-width, soft hyphen, tags, which make a name
+#: look like another one), Zl/Zp (line and paragraph separators break the line), Cs (lone
+#: surrogates: a file name that is not UTF-8 reaches Python with surrogate-escaped bytes, which
+#: the terminal's encoder cannot even write) and Cn (unassigned in this Python's Unicode: a newer
+#: version may have made it a format character; the price is that an emoji newer than this
+#: Python is shown as its code point). Private use (Co) stays: a font draws it as a glyph (an
+#: icon or a box), and it moves nothing else on the line.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"})
+#: Tag characters (U+E0000-U+E007F, invisible copies of ASCII that can spell hidden text) are
+#: Cf or Cn already; named so that this does not rest on the Unicode database alone.
+_TAGS = range(0xE0000, 0xE0080)
+#: PEP 383: an undecodable byte 0xNN of a file name reaches Python as U+DCNN (surrogateescape).
+_ESCAPED_BYTES = range(0xDC80, 0xDD00)
+
+
+def _hidden(char: str) -> bool:
+    return unicodedata.category(char) in _HIDDEN_CATEGORIES or ord(char) in _TAGS
+
+
+def _escape_char(char: str) -> str:
+    """``\\xNN`` is a byte (an ASCII control, or a byte of a file name that is not UTF-8);
+    ``\\uNNNN``/``\\UNNNNNNNN`` is a code point. So a C1 control U+009B reads ``\\u009b`` and
+    the lone byte 0x9B of a file name ``\\x9b``: the two cannot be confused."""
+    code = ord(char)
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    if code in _ESCAPED_BYTES:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def visible(text: str) -> str:
-    """``text`` with control and invisible characters written as ``\\xNN``/``\\uNNNN``."""
-    return _INVISIBLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                          else f"\\u{ord(m.group()):04x}", text)
+    """``text`` with every character that a terminal would not show as itself (see
+    :data:`_HIDDEN_CATEGORIES`) written as an escape: ``\\xNN``, ``\\uNNNN``, ``\\UNNNNNNNN``.
+
+    Backslashes are left alone: messages quote names with ``repr()``, which has already
+    written a backslash in a name as ``\\\\``, and doing it again here would garble them. So
+    a name spelled with the text ``\\x1b`` looks like one holding ESC; both are plainly odd,
+    and neither can pass for a clean name (``--json`` gives the exact string).
+    """
+    if text.isascii() and text.isprintable():  # the common case: nothing to look up
+        return text
+    return "".join(_escape_char(char) if _hidden(char) else char for char in text)
 
 
 def escape(text: str) -> str:
-    """Safe to embed in rich markup: control characters made visible, markup escaped."""
+    """Safe to embed in rich markup: hidden characters made visible, markup escaped (a name
+    holding ``[bold]`` is printed as those six characters)."""
     from rich.markup import escape as escape_markup
 
     return escape_markup(visible(text))
@@ -106,10 +142,12 @@ def progress(description: str, *, quiet: bool = False) -> Iterator[ProgressCallb
         console=console,
         transient=True,
     ) as bar:
-        task = bar.add_task(description, total=None, item="")
+        # Both columns are rich markup; the item is a tensor name and the description may
+        # hold a file name.
+        task = bar.add_task(escape(description), total=None, item="")
 
         def update(item: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, item=item)
+            bar.update(task, completed=done, total=total, item=escape(item))
 
         yield update
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from rich.markup import escape
 from rich.table import Table
 
-from . import format_bytes, stdout
+from . import escape, format_bytes, stdout
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
