@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from wnconvert._version import __version__
@@ -157,3 +158,23 @@ def test_quiet_safetensors_fold_imports_neither_torch_nor_rich(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
     assert (tmp_path / "out.safetensors").exists()
+
+
+def test_a_non_utf8_file_name_is_printed_as_its_bytes(tmp_path):
+    """A file name holding the byte 0xFF reaches Python surrogate-escaped; with a strict UTF-8
+    stdout (what a UTF-8 locale other than C.UTF-8 gives) writing it raw would crash, and with
+    a lenient one the raw byte would reach the terminal. It is printed as ``\\xff`` instead."""
+    from safetensors.numpy import save_file
+
+    v = np.arange(24, dtype=np.float32).reshape(3, 8) + 1
+    save_file({"a.weight_g": np.linalg.norm(v, axis=1, keepdims=True), "a.weight_v": v},
+              str(tmp_path / "plain.safetensors"))
+    os.rename(os.fsencode(tmp_path / "plain.safetensors"),
+              os.fsencode(tmp_path) + b"/bad\xffname.safetensors")
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8:strict"}
+    argv = [sys.executable, "-m", "wnconvert", "inspect", b"bad\xffname.safetensors"]
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=120, env=env,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert b"bad\\xffname.safetensors" in proc.stdout
+    assert b"\xff" not in proc.stdout + proc.stderr

@@ -228,3 +228,20 @@ def test_a_non_utf8_file_name_is_printed_as_its_bytes_in_error_lines(tmp_path: P
     result = CliRunner().invoke(app, ["inspect", missing])
     assert result.exit_code == 2
     assert "gone\\xff.pt: no such file or directory" in result.stderr
+
+
+def test_the_progress_bar_escapes_tensor_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the bar shows the tensor being written: a name, so escaped too."""
+    from rich.console import Console
+
+    from wnconvert import render
+
+    out = io.StringIO()
+    terminal = Console(file=out, force_terminal=True, color_system=None, width=200)
+    monkeypatch.setattr(render, "stderr", lambda: terminal)
+    with render.progress("folding → a\u2028b[bold].pt") as bar:
+        assert bar is not None
+        bar("dec\u202e[red]conv", 1, 2)
+    shown = out.getvalue()
+    assert "\u2028" not in shown and "\u202e" not in shown
+    assert "folding → a\\u2028b[bold].pt" in shown and "dec\\u202e[red]conv" in shown
