@@ -127,7 +127,7 @@ CRAFTED = {
 
 
 def test_a_valid_archive_loads_on_the_cpu(valid_pt2: Path) -> None:
-    program = load_program(valid_pt2)
+    program = load_program(valid_pt2, trust_program=True)
     assert all(t.device.type == "cpu" for t in program.state_dict.values())
 
 
@@ -137,7 +137,7 @@ def test_crafted_member_is_refused_and_runs_nothing(member: str, valid_pt2: Path
     marker = tmp_path / "PWNED"
     bad = _rewrite(valid_pt2, tmp_path / "bad.pt2", CRAFTED[member](marker))
     with pytest.raises(InputError, match="refused"):
-        load_program(bad)
+        load_program(bad, trust_program=True)
     assert not marker.exists()
 
 
@@ -151,7 +151,7 @@ def test_the_load_guard_alone_runs_nothing(member: str, valid_pt2: Path, tmp_pat
     marker = tmp_path / "PWNED"
     bad = _rewrite(valid_pt2, tmp_path / "bad.pt2", CRAFTED[member](marker))
     with pytest.raises(InputError):
-        load_program(bad)
+        load_program(bad, trust_program=True)
     assert not marker.exists()
     # The guard is lifted afterwards: torch.load is torch's own again.
     assert torch.load.__module__ == "torch.serialization"
@@ -163,7 +163,8 @@ def test_cli_fold_of_a_malicious_pt2_exits_2_and_writes_nothing(valid_pt2: Path,
     bad = _rewrite(valid_pt2, tmp_path / "x.pt2", _sample_inputs(marker))
     out = tmp_path / "out.onnx"
     before = bad.read_bytes()
-    result = CliRunner().invoke(app, ["fold", str(bad), "--no-verify", "-o", str(out)])
+    result = CliRunner().invoke(app, ["fold", str(bad), "--trust-program", "--no-verify",
+                                        "-o", str(out)])
     assert result.exit_code == 2, result.output
     assert "refused" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -177,7 +178,7 @@ def test_not_a_zip_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "junk.pt2"
     path.write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a torch.export archive"):
-        load_program(path)
+        load_program(path, trust_program=True)
 
 
 # --------------------------------------------------------------------------- damaged archives
@@ -205,7 +206,7 @@ def test_a_damaged_archive_is_one_line_naming_the_cause(
     bad = _rewrite(valid_pt2, tmp_path / "bad.pt2", edit)
     capfd.readouterr()
     with pytest.raises(InputError) as caught:
-        load_program(bad)
+        load_program(bad, trust_program=True)
     assert cause in str(caught.value) and "\n" not in str(caught.value)
     assert capfd.readouterr().err == ""
 
@@ -228,7 +229,7 @@ def test_mutated_archives_load_or_are_input_errors(
     bad = _rewrite(valid_pt2, tmp_path / "mutated.pt2", flip)
     capfd.readouterr()
     try:
-        load_program(bad)
+        load_program(bad, trust_program=True)
     except InputError as exc:
         assert "\n" not in str(exc)
     assert capfd.readouterr().err == "", "torch printed to stderr"

@@ -131,3 +131,12 @@ DynamicOpt = Annotated[
                  "the first input, named time); repeatable. Verification also checks it at a "
                  "second size (symbolic axes of the model are checked automatically)."),
 ]
+TrustProgramOpt = Annotated[
+    bool,
+    typer.Option("--trust-program", help="Load and run a .pt2 program (the input, --reference or "
+                 "--model): a .pt2 is code, and loading it evaluates text from the file, so it is "
+                 "refused without this flag (like trust_remote_code). Give it only for programs "
+                 "you trust as you would their Python source. Even then, a graph that calls "
+                 "operators outside PyTorch's core ATen/prims set, or that touches files "
+                 "(aten.from_file), is refused."),
+]
