@@ -223,7 +223,8 @@ def fold(
     path: Annotated[
         Path,
         typer.Argument(
-            help="Checkpoint (.pt, .safetensors, sharded index), .onnx model, or .pt2 program."
+            help="Checkpoint (.pt, .safetensors, sharded index), .onnx model, or .pt2 program "
+            "(with --trust-program)."
         ),
     ],
     output: OutputOpt = None,
@@ -231,7 +232,8 @@ def fold(
         str | None,
         typer.Option(
             "--to",
-            help="Output format: pt, safetensors or onnx (onnx needs --model or a .pt2 input).",
+            help="Output format: pt, safetensors or onnx (onnx needs --model or a trusted .pt2 "
+            "input).",
         ),
     ] = None,
     key: KeyOpt = None,

@@ -264,8 +264,8 @@ def verify(
                                                help="The ONNX model to check.")],
     reference: Annotated[
         Path,
-        typer.Option("--reference", "-r", help="Checkpoint (with --model), .pt2 program, or "
-                     "another .onnx model (run on ONNX Runtime CPU)."),
+        typer.Option("--reference", "-r", help="Checkpoint (with --model), .pt2 program (with "
+                     "--trust-program), or another .onnx model (run on ONNX Runtime CPU)."),
     ],
     model: ModelOpt = None,
     model_kwargs: ModelKwargsOpt = None,

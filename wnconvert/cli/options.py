@@ -133,10 +133,10 @@ DynamicOpt = Annotated[
 ]
 TrustProgramOpt = Annotated[
     bool,
-    typer.Option("--trust-program", help="Load and run a .pt2 program (the input, --reference or "
-                 "--model): a .pt2 is code, and loading it evaluates text from the file, so it is "
-                 "refused without this flag (like trust_remote_code). Give it only for programs "
-                 "you trust as you would their Python source. Even then, a graph that calls "
-                 "operators outside PyTorch's core ATen/prims set, or that touches files "
-                 "(aten.from_file), is refused."),
+    typer.Option("--trust-program", help="Allow loading a .pt2 program (the input, verify's "
+                 "--reference, or --model). A .pt2 is code: loading it evaluates text from the "
+                 "file, so without this flag it is refused (as transformers' "
+                 "trust_remote_code). Give it only for programs you would run as Python. Even "
+                 "then, a graph that calls operators outside PyTorch's core ATen/prims set, or "
+                 "touches files (aten.from_file), is refused."),
 ]

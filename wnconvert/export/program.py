@@ -266,8 +266,11 @@ def _operator_problem(target: Any) -> str | None:
 
     import torch
 
-    if target is operator.getitem or target in _size_arithmetic():
-        return None
+    try:
+        if target is operator.getitem or target in _size_arithmetic():
+            return None
+    except TypeError:  # unhashable: whatever torch's deserializer resolved, not an operator
+        return "which is not a PyTorch operator"
     if isinstance(target, torch._ops.HigherOrderOperator):
         return None if target.name() in _CONTROL_FLOW else (
             "a higher-order operator whose code wnconvert cannot vet")
