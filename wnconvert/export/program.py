@@ -236,11 +236,14 @@ def check_program_operators(program: Any, path: Path) -> None:
     """Refuse a loaded program whose graph (or any graph nested in it) calls anything but
     PyTorch's core tensor operators, naming the first such call and why.
 
-    Allowed: ATen operators tagged core or that torch decomposes into core ATen
-    (``torch.export.default_decompositions()``, e.g. ``aten.linear``), prims, export's own size
-    checks, ``getitem`` and the size arithmetic torch's deserializer creates, and control flow
-    whose subgraphs are walked here too. Refused even so: any operator that reads or writes
-    files or the terminal. Trust lets the program run; it does not let it reach the machine.
+    Allowed: ATen operators tagged core or that torch rewrites into core ATen itself (in
+    ``torch.export.default_decompositions()``, composite like ``aten.conv1d``, or the in-place
+    form of one of those, like ``aten.relu_``), prims, export's own size checks and constant
+    copies, ``getitem`` and the size arithmetic torch's deserializer creates, and control flow
+    (``cond``, ``while_loop``, ...) whose subgraphs are walked here too. Refused even so: any
+    operator that reads or writes files or the terminal. Non-core ATen operators torch does not
+    decompose (``aten.digamma`` in torch 2.13) are refused: the rule is torch's core set, not a
+    list of ours. Trust lets the program run; it does not let it reach the machine.
     """
     import torch
 
