@@ -75,3 +75,50 @@ def test_verify_is_callable_even_after_its_package_is_imported() -> None:
 def test_import_does_not_import_torch() -> None:
     code = "import sys, wnconvert; wnconvert.__all__; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# --------------------------------------------------------------------------- .pt2 trust (issue 16)
+
+
+@pytest.fixture
+def program(tmp_path: Path) -> Path:
+    from tests.export import programs
+
+    return programs.save_program(programs.Linear(), tmp_path / "linear.pt2", torch.randn(2, 8))
+
+
+@pytest.fixture
+def no_program_load(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """torch.export.load, recording its calls and reading nothing."""
+    calls: list[object] = []
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: calls.append(a))
+    return calls
+
+
+def test_api_refuses_an_untrusted_program_before_loading_it(
+        program: Path, tmp_path: Path, no_program_load: list[object]) -> None:
+    candidate = save(weight_norm_model((4, 3), 0)[0], tmp_path / "x.onnx")
+    state = {"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}
+    attempts = [
+        lambda: wnconvert.verify(candidate, program),
+        lambda: wnconvert.verify(candidate, state, model=str(program)),
+        lambda: wnconvert.export_onnx(state, tmp_path / "out.onnx", model=str(program),
+                                      inputs=[wnconvert.InputSpec((2, 8))]),
+    ]
+    for attempt in attempts:
+        with pytest.raises(wnconvert.InputError) as caught:
+            attempt()
+        assert str(program) in str(caught.value) and "trust_program=True" in str(caught.value)
+    assert no_program_load == []
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_api_exports_and_verifies_a_trusted_program(program: Path, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    state = {"fc.weight": torch.randn(4, 8), "fc.bias": torch.randn(4)}
+    out = tmp_path / "out.onnx"
+    wnconvert.export_onnx(state, out, model=str(program), inputs=[wnconvert.InputSpec((2, 8))],
+                          trust_program=True)
+    assert wnconvert.verify(out, state, model=str(program), trust_program=True).passed
+    # The program's own weights differ from the exported ones: the check can fail.
+    assert not wnconvert.verify(out, program, trust_program=True).passed

@@ -76,11 +76,15 @@ def export_onnx(checkpoint: Path | str | Mapping[str, torch.Tensor], output: Pat
                 dynamic: Sequence[DynamicAxis] = (),
                 opset: int | None = None, exporter: Exporter = "auto",
                 prefix: PrefixChange | None = None, force: bool = False,
-                seed: int = 0) -> ExportResult:
+                seed: int = 0, trust_program: bool = False) -> ExportResult:
     """Export the model that ``model`` (``"MODULE:CALLABLE"`` or ``"path/file.py:CALLABLE"``)
     builds, loaded strictly with ``checkpoint``'s weights, to ONNX with no weight norm left
     (weights folded in float64). ``inputs`` give the example inputs' shapes and dtypes
-    (seeded random data). Verify the result with :func:`verify`."""
+    (seeded random data). Verify the result with :func:`verify`.
+
+    ``model`` may also be a ``.pt2`` program: a program runs code from its file, so it is
+    refused unless ``trust_program=True`` (and even then only if its graph calls core
+    ATen/prims operators that touch no files)."""
     from .export import example_inputs, prepare_model
     from .export import export_onnx as export_module
     from .formats import load_checkpoint
@@ -92,7 +96,7 @@ def export_onnx(checkpoint: Path | str | Mapping[str, torch.Tensor], output: Pat
     else:
         source, state_dict = "state dict", checkpoint
     prepared = prepare_model(state_dict, model=model, model_kwargs=dict(model_kwargs or {}),
-                             source=source, prefix=prefix)
+                             source=source, prefix=prefix, trust_program=trust_program)
     names = [spec.name for spec in inputs if spec.name]
     return export_module(prepared.plain, example_inputs(inputs, seed=seed), output=Path(output),
                          input_names=names if len(names) == len(inputs) else None,
@@ -103,18 +107,20 @@ def export_onnx(checkpoint: Path | str | Mapping[str, torch.Tensor], output: Pat
 def verify(candidate: Path | str, reference: Path | str | Mapping[str, torch.Tensor], *,
            model: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
            key: str | None = None, options: VerifyOptions | None = None,
-           prefix: PrefixChange | None = None) -> VerificationReport:
+           prefix: PrefixChange | None = None,
+           trust_program: bool = False) -> VerificationReport:
     """Check the ONNX model ``candidate`` against ``reference`` on ONNX Runtime.
 
     ``reference`` is another ONNX model, a ``.pt2`` program, or a checkpoint (path or state
-    dict) together with ``model`` that builds the network. Returns the report: ``.passed``,
-    ``.failures()``, ``.to_dict()`` (the JSON schema of ``--report``)."""
+    dict) together with ``model`` that builds the network (or is a ``.pt2`` program). A
+    ``.pt2`` runs code from its file: it is refused unless ``trust_program=True``. Returns the
+    report: ``.passed``, ``.failures()``, ``.to_dict()`` (the JSON schema of ``--report``)."""
     from .verify import VerifyOptions, verify_onnx_against_onnx, verify_onnx_against_torch
 
     options = options if options is not None else VerifyOptions()
     candidate = check_candidate(candidate)
     prepared = load_reference(reference, model=model, model_kwargs=model_kwargs, key=key,
-                              prefix=prefix)
+                              prefix=prefix, trust_program=trust_program)
     if prepared is None:
         return verify_onnx_against_onnx(Path(candidate), Path(str(reference)), options=options)
     return verify_onnx_against_torch(Path(candidate), prepared.reference, options=options,
@@ -140,11 +146,12 @@ def check_candidate(candidate: Path | str) -> Path:
 
 def load_reference(reference: Path | str | Mapping[str, torch.Tensor], *,
                    model: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
-                   key: str | None = None,
-                   prefix: PrefixChange | None = None) -> PreparedModel | None:
+                   key: str | None = None, prefix: PrefixChange | None = None,
+                   trust_program: bool = False) -> PreparedModel | None:
     """The PyTorch reference that :func:`verify` runs: a ``.pt2`` program, or a checkpoint
     (path or state dict) loaded into what ``model`` builds; None for an ONNX reference, which
-    runs as it is on ONNX Runtime."""
+    runs as it is on ONNX Runtime. A ``.pt2`` (as ``reference`` or ``model``) is refused
+    unless ``trust_program=True``: loading it runs code from the file."""
     from .errors import InputError
     from .export import prepare_model, prepare_program
     from .formats import load_checkpoint
@@ -159,7 +166,7 @@ def load_reference(reference: Path | str | Mapping[str, torch.Tensor], *,
     if suffix == ".pt2":
         if model:
             raise InputError(f"{reference}: a .pt2 program is the model itself; drop model=")
-        return prepare_program(Path(str(reference)))
+        return prepare_program(Path(str(reference)), trust_program=trust_program)
     if not model:
         raise InputError(f"{reference if suffix else 'verify'}: a checkpoint reference needs "
                          "model='MODULE:CALLABLE' to build the network (or pass an .onnx/.pt2)")
@@ -169,4 +176,5 @@ def load_reference(reference: Path | str | Mapping[str, torch.Tensor], *,
     else:
         name, state_dict = "state dict", dict(reference)
     return prepare_model(state_dict, model=model, model_kwargs=dict(model_kwargs or {}),
-                         source=name, need_plain=False, prefix=prefix)
+                         source=name, need_plain=False, prefix=prefix,
+                         trust_program=trust_program)

@@ -24,6 +24,9 @@ from wnconvert.cli.common import in_flag_terms
     ("use_tf32=0 and reference_key=x are not flags",
      "use_tf32=0 and reference_key=x are not flags"),
     ("report=/tmp/m.py: unknown report type", "--report /tmp/m.py: unknown report type"),
+    ("m.pt2: pass trust_program=True only for a program you trust; even with "
+     "trust_program=True", "m.pt2: pass --trust-program only for a program you trust; even "
+     "with --trust-program"),
 ])
 def test_api_terms_become_flags(api: str, cli: str) -> None:
     assert in_flag_terms(api) == cli

@@ -17,9 +17,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from safetensors.torch import save_file
 from typer.testing import CliRunner, Result
 
-from tests.onnx_graph.builders import scaled_copy
+from tests.export import programs
+from tests.onnx_graph.builders import save, scaled_copy, weight_norm_model
 from wnconvert.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -239,7 +241,7 @@ def test_fold_of_a_pt2_program(tmp_path: Path, fixture_models: object) -> None:
                                   dynamic_shapes=({2: torch.export.Dim("frames")},))
     pt2 = tmp_path / "gen.pt2"
     torch.export.save(program, str(pt2))
-    result = run("fold", pt2, "--json", "--report", tmp_path / "r.json")
+    result = run("fold", pt2, "--trust-program", "--json", "--report", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["passed"] is True
@@ -283,3 +285,83 @@ def test_verify_help_has_an_example() -> None:
     result = run("verify", "--help")
     assert result.exit_code == 0
     assert "wnconvert verify model.onnx --reference" in " ".join(result.stdout.split())
+
+
+# --------------------------------------------------------------------------- .pt2 trust (issue 16)
+
+
+@pytest.fixture
+def evil_program(tmp_path: Path) -> tuple[Path, Path]:
+    """A .pt2 whose graph maps ``victim`` (outside its folder) writable, and the victim."""
+    victim = tmp_path / "outside" / "victim.bin"
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious")
+    (tmp_path / "in").mkdir()
+    program = programs.save_program(programs.Ones(), tmp_path / "in" / "m.pt2", torch.randn(4),
+                                    edit=programs.reads_file(victim))
+    return program, victim
+
+
+@pytest.fixture
+def candidate(tmp_path: Path) -> Path:
+    return save(weight_norm_model((4, 3), 0)[0], tmp_path / "candidate.onnx")
+
+
+def test_an_untrusted_program_is_refused_before_torch_loads_it(
+        evil_program: tuple[Path, Path], candidate: Path, tmp_path: Path,
+        assert_input_error: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reported runs: `fold m.pt2` (exit 0, nothing said) and `verify --reference m.pt2`
+    ran the program's code. Without --trust-program torch never sees the file."""
+    program, victim = evil_program
+    loads: list[object] = []
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: loads.append(a))
+    out = tmp_path / "in" / "m.onnx"
+    for args in (["fold", program], ["fold", program, "--to", "onnx", "-o", out],
+                 ["verify", candidate, "--reference", program]):
+        line = assert_input_error(run(*args), program, "--trust-program")
+        assert "a .pt2 is a program" in line and "evaluates code from the file" in line
+        assert "trust_program" not in line
+    checkpoint = tmp_path / "w.pt"
+    torch.save({"fc.weight": torch.zeros(4, 8)}, checkpoint)
+    assert_input_error(run("fold", checkpoint, "--to", "onnx", "--model", program, "-o", out),
+                       program, "--trust-program")
+    assert_input_error(run("verify", candidate, "--reference", checkpoint, "--model", program),
+                       program, "--trust-program")
+    assert loads == []
+    assert not out.exists() and victim.read_bytes() == b"precious"
+    assert sorted(p.name for p in program.parent.iterdir()) == ["m.pt2"]
+
+
+def test_a_trusted_program_that_touches_files_is_refused(
+        evil_program: tuple[Path, Path], candidate: Path,
+        assert_input_error: Callable[..., str]) -> None:
+    program, victim = evil_program
+    for args in (["fold", program, "--trust-program", "--no-verify"],
+                 ["verify", candidate, "--reference", program, "--trust-program"]):
+        line = assert_input_error(run(*args), program, "aten.from_file.default")
+        assert "even with --trust-program" in line
+    assert victim.read_bytes() == b"precious"
+    assert sorted(p.name for p in program.parent.iterdir()) == ["m.pt2"]
+
+
+def test_trust_program_is_refused_where_no_program_is_read(
+        candidate: Path, tmp_path: Path, assert_input_error: Callable[..., str]) -> None:
+    """A flag the job would ignore is refused: the user must not believe it changed anything."""
+    checkpoint = tmp_path / "w.safetensors"
+    save_file({"a_g": torch.ones(2, 1), "a_v": torch.ones(2, 3)}, str(checkpoint))
+    for args in (["fold", checkpoint, "--trust-program"],
+                 ["fold", candidate, "--trust-program", "--no-verify"],
+                 ["fold", checkpoint, "--to", "onnx", "--model", MODEL, "--trust-program"],
+                 ["verify", candidate, "--reference", candidate, "--trust-program"]):
+        assert_input_error(run(*args), "--trust-program", "drop it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["candidate.onnx", "w.safetensors"]
+
+
+def test_a_trusted_clean_program_folds_and_verifies(tmp_path: Path) -> None:
+    program = programs.save_program(programs.Linear(), tmp_path / "linear.pt2", torch.randn(2, 8))
+    result = run("fold", program, "--trust-program", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["passed"] is True
+    verified = run("verify", tmp_path / "linear.onnx", "--reference", program,
+                   "--trust-program", "--json")
+    assert verified.exit_code == 0, verified.output

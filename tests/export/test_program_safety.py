@@ -1,6 +1,8 @@
-"""A ``.pt2`` archive can never run code (issue 9 §1): one crafted archive per member that
+"""A ``.pt2`` archive can never run pickled code (issue 9 §1): one crafted archive per member that
 ``torch.export.load`` would unpickle unsafely, each refused with one line, exit 2, nothing
-written and no marker file created."""
+written and no marker file created. A ``.pt2`` is still a program (issue 16): it is loaded only
+with ``trust_program=True``, and even then its graph may call only core ATen/prims operators
+that touch no files."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,10 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from tests.export import programs
+from tests.export.programs import save_program
 from tests.fuzzing import FUZZ, examples, flips
 from wnconvert.cli import app
 from wnconvert.errors import InputError
-from wnconvert.export import load_program
+from wnconvert.export import load_program, prepare_program
 from wnconvert.export import program as program_module
 
 
@@ -127,7 +132,7 @@ CRAFTED = {
 
 
 def test_a_valid_archive_loads_on_the_cpu(valid_pt2: Path) -> None:
-    program = load_program(valid_pt2)
+    program = load_program(valid_pt2, trust_program=True)
     assert all(t.device.type == "cpu" for t in program.state_dict.values())
 
 
@@ -137,7 +142,7 @@ def test_crafted_member_is_refused_and_runs_nothing(member: str, valid_pt2: Path
     marker = tmp_path / "PWNED"
     bad = _rewrite(valid_pt2, tmp_path / "bad.pt2", CRAFTED[member](marker))
     with pytest.raises(InputError, match="refused"):
-        load_program(bad)
+        load_program(bad, trust_program=True)
     assert not marker.exists()
 
 
@@ -151,7 +156,7 @@ def test_the_load_guard_alone_runs_nothing(member: str, valid_pt2: Path, tmp_pat
     marker = tmp_path / "PWNED"
     bad = _rewrite(valid_pt2, tmp_path / "bad.pt2", CRAFTED[member](marker))
     with pytest.raises(InputError):
-        load_program(bad)
+        load_program(bad, trust_program=True)
     assert not marker.exists()
     # The guard is lifted afterwards: torch.load is torch's own again.
     assert torch.load.__module__ == "torch.serialization"
@@ -163,7 +168,8 @@ def test_cli_fold_of_a_malicious_pt2_exits_2_and_writes_nothing(valid_pt2: Path,
     bad = _rewrite(valid_pt2, tmp_path / "x.pt2", _sample_inputs(marker))
     out = tmp_path / "out.onnx"
     before = bad.read_bytes()
-    result = CliRunner().invoke(app, ["fold", str(bad), "--no-verify", "-o", str(out)])
+    result = CliRunner().invoke(app, ["fold", str(bad), "--trust-program", "--no-verify",
+                                        "-o", str(out)])
     assert result.exit_code == 2, result.output
     assert "refused" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -177,7 +183,7 @@ def test_not_a_zip_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "junk.pt2"
     path.write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a torch.export archive"):
-        load_program(path)
+        load_program(path, trust_program=True)
 
 
 # --------------------------------------------------------------------------- damaged archives
@@ -205,7 +211,7 @@ def test_a_damaged_archive_is_one_line_naming_the_cause(
     bad = _rewrite(valid_pt2, tmp_path / "bad.pt2", edit)
     capfd.readouterr()
     with pytest.raises(InputError) as caught:
-        load_program(bad)
+        load_program(bad, trust_program=True)
     assert cause in str(caught.value) and "\n" not in str(caught.value)
     assert capfd.readouterr().err == ""
 
@@ -228,7 +234,80 @@ def test_mutated_archives_load_or_are_input_errors(
     bad = _rewrite(valid_pt2, tmp_path / "mutated.pt2", flip)
     capfd.readouterr()
     try:
-        load_program(bad)
+        load_program(bad, trust_program=True)
     except InputError as exc:
         assert "\n" not in str(exc)
     assert capfd.readouterr().err == "", "torch printed to stderr"
+
+
+# --------------------------------------------------------------------------- trust (issue 16)
+
+
+def test_an_untrusted_program_is_refused_before_torch_reads_it(
+        valid_pt2: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a .pt2 evaluates text from it (sympy parses its symbolic sizes): without
+    trust_program nothing of the file may reach torch, not even the archive check's reader."""
+    reached: list[str] = []
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: reached.append("export.load"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reached.append("load"))
+    monkeypatch.setattr(program_module, "check_program_archive",
+                        lambda path: reached.append("archive"))
+    with pytest.raises(InputError) as caught:
+        load_program(valid_pt2)
+    message = str(caught.value)
+    assert str(valid_pt2) in message and "trust_program=True" in message
+    assert "a .pt2 is a program" in message and "evaluates code from the file" in message
+    assert reached == []
+
+
+def test_a_trusted_program_still_may_not_call_from_file(tmp_path: Path) -> None:
+    """The reported attack: a graph that maps a file outside the folder writable
+    (aten.from_file with shared=True), or creates one."""
+    victim = tmp_path / "outside" / "victim.bin"
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious bytes, not zeros")
+    missing = tmp_path / "outside" / "created.bin"
+    for target in (victim, missing):
+        program = save_program(programs.Ones(), tmp_path / "evil.pt2", torch.randn(4),
+                               edit=programs.reads_file(target))
+        with pytest.raises(InputError) as caught:
+            load_program(program, trust_program=True)
+        message = str(caught.value)
+        assert "aten.from_file.default" in message and "files" in message
+        assert "even with trust_program=True" in message and "\n" not in message
+    assert victim.read_bytes() == b"precious bytes, not zeros"
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("module, named", [
+    (programs.Custom(), "wnconvert_tests.shift.default"),
+    (programs.NonCore(), "aten.digamma.default"),
+])
+def test_a_trusted_program_may_not_call_custom_or_non_core_operators(
+        module: torch.nn.Module, named: str, tmp_path: Path) -> None:
+    program = save_program(module, tmp_path / "p.pt2", torch.rand(4) + 0.5)
+    with pytest.raises(InputError, match="refused: the program calls " + named.replace(".", r"\.")):
+        load_program(program, trust_program=True)
+
+
+def test_nested_graphs_are_checked_too(tmp_path: Path) -> None:
+    clean = save_program(programs.Branches(), tmp_path / "clean.pt2", torch.randn(4))
+    assert load_program(clean, trust_program=True) is not None
+    target = tmp_path / "created.bin"
+    evil = save_program(programs.Branches(), tmp_path / "evil.pt2", torch.randn(4),
+                        edit=programs.reads_file(target))
+    with pytest.raises(InputError, match=r"aten\.from_file\.default"):
+        load_program(evil, trust_program=True)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("module, args, dynamic", [
+    (programs.Linear(), (torch.randn(2, 8),), None),
+    (programs.Plumbing(), (torch.randn(5, 2),), ({0: torch.export.Dim.AUTO},)),
+])
+def test_clean_programs_load_and_run_when_trusted(module: torch.nn.Module,
+                                                  args: tuple[torch.Tensor, ...],
+                                                  dynamic: Any, tmp_path: Path) -> None:
+    path = save_program(module, tmp_path / "clean.pt2", *args, dynamic_shapes=dynamic)
+    prepared = prepare_program(path, trust_program=True)
+    torch.testing.assert_close(prepared.reference(*args), module(*args))

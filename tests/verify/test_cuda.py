@@ -92,5 +92,5 @@ def test_a_pt2_saved_on_cuda_is_moved_to_cpu(tmp_path: Path) -> None:
     program = torch.export.export(net, (torch.randn(2, 8, device="cuda"),))
     pt2 = tmp_path / "net.pt2"
     torch.export.save(program, str(pt2))
-    result = run("fold", pt2, "-o", tmp_path / "net.onnx", "--json")
+    result = run("fold", pt2, "--trust-program", "-o", tmp_path / "net.onnx", "--json")
     assert result.exit_code == 0, result.output

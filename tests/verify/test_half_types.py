@@ -99,7 +99,7 @@ def test_pt2_with_a_bfloat16_input_exports_and_verifies(tmp_path: Path) -> None:
     pt2 = tmp_path / "net.pt2"
     torch.export.save(program, str(pt2))
     out = tmp_path / "net.onnx"
-    result = run("fold", pt2, "-o", out, "--json")
+    result = run("fold", pt2, "--trust-program", "-o", out, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["passed"] is True
@@ -111,6 +111,6 @@ def test_pt2_with_a_bfloat16_input_exports_and_verifies(tmp_path: Path) -> None:
             init.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), init.name))
     bad = tmp_path / "bad.onnx"
     onnx.save(model, bad)
-    failed = run("verify", bad, "--reference", pt2, "--json")
+    failed = run("verify", bad, "--reference", pt2, "--trust-program", "--json")
     assert failed.exit_code == 1, failed.output
     assert json.loads(failed.stdout)["passed"] is False

@@ -25,6 +25,8 @@ from .common import (
     QuietOpt,
     VerifyCliOptions,
     command_context,
+    names_program,
+    refuse_unused_trust,
 )
 from .options import (
     AddPrefixOpt,
@@ -44,6 +46,7 @@ from .options import (
     StyleChoice,
     Tf32Opt,
     TolOpt,
+    TrustProgramOpt,
     VerifyFlagOpt,
     WeightsChoice,
     WeightsOpt,
@@ -220,7 +223,8 @@ def fold(
     path: Annotated[
         Path,
         typer.Argument(
-            help="Checkpoint (.pt, .safetensors, sharded index), .onnx model, or .pt2 program."
+            help="Checkpoint (.pt, .safetensors, sharded index), .onnx model, or .pt2 program "
+            "(with --trust-program)."
         ),
     ],
     output: OutputOpt = None,
@@ -228,7 +232,8 @@ def fold(
         str | None,
         typer.Option(
             "--to",
-            help="Output format: pt, safetensors or onnx (onnx needs --model or a .pt2 input).",
+            help="Output format: pt, safetensors or onnx (onnx needs --model or a trusted .pt2 "
+            "input).",
         ),
     ] = None,
     key: KeyOpt = None,
@@ -252,6 +257,7 @@ def fold(
     input_shapes: InputOpt = None,
     inputs_file: InputsOpt = None,
     dynamic: DynamicOpt = None,
+    trust_program: TrustProgramOpt = False,
     opset: Annotated[
         int | None,
         typer.Option("--opset", help="[onnx] ONNX opset to export with."),
@@ -305,7 +311,9 @@ def fold(
             opset=opset,
             exporter=exporter.value,
             prefix=parse_prefix(strip_prefix, add_prefix),
+            trust_program=trust_program,
         )
+        refuse_unused_trust(trust_program, reads_program=names_program(path, model))
         if _is_onnx(path):
             if to not in (None, "onnx") or model is not None:
                 raise InputError(f"{path}: an .onnx input folds to .onnx; drop --to/--model")

@@ -114,6 +114,7 @@ class ExportCliOptions:
     opset: int | None = None
     exporter: str = "auto"  # auto | dynamo | legacy
     prefix: PrefixChange | None = None  # --strip-prefix / --add-prefix
+    trust_program: bool = False  # --trust-program: a .pt2 may be loaded and run
 
 
 @contextmanager
@@ -208,7 +209,8 @@ def protected_inputs(*paths: Path | None, model: str | None = None) -> list[Path
 
 
 #: The library words errors in API terms (``model='x.py:build'``, ``dim=-1``,
-#: ``force=True``); on the command line they name the flag the user typed instead.
+#: ``force=True``, ``trust_program=True``); on the command line they name the flag the user
+#: typed instead.
 _API_TO_FLAG = {
     "model_kwargs": "--model-kwargs", "model": "--model", "key": "--key", "to": "--to",
     "style": "--style", "dim": "--dim", "include": "--include", "exclude": "--exclude",
@@ -223,6 +225,7 @@ _API_TERM = re.compile(r"(?<![\w.(\[])(" + "|".join(sorted(_API_TO_FLAG, key=len
 def in_flag_terms(message: str) -> str:
     """``message`` with the library's ``name=value`` terms written as the CLI's flags."""
     message = re.sub(r"(?<![\w.(])force=True", "--force", message)
+    message = re.sub(r"(?<![\w.(])trust_program=True", "--trust-program", message)
 
     def flag(match: re.Match[str]) -> str:
         after = match.group(2)
@@ -299,6 +302,20 @@ def finish_verification(
         first = failures[0] if failures else "no provider could run the model"
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise CheckFailed(f"verification failed: {first}{more}{suffix}")
+
+
+def names_program(path: Path | None, model: str | None = None) -> bool:
+    """True when the job reads a ``.pt2`` program: ``path`` is one, or ``--model`` names one."""
+    return ((path is not None and path.suffix.lower() == ".pt2")
+            or (model or "").endswith(".pt2"))  # as prepare_model tells a program from code
+
+
+def refuse_unused_trust(trust_program: bool, *, reads_program: bool) -> None:
+    """``--trust-program`` on a job that reads no ``.pt2`` would be ignored: refused, so a
+    user never believes it changed something."""
+    if trust_program and not reads_program:
+        raise InputError("--trust-program applies to a .pt2 program (the input, --reference or "
+                         "--model), and this job reads none; drop it")
 
 
 def require_exists(path: Path) -> Path:

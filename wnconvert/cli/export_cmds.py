@@ -25,7 +25,9 @@ from .common import (
     command_context,
     emit_result,
     finish_verification,
+    names_program,
     protected_inputs,
+    refuse_unused_trust,
 )
 from .options import (
     AddPrefixOpt,
@@ -43,6 +45,7 @@ from .options import (
     StripPrefixOpt,
     Tf32Opt,
     TolOpt,
+    TrustProgramOpt,
     WeightsChoice,
     WeightsOpt,
 )
@@ -92,6 +95,7 @@ def fold_to_onnx_command(
                          "CALLABLE) that builds the network, or a .pt2 program as input")
     if is_program and key is not None:
         raise InputError(f"{path}: --key applies to checkpoints, not to .pt2 programs; drop it")
+    _require_trust(path, export)
     if export.input_shapes and export.inputs_file is not None:
         raise InputError("--input and --inputs both given; use shapes (random data) or a .npz "
                          "file (real data), not both")
@@ -125,11 +129,12 @@ def fold_to_onnx_command(
     if is_program:
         if export.model:
             raise InputError(f"{path}: a .pt2 program is the model itself; drop --model")
-        prepared = ex.prepare_program(path)
+        prepared = ex.prepare_program(path, trust_program=export.trust_program)
     else:
         prepared = _prepare_from_checkpoint(path, key=key, model=export.model or "",
                                             kwargs=kwargs, need_plain=True,
-                                            prefix=export.prefix)
+                                            prefix=export.prefix,
+                                            trust_program=export.trust_program)
     if prepared.key_change:
         render.info(f"note: {prepared.key_change}", quiet=quiet)
     args, input_names = _export_inputs(prepared, specs, export.inputs_file, seed=verify.seed)
@@ -155,6 +160,18 @@ def fold_to_onnx_command(
     finish_verification(report, verify.reports, force=force, quiet=quiet, json_out=json_out)
 
 
+def _require_trust(path: Path, export: ExportCliOptions) -> None:
+    """Refuse an untrusted ``.pt2`` (``path`` or ``--model``) before anything else is done: the
+    load would refuse it too, but only after the checks on outputs and providers."""
+    from ..export.program import require_trust
+
+    programs = [path] if names_program(path) else []
+    if names_program(None, export.model):
+        programs.append(Path(export.model or ""))
+    for program in programs:
+        require_trust(program, trust_program=export.trust_program)
+
+
 def _with_specs(options: VerifyOptions, args: list[Any], names: list[str]) -> VerifyOptions:
     import dataclasses
 
@@ -167,15 +184,15 @@ def _with_specs(options: VerifyOptions, args: list[Any], names: list[str]) -> Ve
 
 
 def _prepare_from_checkpoint(path: Path, *, key: str | None, model: str, kwargs: dict[str, Any],
-                             need_plain: bool,
-                             prefix: PrefixChange | None = None) -> PreparedModel:
+                             need_plain: bool, prefix: PrefixChange | None = None,
+                             trust_program: bool = False) -> PreparedModel:
     from ..export import prepare_model
     from ..formats import load_checkpoint
 
     checkpoint = load_checkpoint(path, key=key)
     state_dict = checkpoint.materialize()
     return prepare_model(state_dict, model=model, model_kwargs=kwargs, source=str(path),
-                         need_plain=need_plain, prefix=prefix)
+                         need_plain=need_plain, prefix=prefix, trust_program=trust_program)
 
 
 def _export_inputs(prepared: PreparedModel, specs: list[InputSpec], inputs_file: Path | None,
@@ -247,8 +264,8 @@ def verify(
                                                help="The ONNX model to check.")],
     reference: Annotated[
         Path,
-        typer.Option("--reference", "-r", help="Checkpoint (with --model), .pt2 program, or "
-                     "another .onnx model (run on ONNX Runtime CPU)."),
+        typer.Option("--reference", "-r", help="Checkpoint (with --model), .pt2 program (with "
+                     "--trust-program), or another .onnx model (run on ONNX Runtime CPU)."),
     ],
     model: ModelOpt = None,
     model_kwargs: ModelKwargsOpt = None,
@@ -267,6 +284,7 @@ def verify(
     report: ReportOpt = None,
     strip_prefix: StripPrefixOpt = None,
     add_prefix: AddPrefixOpt = None,
+    trust_program: TrustProgramOpt = False,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -286,7 +304,8 @@ def verify(
         export = ExportCliOptions(model=model, model_kwargs=model_kwargs,
                                   input_shapes=list(input_shapes or []), inputs_file=inputs_file,
                                   dynamic=list(dynamic or []),
-                                  prefix=parse_prefix(strip_prefix, add_prefix))
+                                  prefix=parse_prefix(strip_prefix, add_prefix),
+                                  trust_program=trust_program)
         verify_command(candidate=model_path, reference=reference, key=key, force=force,
                        quiet=quiet, json_out=json_out, export=export, verify=cli)
 
@@ -302,6 +321,9 @@ def verify_command(*, candidate: Path, reference: Path, key: str | None, force: 
     check_candidate(candidate)
     if not reference.exists():
         raise InputNotFound(f"{reference}: no such file or directory; check the path")
+    refuse_unused_trust(export.trust_program,
+                        reads_program=names_program(reference, export.model))
+    _require_trust(reference, export)
     if export.input_shapes and export.inputs_file is not None:
         raise InputError("--input and --inputs both given; use one of them")
     check_report_paths(verify.reports, force=force, inputs=protected_inputs(
@@ -313,7 +335,7 @@ def verify_command(*, candidate: Path, reference: Path, key: str | None, force: 
     plan_providers(options.providers, cuda_tf32=options.cuda_tf32)  # fail before loading
     prepared = load_reference(reference, model=export.model,
                               model_kwargs=parse_model_kwargs(export.model_kwargs), key=key,
-                              prefix=export.prefix)
+                              prefix=export.prefix, trust_program=export.trust_program)
     if prepared is None:
         _status(f"verifying {candidate} against {reference} (ONNX Runtime CPU)", quiet=quiet)
         with render.progress("verifying", quiet=quiet) as callback:

@@ -131,3 +131,12 @@ DynamicOpt = Annotated[
                  "the first input, named time); repeatable. Verification also checks it at a "
                  "second size (symbolic axes of the model are checked automatically)."),
 ]
+TrustProgramOpt = Annotated[
+    bool,
+    typer.Option("--trust-program", help="Allow loading a .pt2 program (the input, verify's "
+                 "--reference, or --model). A .pt2 is code: loading it evaluates text from the "
+                 "file, so without this flag it is refused (as transformers' "
+                 "trust_remote_code). Give it only for programs you would run as Python. Even "
+                 "then, a graph that calls operators outside PyTorch's core ATen/prims set, or "
+                 "touches files (aten.from_file), is refused."),
+]

@@ -4,7 +4,9 @@ The path: build the user's module (``model="MODULE:CALLABLE"`` or ``"path/file.p
 load the checkpoint into it with ``strict=True`` (weight-norm pairs restyled, folded or
 decomposed to fit the module's own keys), keep that module as the *reference*, and export a
 second instance with weight norm removed whose weights are the exact float64 fold. A
-``torch.export`` program (``.pt2``) is also accepted (loaded without unpickling anything).
+``torch.export`` program (``.pt2``) is also accepted when the caller trusts it
+(``trust_program=True``: a program runs code from its file), loaded without unpickling anything
+and refused if its graph calls more than core ATen/prims operators or touches files.
 
 One module per job: :mod:`.inputs` (input specs, ``.npz``, the random-input generator, output
 flattening), :mod:`.torch_model` (build the user's model, strip/apply/match weight norm),

@@ -1,10 +1,19 @@
-"""``torch.export`` programs (``.pt2``): load one without running any pickled code, move it to
+"""``torch.export`` programs (``.pt2``): load one only when the caller trusts it, without running
+any pickled code, refuse graphs that call anything but PyTorch's own tensor operators, move it to
 the CPU, and fold its ``aten._weight_norm`` calls on parameters into plain parameters.
+
+A ``.pt2`` is a program, not data: ``torch.export.load`` evaluates text from the file (symbolic
+sizes are parsed by sympy, guard code is generated from it) and running the graph runs whatever
+operators it names, ``aten.from_file`` included. Filtering the archive's pickles cannot make that
+safe, so nothing is read with torch until the caller says it trusts the program
+(``trust_program=True``, as ``trust_remote_code`` in transformers); even then the graph may only
+call core ATen/prims operators (or ones torch decomposes into them) that touch no files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,8 +30,21 @@ if TYPE_CHECKING:
 _CODE_FOLDERS = ("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")
 
 
-def load_program(path: Path) -> Any:
-    """Load a ``torch.export`` archive (``.pt2``) without unpickling anything unsafely.
+def require_trust(path: Path, *, trust_program: bool) -> None:
+    """Refuse a ``.pt2`` the caller has not said it trusts, before torch reads any of it."""
+    if not trust_program:
+        raise InputError(f"{path}: refused: a .pt2 is a program, and loading it evaluates code "
+                         "from the file (symbolic sizes, guards) and runs its graph; pass "
+                         "trust_program=True only for a program you trust as you would its "
+                         "Python code")
+
+
+def load_program(path: Path, *, trust_program: bool = False) -> Any:
+    """Load a ``torch.export`` archive (``.pt2``) the caller trusts, without unpickling anything
+    unsafely, and refuse a graph that calls anything but core tensor operators.
+
+    Without ``trust_program`` nothing is read with torch (:func:`require_trust`). After loading,
+    :func:`check_program_operators` refuses custom, non-core and file-touching operators.
 
     ``torch.export.load`` unpickles with ``weights_only=False`` in several places (weights and
     constants flagged ``use_pickle``, opaque and custom-class constants, and the sample inputs
@@ -32,11 +54,12 @@ def load_program(path: Path) -> Any:
     (:func:`_safe_unpickling`), so a path this check does not know cannot run code either. The
     program is moved to the CPU: references run there, in float32.
     """
-    import torch
-
     from ..formats.files import require_regular_file
 
     require_regular_file(path, what=".pt2 program")
+    require_trust(path, trust_program=trust_program)
+    import torch
+
     check_program_archive(path)
     try:
         with _safe_unpickling(), _torch_export_log() as logged:
@@ -50,6 +73,7 @@ def load_program(path: Path) -> Any:
                      exc)
         raise InputError(f"{path}: cannot load as a torch.export program (.pt2): "
                          f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}") from None
+    check_program_operators(program, path)
     return _to_cpu(program)
 
 
@@ -187,6 +211,167 @@ def _safe_unpickling() -> Iterator[None]:
         _package.pickle = real_package_pickle
 
 
+#: Operators torch.export puts in a graph that are neither tagged core nor decomposed by torch:
+#: its runtime checks on sizes and tensor metadata (they read no data, and raise when an
+#: assumption the program was exported under does not hold) and the copy of a tensor constant.
+_EXPORT_OPERATORS = frozenset({
+    "aten._assert_scalar.default", "aten._assert_tensor_metadata.default",
+    "aten._assert_async.msg", "aten._functional_assert_async.msg",
+    "aten.sym_constrain_range.default", "aten.sym_constrain_range_for_size.default",
+    "aten.lift_fresh_copy.default",
+})
+#: ATen operators that reach outside the program's tensors, and what they reach.
+_IO_OPERATORS = {"from_file": "which reads, creates and overwrites files",
+                 "save": "which writes files", "_print": "which writes to the terminal"}
+#: Control flow whose branches and bodies are graphs of the same program; they are vetted with
+#: the rest (every nested graph module is walked). Other higher-order operators (custom-op
+#: wrappers, Triton kernels, delegates, effects) run code that is not in a graph wnconvert reads.
+_CONTROL_FLOW = frozenset({"cond", "while_loop", "map_impl", "scan",
+                           "wrap_with_set_grad_enabled", "wrap_with_autocast"})
+#: Schema argument names that say an operator opens a path.
+_PATH_ARGUMENTS = ("file", "path", "dir", "url")
+
+
+def check_program_operators(program: Any, path: Path) -> None:
+    """Refuse a loaded program whose graph (or any graph nested in it) calls anything but
+    PyTorch's core tensor operators, naming the first such call and why.
+
+    Allowed: ATen operators tagged core or that torch rewrites into core ATen itself (in
+    ``torch.export.default_decompositions()``, composite like ``aten.conv1d``, or the in-place
+    form of one of those, like ``aten.relu_``), prims, export's own size checks and constant
+    copies, ``getitem`` and the size arithmetic torch's deserializer creates, and control flow
+    (``cond``, ``while_loop``, ...) whose subgraphs are walked here too. Refused even so: any
+    operator that reads or writes files or the terminal. Non-core ATen operators torch does not
+    decompose (``aten.digamma`` in torch 2.13) are refused: the rule is torch's core set, not a
+    list of ours. Trust lets the program run; it does not let it reach the machine.
+    """
+    import torch
+
+    for module in program.graph_module.modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            if node.op in ("placeholder", "output", "get_attr"):
+                continue
+            why: str | None = f"a {node.op} node, which an exported program does not have"
+            if node.op == "call_function":  # call_module/call_method: not in an exported graph
+                why = _operator_problem(node.target)
+            if why is not None:
+                raise InputError(f"{path}: refused: the program calls "
+                                 f"{_operator_name(node.target)}, {why}; wnconvert runs only "
+                                 "core ATen/prims operators that touch no files, even with "
+                                 "trust_program=True")
+
+
+def _operator_problem(target: Any) -> str | None:
+    """Why the graph may not call ``target`` (None when it may)."""
+    import operator
+
+    import torch
+
+    try:
+        if target is operator.getitem or target in _size_arithmetic():
+            return None
+    except TypeError:  # unhashable: whatever torch's deserializer resolved, not an operator
+        return "which is not a PyTorch operator"
+    if isinstance(target, torch._ops.HigherOrderOperator):
+        return None if target.name() in _CONTROL_FLOW else (
+            "a higher-order operator whose code wnconvert cannot vet")
+    if not isinstance(target, torch._ops.OpOverload):
+        return "which is not a PyTorch operator"
+    io = _input_output(target)
+    if io is not None:
+        return io
+    if target.namespace == "prims":
+        return None
+    if target.namespace != "aten":
+        return f"a custom operator (namespace {target.namespace!r})"
+    if _is_core_aten(target):
+        return None
+    return "which is not a core ATen operator (nor one torch decomposes into them)"
+
+
+def _input_output(op: Any) -> str | None:
+    """What ``op`` reaches outside the program's tensors (None when nothing), whatever its
+    namespace: a string argument named like a file or path is taken to be one."""
+    packet = op._schema.name.split("::", 1)[-1]
+    if op.namespace == "aten" and packet in _IO_OPERATORS:
+        return _IO_OPERATORS[packet]
+    if any(word in argument.name.lower() and "str" in str(argument.type).lower()
+           for argument in op._schema.arguments for word in _PATH_ARGUMENTS):
+        return "which takes a file name or path"
+    return None
+
+
+def _is_core_aten(op: Any) -> bool:
+    """Tagged core; or rewritten into core ATen by torch itself (``run_decompositions``):
+    decomposed by export's default table, composite (defined by other ATen operators only), or
+    the in-place form of such an operator (functionalization makes it the functional one);
+    or one of export's own operators."""
+    import torch
+
+    if (torch.Tag.core in op.tags or str(op) in _EXPORT_OPERATORS
+            or op in _core_decompositions() or _is_composite(op)):
+        return True
+    packet = op._schema.name.split("::", 1)[-1]
+    if torch.Tag.inplace in op.tags and packet.endswith("_") and not packet.endswith("__"):
+        functional = getattr(getattr(torch.ops.aten, packet[:-1], None), op._overloadname, None)
+        return isinstance(functional, torch._ops.OpOverload) and _is_core_aten(functional)
+    return False
+
+
+def _is_composite(op: Any) -> bool:
+    import torch
+
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(op.name(),
+                                                              "CompositeImplicitAutograd")
+    except RuntimeError:  # not a dispatcher operator (a TorchScript builtin such as aten::save)
+        return False
+
+
+def _operator_name(target: Any) -> str:
+    import torch
+
+    if isinstance(target, torch._ops.OpOverload):
+        name = str(target)  # aten.from_file.default
+    elif isinstance(target, torch._ops.HigherOrderOperator):
+        name = f"torch.ops.higher_order.{target.name()}"
+    elif isinstance(target, str):  # a target torch's deserializer could not resolve
+        name = target
+    else:
+        name = (f"{getattr(target, '__module__', None) or '?'}."
+                f"{getattr(target, '__qualname__', type(target).__name__)}")
+    return name[:120]
+
+
+@functools.cache
+def _size_arithmetic() -> frozenset[Any]:
+    """The Python functions torch's deserializer puts in a graph for symbolic sizes
+    (``torch._export.serde.serialize._SYM_OPS``, listed here so a change there is a choice)."""
+    import math
+    import operator
+
+    import torch
+
+    return frozenset({
+        operator.eq, operator.ne, operator.le, operator.ge, operator.lt, operator.gt,
+        operator.neg, operator.pos, operator.mul, operator.add, operator.sub,
+        operator.floordiv, operator.mod, operator.pow, operator.truediv, operator.and_,
+        operator.or_, operator.lshift, operator.rshift, math.trunc, torch.sym_not,
+        torch.sym_int, torch.sym_float, torch.sym_ite, torch.sym_max, torch.sym_min,
+        torch.sym_sqrt,
+    })
+
+
+@functools.cache
+def _core_decompositions() -> Any:
+    """ATen operators torch itself decomposes into core ATen (export's default table)."""
+    import torch
+
+    return torch.export.default_decompositions()
+
+
 def _to_cpu(program: Any) -> Any:
     """The program with every parameter, buffer and constant on the CPU."""
     import torch
@@ -199,10 +384,12 @@ def _to_cpu(program: Any) -> Any:
     return move_to_device_pass(program, "cpu")
 
 
-def prepare_program(path: Path, *, state_dict: Mapping[str, torch.Tensor] | None = None,
+def prepare_program(path: Path, *, trust_program: bool = False,
+                    state_dict: Mapping[str, torch.Tensor] | None = None,
                     source: str | None = None) -> PreparedModel:
-    """Reference and plain module from a ``.pt2`` program (optionally with other weights)."""
-    program = load_program(path)
+    """Reference and plain module from a ``.pt2`` program (optionally with other weights);
+    refused unless ``trust_program`` (see :func:`load_program`)."""
+    program = load_program(path, trust_program=trust_program)
     reference = program.module()
     plain = program.module()
     if state_dict is not None:

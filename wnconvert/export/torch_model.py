@@ -231,7 +231,8 @@ def forward_input_names(module: torch.nn.Module, count: int) -> list[str]:
 
 def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
                   model_kwargs: Mapping[str, Any], source: str,
-                  need_plain: bool = True, prefix: PrefixChange | None = None) -> PreparedModel:
+                  need_plain: bool = True, prefix: PrefixChange | None = None,
+                  trust_program: bool = False) -> PreparedModel:
     """Build the reference and the plain module from ``--model`` and a loaded state dict.
 
     The reference computes weight norm at run time from the checkpoint's own ``g``/``v``: as
@@ -240,7 +241,7 @@ def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
     ``need_plain=False`` (verification only) skips building the module to export. ``prefix``
     renames the checkpoint's keys first; without it, a common prefix that makes the keys fit the
     module (a Lightning ``model.``, an HF task model's ``hubert.``) is found and applied, with a
-    note.
+    note. A ``model`` that is a ``.pt2`` program is loaded only with ``trust_program``.
     """
     notes: list[str] = []
     key_change: str | None = None
@@ -250,7 +251,8 @@ def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
     if model.endswith(".pt2"):
         from .program import prepare_program
 
-        return prepare_program(Path(model), state_dict=state_dict, source=source)
+        return prepare_program(Path(model), trust_program=trust_program, state_dict=state_dict,
+                               source=source)
     from ..keys import find_pair_keys, prefix_to_match
 
     reference = build_model(model, model_kwargs)
