@@ -85,6 +85,30 @@ def blocking_fdopen(fd, mode="r", *args, **kwargs):
 builtins.open = blocking_open
 os.fdopen = blocking_fdopen
 
+# HARNESS_BLOCK_REPLACE=NAME: block right after the os.replace that publishes NAME.
+block_replace = os.environ.get("HARNESS_BLOCK_REPLACE")
+real_replace = os.replace
+
+
+def blocking_replace(src, dst, *args, **kwargs):
+    real_replace(src, dst, *args, **kwargs)
+    if os.path.basename(os.fspath(dst)) == block_replace:
+        real_open(ready, "w").close()
+        for _ in range(12000):
+            if os.path.exists(ready + ".go"):
+                break
+            time.sleep(0.01)
+
+
+if block_replace:
+    os.replace = blocking_replace
+
+# HARNESS_SIGNAL_AT_EXIT=1: a SIGTERM while the interpreter shuts down.
+if os.environ.get("HARNESS_SIGNAL_AT_EXIT"):
+    import atexit, signal
+
+    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(1)))
+
 from wnconvert.cli import main
 
 sys.argv = ["wnconvert", *sys.argv[3:]]
@@ -213,36 +237,114 @@ def test_closed_stdout_on_help(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_runs_writing_one_output(tmp_path):
-    """The run that finishes second keeps the first one's output and exits 2."""
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["new", "force"])
+def test_two_runs_writing_one_output(force, tmp_path):
+    """One writer per output: a second run while the first writes exits 2 at once; the first
+    publishes its whole output. (Two --force runs used to publish one run's model beside the
+    other's data file.)"""
     work = tmp_path / "work"
     work.mkdir()
     src = _checkpoint(work)
     output = work / "out.safetensors"
+    if force:
+        output.write_bytes(b"an older output")
     harness = tmp_path / "harness.py"
     harness.write_text(HARNESS)
     ready = tmp_path / "ready"
     slow = subprocess.Popen([sys.executable, str(harness), str(ready), "1", "fold", str(src),
-                             "-o", str(output)], cwd=tmp_path, env=_env(),
+                             "-o", str(output), *force], cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_until_writing(slow, ready)
         fast = subprocess.run([sys.executable, "-m", "wnconvert", "fold", str(src), "-o",
-                               str(output)], cwd=tmp_path, env=_env(), capture_output=True,
-                              text=True, timeout=120, check=False)
-        assert fast.returncode == 0, fast.stderr
-        first = output.read_bytes()
+                               str(output), *force], cwd=tmp_path, env=_env(),
+                              capture_output=True, text=True, timeout=120, check=False)
         (tmp_path / "ready.go").touch()
         _, stderr = slow.communicate(timeout=60)
     finally:
         if slow.poll() is None:
             slow.kill()
             slow.communicate()
-    assert slow.returncode == 2, stderr
-    line, = stderr.strip().splitlines()
-    assert "out.safetensors: appeared while writing" in line and "--force" in line
-    assert output.read_bytes() == first
+    assert fast.returncode == 2, fast.stderr
+    line, = fast.stderr.strip().splitlines()
+    assert "out.safetensors: another wnconvert is writing this output" in line
+    assert slow.returncode == 0, stderr
+    from safetensors.numpy import load_file
+
+    assert sorted(load_file(output)) == ["a.weight", "b.weight"]
     assert _hidden(work) == []
+
+
+def _external_onnx(folder: Path, name: str, seed: int) -> Path:
+    from tests.onnx_graph.builders import save, weight_norm_model
+
+    model, _, _ = weight_norm_model((64, 32), seed)
+    return save(model, folder / name, external=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["onnx", "safetensors"])
+def test_a_signal_during_a_force_publish_waits_for_it(kind, tmp_path):
+    """SIGTERM right after the new entry is renamed into place: the run still exits 143 with
+    one line, and the folder holds the complete new set (the old code rolled back the entry
+    and deleted it: no model beside the old data file, or no output at all)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    if kind == "onnx":
+        old_src, src = _external_onnx(work, "old.onnx", 0), _external_onnx(work, "in.onnx", 1)
+        output, extra = work / "out.onnx", ["--no-verify"]
+    else:
+        old_src = src = _checkpoint(work)
+        output, extra = work / "out.safetensors", []
+    first = subprocess.run([sys.executable, "-m", "wnconvert", "fold", str(old_src), "-o",
+                            str(output), *extra], cwd=tmp_path, env=_env(),
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stderr
+    if kind != "onnx":
+        output.write_bytes(b"an older output")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    expected = subprocess.run([sys.executable, "-m", "wnconvert", "fold", str(src), "-o",
+                               str(reference / output.name), *extra], cwd=tmp_path, env=_env(),
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert expected.returncode == 0, expected.stderr
+    harness = tmp_path / "harness.py"
+    harness.write_text(HARNESS)
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, str(harness), str(ready), "0", "fold", str(src),
+                             "-o", str(output), "--force", *extra], cwd=tmp_path,
+                            env={**_env(), "HARNESS_BLOCK_REPLACE": output.name},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_writing(proc, ready)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)  # not a timing assertion: the signal is in before the publish goes on
+        (tmp_path / "ready.go").touch()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, stderr
+    line, = stderr.strip().splitlines()
+    assert line.startswith("error: terminated (SIGTERM)") and "Traceback" not in stderr
+    wanted = {n: b for n, b in _listing(reference).items()}
+    got = {n: b for n, b in _listing(work).items() if n.startswith("out.")}
+    assert got == wanted
+    assert _hidden(work) == []
+
+
+@pytest.mark.slow
+def test_a_signal_during_interpreter_shutdown_prints_no_traceback(tmp_path):
+    src = _checkpoint(tmp_path)
+    harness = tmp_path / "harness.py"
+    harness.write_text(HARNESS)
+    proc = subprocess.run([sys.executable, str(harness), str(tmp_path / "ready"), "0",
+                           "inspect", str(src)], cwd=tmp_path,
+                          env={**_env(), "HARNESS_SIGNAL_AT_EXIT": "1"}, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_later_signals_wait_for_the_cleanup_then_end_the_process(monkeypatch):

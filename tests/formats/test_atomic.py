@@ -441,3 +441,248 @@ def test_a_write_error_names_the_final_path_not_the_staged_one(tmp_path):
     assert caught.value.errno == errno.ENOSPC
     assert caught.value.filename == str(data)
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- --force sets
+
+
+def _write_set(folder: Path, generation: str, shards: list[str]) -> None:
+    """A tiny sharded set: each shard's bytes say which run wrote it (``generation``)."""
+    for name in shards:
+        (folder / name).write_bytes(f"{generation}:{name}".encode())
+    weight_map = {f"t{i}": name for i, name in enumerate(shards)}
+    (folder / "m.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"generation": generation}, "weight_map": weight_map}))
+
+
+def _read_set(folder: Path) -> str:
+    """The generation of the set a reader sees now; fails on a missing or mixed payload."""
+    index = json.loads((folder / "m.safetensors.index.json").read_text())
+    generation = index["metadata"]["generation"]
+    for name in index["weight_map"].values():
+        content = (folder / name).read_bytes().decode()
+        assert content.startswith(f"{generation}:"), f"{name} is {content}, index {generation}"
+    return generation
+
+
+def _shards(count: int) -> list[str]:
+    return [f"m-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def _publish_set(folder: Path, shards: list[str]) -> None:
+    from wnconvert.formats import ShardIndexLayout
+
+    index = folder / "m.safetensors.index.json"
+    outputs = [folder / name for name in shards]
+    with atomic.atomic_files([*outputs, index], force=True, layout=ShardIndexLayout()) as temps:
+        for tmp, name in zip(temps, shards, strict=False):
+            tmp.write_bytes(f"new:{name}".encode())
+        temps[-1].write_text(json.dumps(
+            {"metadata": {"generation": "new"},
+             "weight_map": {f"t{i}": name for i, name in enumerate(shards)}}))
+
+
+@pytest.mark.parametrize("old,new", [(3, 3), (3, 2), (2, 3)], ids=["same", "fewer", "more"])
+def test_force_shows_the_complete_old_or_new_set_at_every_instant(old, new, tmp_path,
+                                                                  monkeypatch):
+    # A reader (or a SIGKILL) at any step of the publish finds the complete old set or the
+    # complete new one, never an old index over new shard bytes.
+    _write_set(tmp_path, "old", _shards(old))
+    seen: list[str] = []
+    for name in ("replace", "unlink", "link"):
+        real = getattr(os, name)
+
+        def step(*args: object, real: object = real, **kwargs: object) -> object:
+            seen.append(_read_set(tmp_path))
+            result = real(*args, **kwargs)  # type: ignore[operator]
+            seen.append(_read_set(tmp_path))
+            return result
+
+        monkeypatch.setattr(atomic.os, name, step)
+    _publish_set(tmp_path, _shards(new))
+    monkeypatch.undo()
+    assert seen[0] == "old" and set(seen) == {"old", "new"}
+    assert _read_set(tmp_path) == "new"
+    # The old set's shards the new one does not use went with it (a layout change).
+    assert sorted(listing(tmp_path)) == sorted([*_shards(new), "m.safetensors.index.json"])
+    no_debris(tmp_path)
+
+
+def test_a_layout_change_removes_only_the_old_sets_own_files(tmp_path):
+    _write_set(tmp_path, "old", [*_shards(3), "notes.bin"])  # the index also names notes.bin
+    (tmp_path / "m-00009-of-00009.safetensors").write_bytes(b"not in the old index")
+    _publish_set(tmp_path, _shards(2))
+    assert sorted(listing(tmp_path)) == sorted(
+        [*_shards(2), "m.safetensors.index.json", "notes.bin", "m-00009-of-00009.safetensors"])
+
+
+def test_a_killed_replacement_is_cleaned_up_by_the_next_one(tmp_path):
+    # What a SIGKILL between repointing the old index and the switch leaves: the old index
+    # reads hidden backups (a complete old set), the new shard bytes, a staging folder, a lock.
+    _write_set(tmp_path, "old", _shards(2))
+    backups = [atomic.backup_name(tmp_path / "m.safetensors.index.json", "abcd1234", name)
+               for name in _shards(2)]
+    for name, backup in zip(_shards(2), backups, strict=True):
+        os.rename(tmp_path / name, tmp_path / backup)
+        (tmp_path / name).write_bytes(b"new bytes of the killed run")
+    _write_set(tmp_path, "old", backups)
+    (tmp_path / ".m.safetensors.index.json.k1ll3d_x.tmp").mkdir()
+    (tmp_path / ".m.safetensors.index.json.k1ll3d_x.tmp" / "half").write_bytes(b"half")
+    (tmp_path / ".m.safetensors.index.json.lock").write_bytes(b"")
+    assert _read_set(tmp_path) == "old"
+    _publish_set(tmp_path, _shards(2))
+    assert _read_set(tmp_path) == "new"
+    assert sorted(listing(tmp_path)) == sorted([*_shards(2), "m.safetensors.index.json"])
+    no_debris(tmp_path)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_signal_during_a_force_publish_waits_for_its_end(shards, tmp_path, monkeypatch):
+    # SIGTERM while the entry is renamed used to roll back a half-published set and delete
+    # the old output (single file) or the old index (sharded).
+    import signal
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stop
+
+    names = _shards(shards) if shards > 1 else []
+    if names:
+        _write_set(tmp_path, "old", names)
+    else:
+        (tmp_path / "m.safetensors.index.json").write_bytes(b"old single file")
+    real = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        real(src, dst)
+        if Path(str(dst)).name == "m.safetensors.index.json":
+            os.kill(os.getpid(), signal.SIGTERM)  # lands right after the entry's rename
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stop):
+            if names:
+                _publish_set(tmp_path, names)
+            else:
+                with atomic.atomic_file(tmp_path / "m.safetensors.index.json",
+                                        force=True) as handle:
+                    handle.write(b"new single file")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if names:
+        assert _read_set(tmp_path) == "new"
+    else:
+        assert listing(tmp_path) == {"m.safetensors.index.json": b"new single file"}
+    no_debris(tmp_path)
+
+
+def test_one_writer_per_output(tmp_path):
+    output = tmp_path / "out.bin"
+    with atomic.atomic_file(output) as handle:
+        handle.write(b"first")
+        with (
+            pytest.raises(InputError, match="out.bin: another wnconvert is writing"),
+            atomic.atomic_file(output, force=True),
+        ):
+            pass
+    assert output.read_bytes() == b"first"
+    no_debris(tmp_path)
+    with atomic.atomic_file(output, force=True) as handle:  # the lock went with the first
+        handle.write(b"second")
+    assert output.read_bytes() == b"second"
+    no_debris(tmp_path)
+
+
+def _onnx_outputs(folder: Path) -> dict[str, bytes]:
+    """The initializer bytes a reader of out.onnx gets now (external data read by hand:
+    onnx.load refuses a data file with two hard links, which a publish has for an instant)."""
+    import onnx
+
+    model = onnx.load(str(folder / "out.onnx"), load_external_data=False)
+    found = {}
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            found[tensor.name] = tensor.SerializeToString()
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        with open(folder / info["location"], "rb") as handle:
+            handle.seek(int(info.get("offset", 0)))
+            found[tensor.name] = handle.read(int(info["length"]))
+            assert len(found[tensor.name]) == int(info["length"])
+    return found
+
+
+def test_onnx_force_keeps_model_and_data_whole_and_drops_data_it_no_longer_uses(tmp_path,
+                                                                               monkeypatch):
+    from wnconvert.onnx_graph import fold_file
+
+    first, _, _ = weight_norm_model((4, 3), 0)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = save(first, tmp_path / "a" / "m.onnx", external=True)
+    b = save(weight_norm_model((6, 5), 1)[0], tmp_path / "b" / "m.onnx",
+             external=True)  # another shape: a model reading the other data fails
+    out = tmp_path / "out.onnx"
+    fold_file(a, out, force=False)
+    old = _onnx_outputs(tmp_path)
+    assert (tmp_path / "out.onnx.data").exists()
+    fold_file(b, tmp_path / "new.onnx", force=False)
+    seen = []
+    real = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        seen.append(_onnx_outputs(tmp_path))
+        real(src, dst)
+        seen.append(_onnx_outputs(tmp_path))
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    fold_file(b, out, force=True)  # the same data file name: the old model is repointed
+    monkeypatch.undo()
+    new = _onnx_outputs(tmp_path)
+    assert old != new and seen[0] == old and seen[-1] == new
+    assert all(state in (old, new) for state in seen), "a model read another run's data"
+    no_debris(tmp_path)
+    # Replaced by a model without external data: its old data file goes with it.
+    fresh, _, _ = weight_norm_model((4, 3), 0)  # onnx.save made `first` external in place
+    inline = save(fresh, tmp_path / "a" / "inline.onnx")
+    fold_file(inline, out, force=True)
+    assert not (tmp_path / "out.onnx.data").exists()
+    assert (tmp_path / "new.onnx.data").exists()
+    no_debris(tmp_path)
+
+
+def test_a_full_disk_names_the_shard(tmp_path, save_sharded, monkeypatch):
+    import wnconvert.formats as formats
+
+    index = save_sharded([{"a": torch.ones(3)}, {"b": torch.zeros(2)}])
+    checkpoint = load_checkpoint(index)
+    plan = [PlannedTensor(k, checkpoint.info(k), k) for k in checkpoint.state_dict]
+    full = OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(formats, "open", lambda path, mode: FailingFile(path, mode, full,
+                                                                       fail_at=1),
+                        raising=False)
+    output = tmp_path / "out.safetensors.index.json"
+    with pytest.raises(OSError) as caught:
+        write_checkpoint(checkpoint, plan, output, fmt="safetensors")
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(tmp_path / "out-00001-of-00002.safetensors")
+    no_debris(tmp_path)
+
+
+def test_a_full_disk_names_the_onnx_data_file(tmp_path, monkeypatch):
+    from wnconvert.onnx_graph import fold_file, protowrite
+
+    model, _, _ = weight_norm_model((4, 3), 0)
+    source = save(model, tmp_path / "m.onnx", external=True)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(protowrite, "open", lambda path, mode: FailingFile(path, mode, full,
+                                                                          fail_at=1),
+                        raising=False)
+    with pytest.raises(OSError) as caught:
+        fold_file(source, tmp_path / "out.onnx", force=False)
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(tmp_path / "out.onnx.data")
+    no_debris(tmp_path)

@@ -56,17 +56,27 @@ from . import graph_cmds as _graph_cmds  # noqa: E402,F401
 
 
 def main() -> None:
-    """The ``wnconvert`` entry point: :mod:`.lifecycle` handles signals and a closed stdout."""
-    import sys
-
-    from .lifecycle import Terminated, guard_stdout, install_signal_handlers, signal_name
+    """The ``wnconvert`` entry point: :mod:`.lifecycle` handles signals and a closed stdout,
+    and ends the process (:func:`.lifecycle.finish`)."""
+    from .lifecycle import (
+        Terminated,
+        exit_code_of,
+        finish,
+        guard_stdout,
+        install_signal_handlers,
+        signal_name,
+    )
 
     install_signal_handlers()
     guard_stdout()
+    code = 0
     try:
         app()
+    except SystemExit as exc:
+        code = exit_code_of(exc)
     except Terminated as exc:  # arrived outside a command body (while parsing options)
         from .. import render
 
         render.error(f"terminated ({signal_name(exc.signum)})")
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
+    finish(code)

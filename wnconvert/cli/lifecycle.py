@@ -5,6 +5,12 @@
   command exits ``128 + signal number`` (130, 143, 129). Signals that arrive in the 5 seconds
   after the first are ignored, so a second Ctrl-C cannot cut a cleanup short; one after that
   ends the process at once (something hangs).
+* The process ends with :func:`finish` (``os._exit`` once stdout and stderr are flushed), not
+  through the interpreter's shutdown: that shutdown joins worker threads (a numerics pool, a
+  writer thread still finishing its copy after a signal unwound the main thread), which kept a
+  signalled run alive, and a signal arriving during it ran the handler inside shutdown code
+  (a traceback, exit 0). A signal after the command finished still ends the run as a signal
+  (143/130, one line); its outputs are complete then.
 * A stdout closed by its reader (``wnconvert inspect x.pt | head -1``) is not an error: the rest
   of the output is discarded and the command finishes; its exit code is its own (0 for inspect,
   1 for a failed check), never changed by the closed pipe.
@@ -21,7 +27,7 @@ import signal
 import sys
 import time
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 
 class Terminated(BaseException):
@@ -67,12 +73,56 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 def install_signal_handlers() -> None:
     """SIGINT, SIGTERM (and SIGHUP where it exists) unwind the stack as exceptions."""
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    for name in _HANDLED:
         signum = getattr(signal, name, None)
         if signum is None:
             continue
         with contextlib.suppress(ValueError, OSError):  # not the main thread, or not allowed
             signal.signal(signum, _on_signal)
+
+
+_HANDLED = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def exit_code_of(exc: SystemExit) -> int:
+    """The exit status ``sys.exit(code)`` would give (a message is printed, then 1)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def finish(code: int) -> NoReturn:
+    """End the process now with ``code`` (or as the signal that arrived after the command).
+
+    Every file the command wrote was closed by its ``with`` block; stdout and stderr are
+    flushed here. Nothing is left to the interpreter's shutdown, which could wait on worker
+    threads or run a signal handler in the middle of its own code.
+    """
+    late: list[int] = []
+    for name in _HANDLED:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signum, lambda number, frame: late.append(number))
+    _flush_std()
+    if late and _received is None:
+        from .. import render
+
+        what = "interrupted" if late[0] == signal.SIGINT else f"terminated ({signal_name(late[0])})"
+        render.error(what)
+        code = 128 + late[0]
+        _flush_std()
+    os._exit(code)
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
 
 
 def signal_name(signum: int) -> str:

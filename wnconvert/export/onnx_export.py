@@ -432,9 +432,10 @@ def _save_atomic(model: ir.Model, output: Path, external: Path | None, *,
     import onnx_ir as ir
 
     from ..formats.atomic import Staging
+    from ..onnx_graph.protowrite import OnnxLayout
 
     outputs = [external, output] if external is not None else [output]
-    with Staging(outputs, force=force) as staging:
+    with Staging(outputs, force=force, layout=OnnxLayout()) as staging:
         if external is not None:
             ir.save(model, staging.path(output), external_data=external.name,
                     size_threshold_bytes=1024)

@@ -8,6 +8,7 @@ shapes, dtypes and how to make each), so safetensors outputs stream tensor by te
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from ..dtypes import numpy_to_tensor
 from ..errors import InputError, InputNotFound, WeightNormWarning
 from . import safetensors_format as st
 from . import torch_pickle as tp
-from .atomic import atomic_file, atomic_files, check_output
+from .atomic import atomic_file, atomic_files, check_output, name_write_errors
 from .files import require_regular_file
 from .source import DictSource, LazyStateDict, PlannedTensor, TensorInfo, TensorSource, source_of
 
@@ -390,9 +391,10 @@ def _write_sharded(
         check_output(path, force=force, inputs=inputs)
     total = 0
     tensor_bytes = 0
-    with atomic_files([*outputs, index_path], force=force) as temps:
+    with atomic_files([*outputs, index_path], force=force, layout=ShardIndexLayout(),
+                      keep=inputs) as temps:
         for tmp, items in zip(temps[:-1], groups.values(), strict=True):  # last: index
-            with open(tmp, "wb") as handle:
+            with open(tmp, "wb") as handle, name_write_errors(tmp):
                 total += st.write_safetensors(
                     handle, items, checkpoint.source, metadata=metadata, on_tensor=on_tensor
                 )
@@ -403,6 +405,30 @@ def _write_sharded(
         }
         temps[-1].write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return total
+
+
+class ShardIndexLayout:
+    """A sharded safetensors checkpoint as an output set (:class:`~.atomic.SetLayout`): the
+    index is the entry, the files its ``weight_map`` names are the payload."""
+
+    def payloads(self, entry: Path) -> list[str]:
+        with open(entry, encoding="utf-8") as handle:
+            weight_map = json.load(handle).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{entry}: no weight_map")
+        return [name for name in weight_map.values() if isinstance(name, str)]
+
+    def owns(self, entry: Path, name: str) -> bool:
+        # The names _write_sharded gives: <stem>-00001-of-00003.safetensors
+        return re.fullmatch(rf"{re.escape(_stem(entry))}-\d{{5}}-of-\d{{5}}\.safetensors",
+                            name) is not None
+
+    def repoint(self, entry: Path, renames: Mapping[str, str], out: Path) -> None:
+        with open(entry, encoding="utf-8") as handle:
+            index = json.load(handle)
+        index["weight_map"] = {key: renames.get(name, name)
+                               for key, name in index["weight_map"].items()}
+        out.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
 def _index_metadata(original: Mapping[str, Any] | None, plan: list[PlannedTensor],

@@ -8,11 +8,30 @@ data, verification reports) goes through this module:
   be created.
 * :class:`Staging` is a private folder next to the outputs. Every file of an output set (shards
   and their index, a model and its external data file) is written there, then published
-  together: in order (data before the file that points at it), and without ``force`` never over
-  a file that appeared at the output path meanwhile (another run, another program). A refused or
-  failed publish removes what it had already published, so no half set is left behind; leaving
-  the block any other way (an error, Ctrl-C, SIGTERM unwinding as an exception) deletes the
-  folder.
+  together. The last file of a set is its *entry* (the single file, the index, the model);
+  the others are its *payload*, which the entry points at.
+
+  - One writer per output: :class:`OutputLock` (``flock`` on ``.<entry>.lock`` beside it) is
+    held from staging to publish; a second run writing the same output fails at once with
+    "another wnconvert is writing this output" (two ``force`` runs would otherwise publish a
+    model from one and its data file from the other). Under the lock, staging folders a killed
+    run left for that entry are removed.
+  - Without ``force`` nothing is published over a file that appeared at an output path
+    meanwhile (another program); what was already published is taken back.
+  - With ``force`` the old set is replaced so that the folder holds the complete old set or
+    the complete new set at every instant, for a reader and for a SIGKILL at any point (see
+    :func:`_replace_set`): payload files first, under names the old entry does not read (a
+    payload name both sets use is first given a hidden backup name, ``.<entry>.old-<random>.
+    <name>``, and the old entry atomically replaced by a copy that reads the backups), then the
+    entry with ``os.replace``; only then are the backups and the old set's payload files that
+    the new set does not use removed (a layout change: 3 shards to 2, a model with a data file
+    to one without). Only files the old entry reads *and* that carry a name this writer gives
+    payloads are removed, never one outside the folder or an input. A killed run leaves
+    recognizable debris only: hidden backups (removed by the next ``force`` run of that
+    output), a staging folder and a lock file (removed by the next run of that output).
+  - SIGINT/SIGTERM/SIGHUP wait until a publish is complete or rolled back
+    (:func:`signals_deferred`); leaving the block any other way (an error, Ctrl-C, SIGTERM
+    unwinding as an exception) deletes the folder.
 * :func:`atomic_file` and :func:`atomic_files` are the common cases of :class:`Staging`.
 * :func:`copy_range` is the one byte-range copier (file to file in the kernel where possible),
   :func:`write_at` the one positional writer.
@@ -25,13 +44,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from ..errors import InputError
 
@@ -149,35 +169,59 @@ def move_no_replace(staged: Path, final: Path) -> None:
     os.rename(staged, final)
 
 
-def publish(moves: Sequence[tuple[Path, Path]], *, force: bool) -> list[Path]:
+class SetLayout(Protocol):
+    """How the entry file of a multi-file set (an ONNX model, a shard index) names its payload
+    files. The writers of such sets give one to :class:`Staging` so that a ``force``
+    replacement keeps the old set whole until the new entry is in place, then removes the old
+    set's payload files that the new set does not use (see the module docstring)."""
+
+    def payloads(self, entry: Path) -> list[str]:
+        """The file names, relative to the entry's folder, that the existing ``entry`` reads
+        (InputError, OSError or ValueError where it cannot be read)."""
+        ...
+
+    def owns(self, entry: Path, name: str) -> bool:
+        """Whether ``name`` is a name the writer gives to payload files of ``entry``: only
+        such files are ever deleted (never a file the old entry merely points at)."""
+        ...
+
+    def repoint(self, entry: Path, renames: Mapping[str, str], out: Path) -> None:
+        """Write to ``out`` a copy of ``entry`` that reads ``renames[name]`` for each ``name``."""
+        ...
+
+
+def publish(moves: Sequence[tuple[Path, Path]], *, force: bool, layout: SetLayout | None = None,
+            keep: Iterable[Path] = ()) -> list[Path]:
     """Move each ``(staged, final)`` into place, in order; returns the final paths.
 
-    Either the whole set is in place or none of it (a model and its data file, shards and
-    their index never mix two runs):
+    The last move is the set's entry (the single file, the model, the index); the others are
+    its payload. Either the whole new set is in place or the whole old one (a model and its
+    data file, shards and their index never mix two runs):
 
     * without ``force``, a file that appeared at a final path since :func:`check_output` is
       kept and :class:`InputError` is raised; the files of this set already published are
       removed again;
-    * with ``force``, an existing file is replaced (``os.replace``), its old version kept
-      (hard-linked beside the staged file) until the whole set is in place: a failure or a
-      signal part way puts every old file back.
+    * with ``force``, see :func:`_replace_set`: the entry is replaced last, after the old
+      entry was repointed at backups of any payload file the new set writes over.
+
+    SIGINT/SIGTERM/SIGHUP wait until the publish is complete or rolled back
+    (:func:`signals_deferred`). ``keep`` are files never deleted (the command's inputs).
     """
+    with signals_deferred():
+        if force:
+            return _replace_set(moves, layout=layout, keep=list(keep))
+        return _publish_new(moves)
+
+
+def _publish_new(moves: Sequence[tuple[Path, Path]]) -> list[Path]:
     # Each file stays open until the set is complete: an open file keeps its inode, so a
     # rollback can tell our file from one that replaced it (a freed inode number is reused at
-    # once by the next file created). A file is listed before its move, so a signal between
+    # once by the next file created). A file is listed before its move, so a failure between
     # the move and the next line cannot leave it out of the rollback.
-    done: list[tuple[Path, int, Path | None]] = []
+    done: list[tuple[Path, int]] = []
     try:
-        for number, (staged, final) in enumerate(moves, start=1):
-            fd = os.open(staged, os.O_RDONLY)
-            done.append((final, fd, None))
-            if force:
-                # The last replacement is the end of the set: nothing after it can fail, so
-                # its old version need not be kept (no copy where hard links are missing).
-                if number < len(moves):
-                    done[-1] = (final, fd, _keep_old_version(staged, final))
-                os.replace(staged, final)
-                continue
+        for staged, final in moves:
+            done.append((final, os.open(staged, os.O_RDONLY)))
             try:
                 move_no_replace(staged, final)
             except FileExistsError:
@@ -186,21 +230,160 @@ def publish(moves: Sequence[tuple[Path, Path]], *, force: bool) -> list[Path]:
                     "was kept and nothing was written; use force=True to replace it"
                 ) from None
     except BaseException:
-        with signals_deferred():
-            for final, fd, old in reversed(done):
+        for final, fd in reversed(done):
+            if _is_ours(fd, final):
                 with contextlib.suppress(OSError):
-                    ours, there = os.fstat(fd), os.stat(final, follow_symlinks=False)
-                    if (ours.st_dev, ours.st_ino) != (there.st_dev, there.st_ino):
-                        continue  # not (or no longer) ours: leave it
-                    if old is not None:
-                        os.replace(old, final)
-                    else:
-                        os.unlink(final)
+                    os.unlink(final)
         raise
     finally:
-        for _, fd, _old in done:
+        for _, fd in done:
             os.close(fd)
-    return [final for final, _, _ in done]
+    return [final for final, _ in done]
+
+
+def _is_ours(fd: int, final: Path) -> bool:
+    """Whether ``final`` is the file open as ``fd`` (not one that replaced it meanwhile)."""
+    try:
+        ours, there = os.fstat(fd), os.stat(final, follow_symlinks=False)
+    except OSError:
+        return False
+    return (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino)
+
+
+def backup_name(entry: Path, token: str, name: str) -> str:
+    """The name a payload file of the old set of ``entry`` has while the new set is published:
+    hidden, and recognizable as this entry's (:func:`_is_backup_of`) after a SIGKILL."""
+    return f".{entry.name}.old-{token}.{name}"
+
+
+def _is_backup_of(entry: Path, name: str) -> bool:
+    return re.fullmatch(rf"\.{re.escape(entry.name)}\.old-[a-z0-9_]+\..+", name) is not None
+
+
+def _plain_name(name: str) -> bool:
+    """A file name in the entry's own folder: no separator, not ``.``/``..``, no NUL."""
+    seps = {"/", os.sep, os.altsep or "/"}
+    return name not in ("", ".", "..") and "\0" not in name and not any(s in name for s in seps)
+
+
+def _old_payloads(entry: Path, layout: SetLayout | None) -> list[str]:
+    """The payload files of the set at ``entry`` now: names in its folder that exist."""
+    if layout is None or os.path.islink(entry) or not os.path.isfile(entry):
+        return []
+    try:
+        names = layout.payloads(entry)
+    except (InputError, OSError, ValueError):
+        return []  # not a set this writer can read: only the entry itself is replaced
+    folder = _parent(entry)
+    return [n for n in dict.fromkeys(names)
+            if _plain_name(n) and n != entry.name and os.path.isfile(folder / n)
+            and not os.path.islink(folder / n)]
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        shutil.copy2(source, target, follow_symlinks=False)  # no hard links here: a real copy
+
+
+def _replace_set(moves: Sequence[tuple[Path, Path]], *, layout: SetLayout | None,
+                 keep: list[Path]) -> list[Path]:
+    """Replace the set at ``moves[-1]`` (its entry) by the staged one: complete old set or
+    complete new set at every instant, for readers and for a SIGKILL at any point.
+
+    1. Each payload file of the old set that the new set writes over gets a hidden second name
+       (:func:`backup_name`), and the old entry is replaced (atomically) by a copy that reads
+       those names (:meth:`SetLayout.repoint`): still the complete old set.
+    2. The new payload files are moved to their names: the old entry reads none of them.
+    3. The new entry replaces the old one (``os.replace``, atomic): the complete new set.
+    4. The backups and the old set's payload files the new set does not use are removed (only
+       names the layout owns, never one of ``keep``).
+
+    A failure before step 3 undoes what was done, in the reverse order, so the old set stays
+    complete at every instant. A SIGKILL leaves the complete old set (its entry reading the
+    backups, which the next ``force`` run removes with that set) or the complete new set with
+    unused backups or old payload files beside it (removed by the next run of that output).
+    Where the old entry cannot be repointed, step 1 keeps plain copies instead, and the old
+    set is complete again after a rollback, though not for a reader during the publish.
+    """
+    staged_entry, entry = moves[-1]
+    folder, spare = _parent(entry), staged_entry.parent
+    token = spare.name.removesuffix(".tmp").rpartition(".")[2] or "x"
+    new_names = {final.name for _, final in moves}
+    old = _old_payloads(entry, layout)
+    backups: dict[str, str] = {}
+    original_entry: Path | None = None
+    done: list[tuple[Path, int, Path | None]] = []
+    try:
+        colliding = [n for n in old if n in new_names]
+        if colliding and layout is not None:
+            try:
+                for name in colliding:
+                    backups[name] = backup_name(entry, token, name)
+                    _link_or_copy(folder / name, folder / backups[name])
+                repointed = spare / f"{entry.name}.repointed"
+                layout.repoint(entry, backups, repointed)
+            except (InputError, OSError, ValueError):
+                for backup in backups.values():  # the old entry cannot be rewritten
+                    with contextlib.suppress(OSError):
+                        os.unlink(folder / backup)
+                backups = {}
+            else:
+                original_entry = _keep_old_version(staged_entry, entry)
+                os.replace(repointed, entry)
+        for staged, final in moves[:-1]:
+            fd = os.open(staged, os.O_RDONLY)
+            done.append((final, fd, None))
+            if final.name not in backups:
+                done[-1] = (final, fd, _keep_old_version(staged, final))
+            os.replace(staged, final)
+        os.replace(staged_entry, entry)  # the switch: from here on the new set is complete
+    except BaseException:
+        for final, fd, kept in reversed(done):
+            if not _is_ours(fd, final):
+                continue  # not (or no longer) ours: leave it
+            with contextlib.suppress(OSError):
+                if kept is not None:
+                    os.replace(kept, final)
+                elif final.name in backups:
+                    restore = spare / f"{final.name}.restore"
+                    _link_or_copy(folder / backups[final.name], restore)
+                    os.replace(restore, final)
+                else:
+                    os.unlink(final)
+        if original_entry is not None:
+            with contextlib.suppress(OSError):
+                os.replace(original_entry, entry)  # reads the original names again
+        for backup in backups.values():
+            with contextlib.suppress(OSError):
+                os.unlink(folder / backup)
+        raise
+    finally:
+        for _, fd, _kept in done:
+            os.close(fd)
+    _remove_old_payloads(entry, layout, old, new_names, keep)
+    return [final for _, final in moves]
+
+
+def _remove_old_payloads(entry: Path, layout: SetLayout | None, old: list[str],
+                         new_names: set[str], keep: list[Path]) -> None:
+    """After the switch: remove the old set's payload files the new set does not use, and any
+    backup of this entry (this run's, or one a killed run left). Best effort."""
+    folder = _parent(entry)
+    stale: list[str] = []
+    with contextlib.suppress(OSError), os.scandir(folder) as found:
+        stale = [item.name for item in found if _is_backup_of(entry, item.name)]
+    owned = [n for n in old if layout is not None and layout.owns(entry, n)]
+    for name in dict.fromkeys([*stale, *owned]):
+        path = folder / name
+        if name in new_names or any(same_file(path, k) for k in keep):
+            continue
+        with contextlib.suppress(OSError):
+            if not path.is_symlink() and path.is_file():
+                os.unlink(path)
 
 
 def _keep_old_version(staged: Path, final: Path) -> Path | None:
@@ -209,13 +392,81 @@ def _keep_old_version(staged: Path, final: Path) -> Path | None:
     if not os.path.lexists(final):
         return None
     old = staged.with_name(f"{staged.name}.replaced")
-    try:
-        os.link(final, old, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno not in _NO_LINK:
-            raise
-        shutil.copy2(final, old, follow_symlinks=False)  # no hard links here: a real copy
+    _link_or_copy(final, old)
     return old
+
+
+_LOCK_BUSY = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES}
+
+
+class OutputLock:
+    """An exclusive lock on one output (``fcntl.flock`` on ``.<name>.lock`` beside it), held
+    from staging to publish, so two runs writing the same output never interleave their sets.
+
+    A second writer fails at once (:class:`InputError`) instead of waiting behind a run that
+    may take an hour. The lock file is removed on release; a writer that opened it just before
+    checks that the file it locked is still the one at the path. A killed run leaves the file,
+    harmless: the kernel released its lock, and the next writer removes it. Where ``flock``
+    does not exist (Windows) or the file system refuses it, there is no lock.
+    """
+
+    def __init__(self, output: Path) -> None:
+        self.output = Path(output)
+        self.path = _parent(self.output) / f".{self.output.name}.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:
+            return
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in _LOCK_BUSY:
+                    raise InputError(
+                        f"{self.output}: another wnconvert is writing this output now; wait "
+                        "for it to finish or choose another output"
+                    ) from None
+                with contextlib.suppress(OSError):  # no locks on this file system
+                    os.unlink(self.path)
+                return
+            try:
+                mine = os.fstat(fd)
+                there = os.stat(self.path, follow_symlinks=False)
+                if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+                    self.fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # the holder removed it between our open and our lock: again
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # before the close: nobody can lock this file after us
+        os.close(fd)
+
+
+_STAGING_RANDOM = re.compile(r"[a-z0-9_]{8}")
+
+
+def _remove_stale_staging(entry: Path) -> None:
+    """Remove the staging folders a killed run left for ``entry`` (called under its lock, so
+    no other run is using them)."""
+    prefix = f".{entry.name}."
+    with contextlib.suppress(OSError), os.scandir(_parent(entry)) as found:
+        stale = [item.path for item in found
+                 if item.name.startswith(prefix) and item.name.endswith(".tmp")
+                 and _STAGING_RANDOM.fullmatch(item.name[len(prefix):-4])
+                 and item.is_dir(follow_symlinks=False)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class Staging:
@@ -228,11 +479,15 @@ class Staging:
             staging.publish()            # data first, then model; nothing on any failure
 
     ``outputs`` share one folder (the rename into place must not cross file systems) and are
-    published in the given order. Leaving the block without :meth:`publish` (an error, Ctrl-C,
-    SIGTERM) deletes everything written. The folder is named ``.<name>.<random>.tmp``.
+    published in the given order, the last one being the set's entry. Leaving the block
+    without :meth:`publish` (an error, Ctrl-C, SIGTERM) deletes everything written. The folder
+    is named ``.<name>.<random>.tmp``; :class:`OutputLock` on the entry is held for the
+    block. ``layout`` describes a multi-file set (see :func:`_replace_set`); ``keep`` are files
+    a replacement never deletes (the command's inputs).
     """
 
-    def __init__(self, outputs: Sequence[Path], *, force: bool) -> None:
+    def __init__(self, outputs: Sequence[Path], *, force: bool,
+                 layout: SetLayout | None = None, keep: Iterable[Path] = ()) -> None:
         self.outputs = [Path(o) for o in outputs]
         if not self.outputs:
             raise ValueError("Staging needs at least one output")
@@ -240,19 +495,28 @@ class Staging:
         if len(parents) != 1:
             raise ValueError(f"outputs of one set must share a folder: {self.outputs}")
         self.force = force
+        self.layout = layout
+        self.keep = [Path(k) for k in keep]
         self.folder: Path | None = None
         self.published: list[Path] = []
+        self._lock = OutputLock(self.outputs[-1])
 
     def __enter__(self) -> Staging:
         parent = _parent(self.outputs[-1])
         try:
+            self._lock.acquire()
+            _remove_stale_staging(self.outputs[-1])
             self.folder = Path(tempfile.mkdtemp(
                 prefix=f".{self.outputs[-1].name}.", suffix=".tmp", dir=parent))
         except OSError as exc:
+            self._lock.release()
             raise InputError(
                 f"{self.outputs[-1]}: cannot write in {parent} ({exc.strerror}); choose "
                 "another -o"
             ) from None
+        except BaseException:
+            self._lock.release()
+            raise
         return self
 
     def path(self, output: Path) -> Path:
@@ -264,11 +528,14 @@ class Staging:
         return self.folder / output.name
 
     def publish(self, outputs: Sequence[Path] | None = None) -> list[Path]:
-        """Publish ``outputs`` (default: all) that were written; returns their final paths."""
+        """Publish ``outputs`` (default: all) that were written; returns their final paths.
+
+        The last output (the entry) is always published last, even when ``outputs`` leaves
+        some payload files out (an ONNX model without external data)."""
         chosen = self.outputs if outputs is None else [Path(o) for o in outputs]
         # Files are created with open() (mode 0666 less the umask), as a plain write would.
         moves = [(self.path(o), o) for o in chosen]
-        self.published = publish(moves, force=self.force)
+        self.published = publish(moves, force=self.force, layout=self.layout, keep=self.keep)
         return self.published
 
     def __exit__(self, *exc_info: object) -> None:
@@ -277,13 +544,21 @@ class Staging:
             return
         with signals_deferred():  # a signal now would cut the cleanup short
             shutil.rmtree(folder, ignore_errors=True)
+            self._lock.release()
         error = exc_info[1] if len(exc_info) > 1 else None
-        if isinstance(error, OSError) and error.filename is not None:
-            # "out.onnx: No space left on device", not the staged name in a hidden folder.
-            staged = Path(os.fsdecode(error.filename))
-            if staged.parent == folder:
-                final = next((o for o in self.outputs if o.name == staged.name), self.outputs[-1])
-                raise OSError(error.errno, error.strerror, str(final)) from error
+        if isinstance(error, OSError) and error.errno is not None:
+            # "out.onnx: No space left on device", not the staged name in a hidden folder,
+            # nor no name at all (a write to a handle).
+            final = self.outputs[-1]
+            if error.filename is not None:
+                staged = Path(os.fsdecode(error.filename))
+                if staged.parent != folder:
+                    return
+                final = next((o for o in self.outputs if o.name == staged.name), final)
+            elif error.errno not in _REAL_WRITE_ERRORS:
+                return
+            raise OSError(error.errno, error.strerror or os.strerror(error.errno),
+                          str(final)) from error
 
 
 @contextlib.contextmanager
@@ -327,6 +602,20 @@ def _with_output_name(exc: OSError, output: Path) -> OSError:
 
 
 @contextlib.contextmanager
+def name_write_errors(path: Path) -> Iterator[None]:
+    """Give an OSError raised in the block without a file name (a write to a handle, a
+    ``copy_file_range``) the name ``path``: "out-00002-of-00003.safetensors: No space left on
+    device". A staged path is turned into the final one by :class:`Staging`."""
+    try:
+        yield
+    except OSError as exc:
+        named = _with_output_name(exc, Path(path))
+        if named is exc:
+            raise
+        raise named from exc
+
+
+@contextlib.contextmanager
 def atomic_file(output: Path, *, force: bool = False) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``output`` only if the block finishes without error.
 
@@ -347,14 +636,16 @@ def atomic_file(output: Path, *, force: bool = False) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def atomic_files(outputs: Sequence[Path], *, force: bool = False) -> Iterator[list[Path]]:
+def atomic_files(outputs: Sequence[Path], *, force: bool = False,
+                 layout: SetLayout | None = None,
+                 keep: Iterable[Path] = ()) -> Iterator[list[Path]]:
     """Yield paths to write ``outputs`` at; all are published, in order, only on success.
 
     Used for sharded checkpoints (shards + index): the index comes last, so a reader never sees
-    an index that points at missing shards.
+    an index that points at missing shards. ``layout`` and ``keep``: see :class:`Staging`.
     """
     outputs = [Path(o) for o in outputs]
-    with Staging(outputs, force=force) as staging:
+    with Staging(outputs, force=force, layout=layout, keep=keep) as staging:
         yield [staging.path(o) for o in outputs]
         staging.publish()
 

@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -159,6 +160,8 @@ def write_model(
     """
     import onnx
 
+    from ..formats.atomic import name_write_errors
+
     output = Path(output)
     data_name = data_name or data_file_name(output)
     graph = model.proto.graph
@@ -170,7 +173,7 @@ def write_model(
     done = 0
     if any(external.values()):
         data_path = output.parent / data_name
-        with open(data_path, "wb") as handle:
+        with open(data_path, "wb") as handle, name_write_errors(data_path):
             sink = _Sink(handle)
             for tensor in initializers:
                 if not external.get(tensor.name):
@@ -224,7 +227,7 @@ def write_model(
         pieces.append((_len_header(_GRAPH_INITIALIZER, size) + head + raw_header, source, tail,
                        tensor))
         graph_length += size + len(_len_header(_GRAPH_INITIALIZER, size))
-    with open(output, "wb") as handle:
+    with open(output, "wb") as handle, name_write_errors(output):
         sink = _Sink(handle)
         sink.write(model_head)
         sink.write(_len_header(_MODEL_GRAPH, graph_length))
@@ -245,6 +248,58 @@ def write_model(
 
 # --------------------------------------------------------------------------------------------
 # Atomic output
+
+
+def _tensors_of_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of ``graph`` and its subgraphs that can hold external data."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors_of_graph(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors_of_graph(subgraph)
+
+
+def _external_locations(model: onnx.ModelProto) -> Iterator[onnx.StringStringEntryProto]:
+    import onnx
+
+    for tensor in _tensors_of_graph(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield from (entry for entry in tensor.external_data if entry.key == "location")
+
+
+class OnnxLayout:
+    """An ONNX model and its external data files as an output set
+    (:class:`~wnconvert.formats.atomic.SetLayout`): the model is the entry."""
+
+    def payloads(self, entry: Path) -> list[str]:
+        from .protoio import load_model
+
+        # Skeletons only: the tensor bytes of a large inline model are not read.
+        folder = entry.resolve().parent
+        return [path.name for path in load_model(entry).data_files if path.parent == folder]
+
+    def owns(self, entry: Path, name: str) -> bool:
+        return name == data_file_name(entry)  # the only data file name wnconvert writes
+
+    def repoint(self, entry: Path, renames: Mapping[str, str], out: Path) -> None:
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        try:
+            model = onnx.load_model(str(entry), load_external_data=False)
+        except DecodeError as exc:
+            raise ValueError(f"{entry}: {exc}") from None
+        for location in _external_locations(model):
+            location.value = renames.get(os.path.normpath(location.value), location.value)
+        out.write_bytes(model.SerializeToString())
 
 
 class StagedOutput:
@@ -283,7 +338,8 @@ class StagedOutput:
         if self.with_data:
             check_output(self.data_path, force=self.force, inputs=self.inputs)
         # Both names are staged even when no data file is written: publish() skips it then.
-        staging = Staging([self.data_path, self.final], force=self.force)
+        staging = Staging([self.data_path, self.final], force=self.force,
+                          layout=OnnxLayout(), keep=self.inputs)
         self._staging = staging.__enter__()
         return self
 
