@@ -3,6 +3,8 @@
 Python: every ```python block of docs/python_api.md runs, the blocks in order, each in its own
 namespace.
 
+CI: the ``wnconvert`` steps of the README's GitHub Actions example run (exit 0, reports written).
+
 Console: every ```console block of README.md and docs/*.md runs. The conventions the pages
 follow:
 
@@ -29,6 +31,7 @@ follow:
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -122,6 +125,26 @@ def console_blocks(page: Path) -> list[Block]:
             for n, (body, reason) in enumerate(_blocks(page.read_text(), "console"), 1)]
 
 
+def ci_commands(page: Path) -> list[Command]:
+    """The ``wnconvert`` commands of the page's ```yaml blocks: the ``run: >`` steps of a
+    GitHub Actions job (a folded scalar: its indented lines joined by spaces)."""
+    commands: list[Command] = []
+    for body, _ in _blocks(page.read_text(), "yaml"):
+        lines = body.splitlines()
+        for i, line in enumerate(lines):
+            key = re.match(r"^(\s*)run: >$", line)
+            if not key:
+                continue
+            words: list[str] = []
+            for following in lines[i + 1:]:
+                if len(following) - len(following.lstrip()) <= len(key[1]):
+                    break
+                words.append(following.strip())
+            if words and words[0].startswith("wnconvert "):
+                commands.append(Command(" ".join(words)))
+    return commands
+
+
 def python_blocks(page: Path) -> list[str]:
     return [body for body, _ in _blocks(page.read_text(), "python")]
 
@@ -171,11 +194,15 @@ def _models_py(folder: Path, models: ModuleType) -> None:
         "    return _fixtures.build_generator(weight_norm, n_mels=80)\n")
 
 
-def _generator_pt(folder: Path, models: ModuleType) -> None:
-    with warnings.catch_warnings():  # torch.nn.utils.weight_norm is deprecated
-        warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
-        model = models.build_generator("legacy", n_mels=80, seed=3)
-    torch.save(model.state_dict(), folder / "generator.pt")
+def _generator_pt(name: str) -> Callable[[Path, ModuleType], None]:
+    def build(folder: Path, models: ModuleType) -> None:
+        with warnings.catch_warnings():  # torch.nn.utils.weight_norm is deprecated
+            warnings.filterwarnings("ignore", message=".*weight_norm is deprecated.*")
+            model = models.build_generator("legacy", n_mels=80, seed=3)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), folder / name)
+
+    return build
 
 
 def _plain_safetensors(folder: Path, models: ModuleType) -> None:
@@ -249,7 +276,8 @@ def _bad_onnx(folder: Path, models: ModuleType) -> None:
 
 USER_FILES: dict[str, Callable[[Path, ModuleType], None]] = {
     "models.py": _models_py,
-    "generator.pt": _generator_pt,
+    "generator.pt": _generator_pt("generator.pt"),
+    "checkpoints/generator.pt": _generator_pt("checkpoints/generator.pt"),
     "plain.safetensors": _plain_safetensors,
     "template.pt": _template_pt,
     "wav2vec2.pt": _wav2vec2_pt,
@@ -262,18 +290,50 @@ def _names(text: str, name: str) -> bool:
     return re.search(rf"(?<![\w/.-]){re.escape(name)}(?![\w.])", text) is not None
 
 
+@pytest.fixture(scope="session")
+def user_file(tmp_path_factory: pytest.TempPathFactory,
+              fixture_models: ModuleType) -> Callable[[str], Path]:
+    """``user_file(name)``: a folder holding the user file ``name`` (with what comes with it,
+    such as ``vocoder.onnx.data``) next to a copy of fixtures/. Each is built once per session:
+    several pages use the exported ones."""
+    root = tmp_path_factory.mktemp("user_files")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            folder = root / re.sub(r"\W", "_", name)
+            shutil.copytree(REPO / "fixtures", folder / "fixtures")
+            cwd = Path.cwd()
+            os.chdir(folder)  # builders run the CLI with the docs' relative paths
+            try:
+                USER_FILES[name](folder, fixture_models)
+            finally:
+                os.chdir(cwd)
+            built[name] = folder
+        return built[name]
+
+    return get
+
+
+def _copy_user_file(source: Path, target: Path) -> None:
+    def skip_fixtures(folder: str, names: list[str]) -> list[str]:
+        return ["fixtures"] if folder == str(source) else []
+
+    shutil.copytree(source, target, dirs_exist_ok=True, ignore=skip_fixtures)
+
+
 @pytest.fixture
 def page_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                fixture_models: ModuleType) -> Callable[[str], Path]:
+                user_file: Callable[[str], Path]) -> Callable[[str], Path]:
     """``page_folder(text)``: a folder with fixtures/ and the user files ``text`` names,
     made the current folder."""
 
     def make(text: str) -> Path:
         shutil.copytree(REPO / "fixtures", tmp_path / "fixtures")
-        monkeypatch.chdir(tmp_path)
-        for name, build in USER_FILES.items():
+        for name in USER_FILES:
             if _names(text, name):
-                build(tmp_path, fixture_models)
+                _copy_user_file(user_file(name), tmp_path)
+        monkeypatch.chdir(tmp_path)
         return tmp_path
 
     return make
@@ -290,6 +350,7 @@ def test_the_python_api_page_has_an_example_per_job() -> None:
         assert job in code, job
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=_page_name)
 def test_python_examples_run(page: Path, page_folder: Callable[[str], Path],
                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -342,6 +403,17 @@ def _run(command: Command, where: str) -> None:
         missing) + "\n" + shown
 
 
+@pytest.mark.slow
+def test_the_readme_ci_example_runs(page_folder: Callable[[str], Path]) -> None:
+    commands = ci_commands(REPO / "README.md")
+    assert [c.argv[1] for c in commands] == ["fold", "verify"]  # export, then the gate
+    folder = page_folder("\n".join(c.line for c in commands))
+    for command in commands:
+        _run(command, "README.md CI example")
+    assert (folder / "verify.json").is_file() and (folder / "junit.xml").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if console_blocks(p)], ids=_page_name)
 def test_console_examples_run(page: Path, page_folder: Callable[[str], Path]) -> None:
     blocks = [block for block in console_blocks(page) if not block.not_run]

@@ -1,6 +1,6 @@
 """What ``wnconvert inspect`` reports about a checkpoint, as plain data (rendered elsewhere).
 
-The JSON form (``inspect --json``) is this dict; its schema is documented in the README and
+The JSON form (``inspect --json``) is this dict; its schema is documented in docs/checkpoints.md and
 versioned by ``schema``.
 """
 
