@@ -1,7 +1,7 @@
 """What ``wnconvert inspect`` reports about a checkpoint, as plain data (rendered elsewhere).
 
-The JSON form (``inspect --json``) is this dict; its schema is documented in the README and
-versioned by ``schema``.
+The JSON form (``inspect --json``) is this dict; its schema is documented in
+docs/checkpoints.md and versioned by ``schema``.
 """
 
 from __future__ import annotations
