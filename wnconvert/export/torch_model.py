@@ -88,11 +88,36 @@ def load_callable(spec: str) -> Callable[..., Any]:
     return obj
 
 
-def build_model(spec: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
-    """Call the ``--model`` callable; the result must be an ``nn.Module`` (put in eval mode)."""
+def model_label(spec: Any) -> str:
+    """How messages and reports name a model source."""
+    if isinstance(spec, str):
+        return spec
     from torch import nn
 
-    factory = load_callable(spec)
+    if isinstance(spec, nn.Module):
+        return f"<{type(spec).__name__} instance>"
+    return getattr(spec, "__qualname__", None) or repr(spec)
+
+
+def build_model(spec: Any, kwargs: Mapping[str, Any]) -> torch.nn.Module:
+    """A fresh instance of the model (in eval mode) from ``spec``: an ``nn.Module``, a
+    callable returning one (called with ``kwargs``), or ``"MODULE:CALLABLE"`` /
+    ``"path/file.py:CALLABLE"``.
+
+    An ``nn.Module`` is deep-copied, so that nothing done to the result (weights loaded, weight
+    norm removed) reaches the caller's module."""
+    from torch import nn
+
+    if isinstance(spec, nn.Module):
+        if kwargs:
+            raise InputError.template("{-model_kwargs} apply to a callable that builds the "
+                                      "model; an nn.Module is already built (drop them)")
+        return independent_copy(spec).eval()
+    label = model_label(spec)
+    factory = load_callable(spec) if isinstance(spec, str) else spec
+    if not callable(factory):
+        raise InputError.template("{-model=label}: expected an nn.Module, a callable returning "
+                                  "one, or MODULE:CALLABLE", label=label)
     try:
         # Deprecation chatter of the user's code (e.g. torch.nn.utils.weight_norm) is not
         # wnconvert's to report, and must not become an error under -W error.
@@ -101,12 +126,34 @@ def build_model(spec: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
             warnings.simplefilter("ignore", FutureWarning)
             module = factory(**kwargs)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise or exit
-        raise InputError(f"model={spec!r}: calling it with {dict(kwargs)} raised "
-                         f"{type(exc).__name__}: {exc}; check model_kwargs=") from None
+        raise InputError.template("{-model=label}: calling it with {kwargs} raised {error}; "
+                                  "check {-model_kwargs}", label=label, kwargs=dict(kwargs),
+                                  error=f"{type(exc).__name__}: {exc}") from None
     if not isinstance(module, nn.Module):
-        raise InputError(f"model={spec!r}: returned a {type(module).__name__}, not a "
-                         "torch.nn.Module")
+        raise InputError.template("{-model=label}: returned a {kind}, not a torch.nn.Module",
+                                  label=label, kind=type(module).__name__)
     return module.eval()
+
+
+def independent_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy that shares nothing with ``module``, parametrizations included.
+
+    ``torch.nn.utils.parametrize`` gives a parametrized module a class of its own and keeps the
+    parametrized tensors as properties of that class; ``copy.deepcopy`` shares the class, so
+    removing weight norm from the copy would remove it from the original too. Each copied
+    parametrized module gets a class of its own.
+    """
+    import copy
+
+    from torch.nn.utils import parametrize
+
+    clone = copy.deepcopy(module)
+    for sub in clone.modules():
+        if parametrize.is_parametrized(sub):
+            cls = type(sub)
+            own = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+            sub.__class__ = type(cls.__name__, cls.__bases__, own)
+    return clone
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +198,7 @@ def strip_weight_norm(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def match_state_dict(source: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor], *,
-                     source_name: str, model: str) -> dict[str, torch.Tensor]:
+                     source_name: str, model: Any) -> dict[str, torch.Tensor]:
     """Re-key ``source`` to ``template``'s keys (the module's own state dict).
 
     Weight-norm pairs are renamed when both sides have them (the original ``g``/``v``, never
@@ -165,8 +212,9 @@ def match_state_dict(source: Mapping[str, torch.Tensor], template: Mapping[str, 
     try:
         return decompose_state_dict(source, like=template)
     except InputError as exc:
-        raise InputError(f"{source_name}: does not fit model={model}: {exc}; check key= "
-                         "and model_kwargs=") from None
+        raise InputError.template("{source}: does not fit {-model=label}: {exc}; check {-key} "
+                                  "and {-model_kwargs}", source=source_name,
+                                  label=model_label(model), exc=exc) from None
 
 
 def fold_all(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -177,15 +225,16 @@ def fold_all(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
-                source: str, model: str) -> None:
+                source: str, model: Any) -> None:
     """``load_state_dict(strict=True)`` after matching keys, with a one-line error."""
     matched = match_state_dict(state_dict, module.state_dict(), source_name=source, model=model)
     try:
         module.load_state_dict(matched, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
-        raise InputError(f"{source}: does not fit model={model}: {detail[:400]}; check "
-                         "model_kwargs=") from None
+        raise InputError.template("{source}: does not fit {-model=label}: {detail}; check "
+                                  "{-model_kwargs}", source=source, label=model_label(model),
+                                  detail=detail[:400]) from None
 
 
 def _few(keys: Sequence[str], n: int = 3) -> str:
@@ -229,7 +278,7 @@ def forward_input_names(module: torch.nn.Module, count: int) -> list[str]:
     return names
 
 
-def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
+def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: Any,
                   model_kwargs: Mapping[str, Any], source: str,
                   need_plain: bool = True, prefix: PrefixChange | None = None) -> PreparedModel:
     """Build the reference and the plain module from ``--model`` and a loaded state dict.
@@ -247,10 +296,6 @@ def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
     if prefix:
         key_change = prefix.note(state_dict, why="keys renamed as asked")
         state_dict = renamed_state_dict(state_dict, prefix)
-    if model.endswith(".pt2"):
-        from .program import prepare_program
-
-        return prepare_program(Path(model), state_dict=state_dict, source=source)
     from ..keys import find_pair_keys, prefix_to_match
 
     reference = build_model(model, model_kwargs)
@@ -281,7 +326,8 @@ def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
                          "float64")
         else:
             plain = reference
-    description = {"model": model, "model_kwargs": dict(model_kwargs), "checkpoint": source,
+    description = {"model": model_label(model), "model_kwargs": dict(model_kwargs),
+                   "checkpoint": source,
                    "weight_norm": "applied" if applied else (
                        "as built" if has_weight_norm(reference) else "none")}
     return PreparedModel(reference, plain, weights, [], description,

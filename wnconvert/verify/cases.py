@@ -38,7 +38,8 @@ class CasePlan:
             self._shapes = _input_shapes(signature, options)
             self._dtypes = _input_dtypes(signature, options)
             for name, shape in self._shapes.items():
-                check_input_size(f"{name!r} ({_dims_text(shape)})", shape, self._dtypes[name])
+                check_input_size(f"{name!r} ({_dims_text(shape)})", shape, self._dtypes[name],
+                                 given=False)
         self._groups = _dynamic_groups(signature, options)
         self._second: dict[str, tuple[int, ...]] | None = None
         if self._groups:

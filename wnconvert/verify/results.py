@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .compare import ArrayComparison, describe
@@ -187,6 +188,7 @@ class VerificationReport:
     notes: tuple[str, ...] = ()
     rule: str = RULE
     skipped: tuple[tuple[str, str], ...] = ()  # (provider, why it could not start here)
+    reports_written: list[Path] = field(default_factory=list)  # the report files written
 
     @property
     def passed(self) -> bool:
