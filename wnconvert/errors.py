@@ -64,10 +64,14 @@ class WnConvertError(Exception):
             return str(self.args[0]) if self.args else ""
         values = self._values
 
+        def text(value: Any) -> str:
+            # A nested error (a cause quoted in this message) speaks the same terms.
+            return value.render(flags) if isinstance(value, WnConvertError) else str(value)
+
         def field(match: re.Match[str]) -> str:
             is_option, name, value_name, as_repr = match.groups()
             if not is_option:
-                return repr(values[name]) if as_repr else str(values[name])
+                return repr(values[name]) if as_repr else text(values[name])
             if flags is None:
                 if value_name is None:
                     return API_TERMS.get(name, f"{name}=")
@@ -79,12 +83,16 @@ class WnConvertError(Exception):
 
         return _FIELD.sub(field, self._template)
 
-    def located(self: _E, where: object) -> _E:
-        """The same error, prefixed with the file it is about (``path: message``)."""
+    def located(self: _E, where: object, /, **values: Any) -> _E:
+        """The same error, prefixed with the file it is about (``path: message``). With
+        ``values``, ``where`` is itself a template (``"{path} vs {-like=template}"``)."""
+        prefix = str(where) if values else "{_where}"
+        values = values or {"_where": where}
         if self._template is None:
-            located = type(self)(f"{where}: {self.render()}")
+            located = type(self).template(prefix + ": {_message}", _message=self.render(),
+                                          **values)
         else:
-            located = type(self).template("{_where}: " + self._template, _where=where,
+            located = type(self).template(prefix + ": " + self._template, **values,
                                           **self._values)
         located.__cause__ = self.__cause__
         return located

@@ -26,7 +26,7 @@ from tests.onnx_graph.builders import scaled_copy
 from wnconvert import export as ex
 from wnconvert.cli.parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs
 from wnconvert.errors import ConversionNotPossible, InputError
-from wnconvert.verify import VerifyOptions, verify_onnx_against_torch
+from wnconvert.verification import VerifyOptions, verify_onnx_against_torch
 
 GENERATOR = "fixtures/models.py:build_generator"
 WEIGHT_NORM_OPS = {"ReduceL2", "LpNormalization", "ReduceSumSquare", "Sqrt"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wnconvert.render.verify import print_report
-from wnconvert.verify import (
+from wnconvert.verification import (
     CaseInfo,
     OutputResult,
     ProviderResult,

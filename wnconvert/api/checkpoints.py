@@ -152,14 +152,14 @@ def decompose_checkpoint(source: Path | str | Checkpoint, output: Path | str | N
     checkpoint = open_checkpoint(source, key=key)
     template: Any = None
     template_files: list[Path] = []
-    where = str(checkpoint.path)
+    where, values = "{path}", {"path": checkpoint.path}
     if isinstance(like, (str, Path, Checkpoint)):
         like_checkpoint = open_checkpoint(like)
         template, template_files = like_checkpoint.state_dict, like_checkpoint.input_files
-        where = f"{checkpoint.path} vs like={like_checkpoint.path}"
+        where, values = "{path} vs {-like=like}", {**values, "like": like_checkpoint.path}
     elif like is not None:
-        template, where = like, f"{checkpoint.path} vs like=state dict"
-    with _about(where):
+        template, where = like, "{path} vs a template state dict"
+    with _about(where, **values):
         conversion = plan_decompose(checkpoint.state_dict, dim=dim, include=include,
                                     exclude=exclude, style=style, like=template, prefix=prefix)
     if template is None and not conversion.pairs:
@@ -224,14 +224,16 @@ def _check_to(to: str | None) -> None:
 
 
 @contextmanager
-def _about(where: object) -> Iterator[None]:
-    """Name the input file in input errors raised by the (path-agnostic) core."""
+def _about(where: object, /, **values: Any) -> Iterator[None]:
+    """Name the input file in input errors raised by the (path-agnostic) core (``where`` is a
+    template when ``values`` are given, see :meth:`InputError.located`)."""
     try:
         yield
     except InputError as exc:
-        if str(where) in str(exc):
+        path = values.get("path", where)
+        if str(path) in str(exc):
             raise
-        raise exc.located(where) from None
+        raise exc.located(where, **values) from None
 
 
 def _write(checkpoint: Checkpoint, conversion: Conversion, *, output: Path | str | None,

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..export import DynamicAxis, Exporter, ExportResult, InputSpec, PreparedModel
     from ..formats import Checkpoint
     from ..keys import PrefixChange
-    from ..verify import VerificationReport, VerifyOptions
+    from ..verification import VerificationReport, VerifyOptions
     from .verification import ModelSource
 
 
@@ -86,8 +86,8 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
     from ..export.onnx_export import DEFAULT_OPSET, check_opset
     from ..formats import Checkpoint, check_output
     from ..formats.atomic import check_not_input
-    from ..verify import VerifyOptions, plan_providers
-    from ..verify.report import check_report_paths, write_reports
+    from ..verification import VerifyOptions, plan_providers
+    from ..verification.report import check_report_paths, write_reports
 
     source_path = Path(checkpoint) if isinstance(checkpoint, (str, Path)) else None
     is_program = source_path is not None and source_path.suffix.lower() == ".pt2"
@@ -170,7 +170,7 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
             options = _with_specs(options, args, input_names)
         progress.status("verifying on ONNX Runtime")
         with progress.step("verifying") as callback:
-            from ..verify import verify_onnx_against_torch
+            from ..verification import verify_onnx_against_torch
 
             report = verify_onnx_against_torch(
                 output, prepared.reference, options=options, reference_weights=prepared.weights,

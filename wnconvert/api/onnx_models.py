@@ -18,7 +18,7 @@ from .progress import SILENT, Progress
 
 if TYPE_CHECKING:
     from ..onnx_graph import CheckResult, FoldOutcome, Inspection
-    from ..verify import VerificationReport, VerifyOptions
+    from ..verification import VerificationReport, VerifyOptions
 
 
 def require_file(path: Path | str) -> Path:
@@ -117,8 +117,8 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
     written. Weight norm that cannot be folded is left in place with a warning.
     """
     from ..onnx_graph import FoldJob, default_output
-    from ..verify import VerifyOptions, plan_providers
-    from ..verify.report import check_report_paths, write_reports
+    from ..verification import VerifyOptions, plan_providers
+    from ..verification.report import check_report_paths, write_reports
     from .verification import protected_inputs
 
     path = require_file(source)
@@ -194,7 +194,7 @@ def _nothing_to_fold(path: Path, skipped: list[Any], unrecognized: list[str]) ->
 
 def _verify_staged(staged: Path, reference: Path, options: VerifyOptions, *, final: Path,
                    progress: Progress) -> VerificationReport:
-    from ..verify import verify_onnx_against_onnx
+    from ..verification import verify_onnx_against_onnx
 
     progress.note(f"verifying against {reference} on ONNX Runtime")
     with progress.step("verifying") as callback:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..export import PreparedModel
     from ..formats import Checkpoint
     from ..keys import PrefixChange
-    from ..verify import VerificationReport, VerifyOptions
+    from ..verification import VerificationReport, VerifyOptions
 
     #: What builds the model: an ``nn.Module`` (copied, never changed), a callable returning
     #: one, or ``"MODULE:CALLABLE"`` / ``"path/file.py:CALLABLE"``.
@@ -48,13 +48,13 @@ def verify(candidate: Path | str,
     ``.xml`` JUnit) are written whether the check passed or not (``force`` replaces existing
     ones). Returns the report: ``.passed``, ``.failures()``, ``.to_dict()``.
     """
-    from ..verify import (
+    from ..verification import (
         VerifyOptions,
         plan_providers,
         verify_onnx_against_onnx,
         verify_onnx_against_torch,
     )
-    from ..verify.report import check_report_paths, write_reports
+    from ..verification.report import check_report_paths, write_reports
 
     options = options if options is not None else VerifyOptions()
     candidate = check_candidate(candidate)

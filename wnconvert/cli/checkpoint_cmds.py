@@ -18,11 +18,11 @@ from .. import render
 from . import app
 from .common import CliProgress, command_context, emit_result, verify_options
 from .options import (
-    STYLES,
     AddPrefixOpt,
     AtolOpt,
     DebugOpt,
     DynamicOpt,
+    ExporterChoice,
     ForceOpt,
     InputOpt,
     InputsOpt,
@@ -38,11 +38,14 @@ from .options import (
     RunsOpt,
     SeedOpt,
     StripPrefixOpt,
+    StyleChoice,
     Tf32Opt,
     TolOpt,
     TrustProgramOpt,
     VerifyFlagOpt,
+    WeightsChoice,
     WeightsOpt,
+    chosen,
     refuse_unused,
 )
 from .parse import (
@@ -67,8 +70,8 @@ ToOpt = Annotated[
     ),
 ]
 StyleOpt = Annotated[
-    str,
-    typer.Option("--style", metavar=STYLES,
+    StyleChoice,
+    typer.Option("--style",
                  help="Key style: parametrize (original0/original1) or legacy (_g/_v)."),
 ]
 
@@ -156,7 +159,7 @@ def decompose(
             "dims and key style, so the result loads with strict=True.",
         ),
     ] = None,
-    style: StyleOpt = "parametrize",
+    style: StyleOpt = StyleChoice("parametrize"),
     strip_prefix: StripPrefixOpt = None,
     add_prefix: AddPrefixOpt = None,
     force: ForceOpt = False,
@@ -172,7 +175,8 @@ def decompose(
         refuse_unused(ctx, "decompose", verifying=False)
         result = api.decompose_checkpoint(
             path, output, key=key, to=to, dim=parse_dim(dim), include=include or (),  # type: ignore[arg-type]
-            exclude=exclude or (), like=like, style=style,  # type: ignore[arg-type]
+            exclude=exclude or (), like=like,
+            style=chosen(style),  # type: ignore[arg-type]  # one of STYLES
             prefix=parse_prefix(strip_prefix, add_prefix), force=force,
             progress=CliProgress(quiet=quiet))
         _print_conversion(result, json_out=json_out, quiet=quiet)
@@ -229,13 +233,13 @@ def fold(
         typer.Option("--opset", help="[onnx] ONNX opset to export with."),
     ] = None,
     exporter: Annotated[
-        str,
+        ExporterChoice,
         typer.Option(
-            "--exporter", metavar="auto|dynamo|legacy",
+            "--exporter",
             help="[onnx] auto (torch.export, falling back to the TorchScript tracer when the model "
             "cannot be captured), dynamo or legacy.",
         ),
-    ] = "auto",
+    ] = ExporterChoice("auto"),
     trust_program: TrustProgramOpt = False,
     # --- verification (--to onnx, and .onnx inputs): declared once in .options ---
     verify: VerifyFlagOpt = True,
@@ -245,7 +249,7 @@ def fold(
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     output_tol: TolOpt = None,
-    weights: WeightsOpt = "fail",
+    weights: WeightsOpt = WeightsChoice("fail"),
     tf32: Tf32Opt = False,
     report: ReportOpt = None,
 ) -> None:
@@ -275,7 +279,7 @@ def fold(
         axes = [parse_dynamic_axis(text) for text in dynamic or []]
         options = verify_options(
             providers=provider or [], seed=seed, runs=runs, atol=atol, rtol=rtol,
-            output_tol=output_tol or [], weights=weights, tf32=tf32, debug=debug,
+            output_tol=output_tol or [], weights=chosen(weights), tf32=tf32, debug=debug,
         ) if verify else None
         if job == "fold-onnx":
             if to not in (None, "onnx"):
@@ -301,7 +305,7 @@ def fold(
         exported = api.export_onnx(
             path, output, model=model, model_kwargs=parse_model_kwargs(model_kwargs), key=key,
             inputs=specs, inputs_file=inputs_file, dynamic=axes, opset=opset,
-            exporter=exporter,  # type: ignore[arg-type]  # checked by the exporter
+            exporter=chosen(exporter),  # type: ignore[arg-type]  # one of EXPORTERS
             prefix=parse_prefix(strip_prefix, add_prefix), verify=verify,
             options=options, reports=report or [],
             trust_program=trust_program, force=force, progress=progress)
@@ -320,9 +324,9 @@ def restyle(
     ctx: typer.Context,
     path: PathArg,
     style: Annotated[
-        str,
+        StyleChoice,
         typer.Option(
-            "--style", metavar=STYLES, help="Target key style: parametrize or legacy.",
+            "--style", help="Target key style: parametrize or legacy.",
             show_default=False,
         ),
     ],
@@ -340,7 +344,8 @@ def restyle(
 
     with command_context(debug=debug, quiet=quiet):
         refuse_unused(ctx, "restyle", verifying=False)
-        result = api.restyle_checkpoint(path, output, style=style,  # type: ignore[arg-type]
+        result = api.restyle_checkpoint(path, output,
+                                        style=chosen(style),  # type: ignore[arg-type]
                                         key=key, to=to,  # type: ignore[arg-type]
                                         force=force, progress=CliProgress(quiet=quiet))
         _print_conversion(result, json_out=json_out, quiet=quiet)

@@ -25,7 +25,7 @@ from .options import FLAGS
 if TYPE_CHECKING:
     from ..api import StepCallback
     from ..export import DynamicAxis, InputSpec
-    from ..verify import VerificationReport, VerifyOptions
+    from ..verification import VerificationReport, VerifyOptions
 
 
 class CliProgress:

@@ -34,7 +34,9 @@ from .options import (
     Tf32Opt,
     TolOpt,
     TrustProgramOpt,
+    WeightsChoice,
     WeightsOpt,
+    chosen,
     refuse_unused,
 )
 from .parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs, parse_prefix
@@ -70,7 +72,7 @@ def verify(
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     output_tol: TolOpt = None,
-    weights: WeightsOpt = "fail",
+    weights: WeightsOpt = WeightsChoice("fail"),
     tf32: Tf32Opt = False,
     report: ReportOpt = None,
     strip_prefix: StripPrefixOpt = None,
@@ -93,7 +95,7 @@ def verify(
         specs = [parse_input_spec(text) for text in input_shapes or []]
         options = verify_options(
             providers=provider or [], seed=seed, runs=runs, atol=atol, rtol=rtol,
-            output_tol=output_tol or [], weights=weights, tf32=tf32, debug=debug,
+            output_tol=output_tol or [], weights=chosen(weights), tf32=tf32, debug=debug,
             input_shapes=specs, inputs_file=inputs_file,
             dynamic=[parse_dynamic_axis(text) for text in dynamic or []])
         result = api.verify(model_path, reference, model=model,

@@ -11,11 +11,13 @@ that use it.
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..choices import EXPORTERS, STYLES, WEIGHTS_MODES
 from ..errors import InputError
 
 # --------------------------------------------------------------------------------------------
@@ -90,12 +92,11 @@ USED_BY: dict[str, tuple[frozenset[str], str]] = {
 
 def refuse_unused(ctx: typer.Context, job: str, *, verifying: bool) -> None:
     """Refuse (exit 2, one line) a flag given on the command line that ``job`` would ignore."""
-    from click.core import ParameterSource
-
     for param in ctx.command.params:
         name = param.name or ""
-        if name not in USED_BY or ctx.get_parameter_source(name) in (
-                ParameterSource.DEFAULT, None):
+        source = ctx.get_parameter_source(name)
+        # typer vendors click: compare the source by name, not with click's own enum.
+        if name not in USED_BY or source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
             continue
         jobs, purpose = USED_BY[name]
         if job in jobs or ("verification" in jobs and verifying and job in VERIFYING):
@@ -111,10 +112,24 @@ def refuse_unused(ctx: typer.Context, job: str, *, verifying: bool) -> None:
 # --------------------------------------------------------------------------------------------
 # Option types, shared by the commands that take them
 
-#: Choices (validated by the library, listed here for --help).
-STYLES = "parametrize|legacy"
-EXPORTERS = "auto|dynamo|legacy"
-WEIGHTS = "fail|report|off"
+# Choices: typer types built from the library's declarations (wnconvert.choices), so an unknown
+# value is a usage error listing them, and the list cannot drift from what the library takes.
+if TYPE_CHECKING:
+    class StyleChoice(str, Enum): ...
+
+    class ExporterChoice(str, Enum): ...
+
+    class WeightsChoice(str, Enum): ...
+else:
+    StyleChoice = Enum("StyleChoice", {value: value for value in STYLES}, type=str)
+    ExporterChoice = Enum("ExporterChoice", {value: value for value in EXPORTERS}, type=str)
+    WeightsChoice = Enum("WeightsChoice", {value: value for value in WEIGHTS_MODES}, type=str)
+
+
+def chosen(value: Enum | str) -> str:
+    """The library's value of a choice option."""
+    return str(value.value) if isinstance(value, Enum) else value
+
 
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
 QuietOpt = Annotated[
@@ -164,8 +179,8 @@ TolOpt = Annotated[
     typer.Option("--tol", help="Per-output tolerance NAME=ATOL[:RTOL] (repeatable)."),
 ]
 WeightsOpt = Annotated[
-    str,
-    typer.Option("--weights", metavar=WEIGHTS,
+    WeightsChoice,
+    typer.Option("--weights",
                  help="Compare weights (by name, wrapper prefix, or value for renamed "
                  "initializers): fail (a difference, or no weight matched, fails the check), "
                  "report (only report it) or off."),

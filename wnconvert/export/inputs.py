@@ -100,12 +100,15 @@ class DynamicAxis:
     def input_name(self, names: Sequence[str]) -> str:
         if isinstance(self.input, int):
             if not 0 <= self.input < len(names):
-                raise InputError(f"dynamic={self.text}: input index {self.input} is out of "
-                                 f"range; the model has {len(names)} inputs ({', '.join(names)})")
+                raise InputError.template("{-dynamic=text}: input index {index} is out of "
+                                          "range; the model has {count} inputs ({names})",
+                                          text=self.text, index=self.input, count=len(names),
+                                          names=", ".join(names))
             return names[self.input]
         if self.input not in names:
-            raise InputError(f"dynamic={self.text}: the model has no input {self.input!r}; its "
-                             f"inputs are {', '.join(names)}")
+            raise InputError.template("{-dynamic=text}: the model has no input {name!r}; its "
+                                      "inputs are {names}", text=self.text, name=self.input,
+                                      names=", ".join(names))
         return self.input
 
     def symbol(self, names: Sequence[str]) -> str:

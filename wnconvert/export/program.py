@@ -88,10 +88,11 @@ def check_program_archive(path: Path) -> None:
     import torch
 
     def refuse(member: str, why: str) -> InputError:
-        return InputError(f"{path}: refused: archive member {member} {why}; wnconvert never "
-                          "unpickles arbitrary objects or loads compiled code from a file. "
-                          "Re-save the program with torch.export.save from plain tensors, or "
-                          "export the model from its code with model=")
+        return InputError.template(
+            "{path}: refused: archive member {member} {why}; wnconvert never unpickles "
+            "arbitrary objects or loads compiled code from a file. Re-save the program with "
+            "torch.export.save from plain tensors, or export the model from its code with "
+            "{-model}", path=path, member=member, why=why)
 
     try:
         archive = zipfile.ZipFile(path)

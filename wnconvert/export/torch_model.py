@@ -46,20 +46,23 @@ def load_callable(spec: str) -> Callable[..., Any]:
     """
     target, colon, attr = spec.rpartition(":")
     if not colon or not target or not attr:
-        raise InputError(f"model={spec!r}: expected MODULE:CALLABLE or path/to/file.py:CALLABLE"
-                         " (e.g. fixtures/models.py:build_generator)")
+        raise InputError.template("{-model=spec}: expected MODULE:CALLABLE or "
+                                  "path/to/file.py:CALLABLE (e.g. fixtures/models.py:"
+                                  "build_generator)", spec=spec)
     is_file = target.endswith(".py") or "/" in target or os.sep in target
     try:
         if is_file:
             path = Path(target)
             if not path.is_file():
-                raise InputError(f"model={spec!r}: {path} does not exist; check the path")
+                raise InputError.template("{-model=spec}: {path} does not exist; check the path",
+                                          spec=spec, path=path)
             name = "_wnconvert_model_" + re.sub(r"\W", "_", str(path.resolve()))
             module = sys.modules.get(name)
             if module is None:
                 module_spec = importlib.util.spec_from_file_location(name, path)
                 if module_spec is None or module_spec.loader is None:
-                    raise InputError(f"model={spec!r}: cannot import {path} as Python")
+                    raise InputError.template("{-model=spec}: cannot import {path} as Python",
+                                              spec=spec, path=path)
                 module = importlib.util.module_from_spec(module_spec)
                 # Registered before running so dataclasses/pickling inside it work; its folder is
                 # importable so it can import its sibling modules.
@@ -76,15 +79,17 @@ def load_callable(spec: str) -> Callable[..., Any]:
     except InputError:
         raise
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise or exit
-        raise InputError(f"model={spec!r}: importing {target} failed: "
-                         f"{type(exc).__name__}: {exc}") from None
+        raise InputError.template("{-model=spec}: importing {target} failed: {error}",
+                                  spec=spec, target=target,
+                                  error=f"{type(exc).__name__}: {exc}") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise InputError(f"model={spec!r}: {target} has no attribute {part!r}")
+            raise InputError.template("{-model=spec}: {target} has no attribute {part!r}",
+                                      spec=spec, target=target, part=part)
         obj = getattr(obj, part)
     if not callable(obj):
-        raise InputError(f"model={spec!r}: {attr} is not callable")
+        raise InputError.template("{-model=spec}: {attr} is not callable", spec=spec, attr=attr)
     return obj
 
 

@@ -10,8 +10,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
 
+from ..choices import WEIGHTS_MODES, WeightsMode
 from ..errors import InputError
 
 if TYPE_CHECKING:
@@ -92,8 +93,6 @@ class ToleranceOverride:
                                   shown=shown if self.output else None)
 
 
-WeightsMode = Literal["fail", "report", "off"]
-WEIGHTS_MODES: tuple[str, ...] = get_args(WeightsMode)
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ class WeightsReport:
         return (f"weights: none of the {len(self.only_in_reference) + len(self.skipped)} "
                 f"reference tensors matched an initializer by name, prefix or value (unmatched: "
                 f"{names}{more}); export with the parameter names kept, or compare outputs only "
-                "with weights='report' or 'off'")
+                "with the weights check set to 'report' or 'off'")
 
 
 @dataclass

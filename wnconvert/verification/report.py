@@ -153,11 +153,12 @@ def check_report_paths(paths: Sequence[Path], *, force: bool, inputs: Sequence[P
     seen: set[Path] = set()
     for path in paths:
         if path.suffix.lower() not in REPORT_SUFFIXES:
-            raise InputError(f"report={path}: unknown report type; use a .json file or a .xml "
-                             "file (JUnit)")
+            raise InputError.template("{-reports=path}: unknown report type; use a .json file "
+                                      "or a .xml file (JUnit)", path=path)
         resolved = path.resolve()
         if resolved in seen:
-            raise InputError(f"report={path}: given twice; name each report once")
+            raise InputError.template("{-reports=path}: given twice; name each report once",
+                                      path=path)
         seen.add(resolved)
         check_output(path, force=force, inputs=inputs)
 
