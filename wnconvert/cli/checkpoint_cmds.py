@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .. import render
-from . import app
+from .app import app
 from .common import CliProgress, command_context, emit_result, verify_options
 from .options import (
     AddPrefixOpt,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from .app import app
 from .common import CliProgress, command_context, emit_result, verify_options
 from .options import (
     AddPrefixOpt,

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from .. import render
-from . import app
+from .app import app
 from .common import command_context
 from .options import DebugOpt, JsonOpt, QuietOpt
 

@@ -10,14 +10,16 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..errors import InputError
 from ..formats.atomic import atomic_file, check_output
 from .compare import ArrayComparison, describe, json_number
-from .results import OutputResult, ProviderResult, VerificationReport, WeightsReport
 from .tolerance import REPORT_SCHEMA
+
+if TYPE_CHECKING:  # results.py imports this module to write its JSON form
+    from .results import OutputResult, ProviderResult, VerificationReport, WeightsReport
 
 REPORT_SUFFIXES = (".json", ".xml")
 
