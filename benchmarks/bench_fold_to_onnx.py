@@ -50,7 +50,7 @@ def stages(case: dict, checkpoint: Path, out: Path) -> dict[str, float]:
     from wnconvert.cli.parse import parse_input_spec
     from wnconvert.export import example_inputs, export_onnx, prepare_model
     from wnconvert.formats import load_checkpoint
-    from wnconvert.verify import VerifyOptions, verify_onnx_against_torch
+    from wnconvert.verification import VerifyOptions, verify_onnx_against_torch
 
     spec = parse_input_spec(case["input"])
     t0 = time.perf_counter()

@@ -1,18 +1,21 @@
 """wnconvert: fold, decompose, export and verify weight-normalized checkpoints.
 
-The public API (one typed function per job, see :mod:`wnconvert.api`) is re-exported here
-lazily, so ``import wnconvert`` does not import torch::
+Every job the command line runs is one typed function here (see :mod:`wnconvert.api`)::
 
     import wnconvert
-    ckpt = wnconvert.load_checkpoint("generator.pt")
-    folded = wnconvert.fold_state_dict(ckpt.state_dict)
-    wnconvert.save_checkpoint(folded, "generator.folded.safetensors")
+    result = wnconvert.fold_checkpoint("generator.pt", "generator.folded.safetensors")
+    outcome = wnconvert.export_onnx("generator.pt", "generator.onnx", model=my_module,
+                                    inputs=[wnconvert.InputSpec((1, 80, 200))])
+    assert outcome.passed
+
+``import wnconvert`` is fast and imports neither torch nor onnx: the names below are imported
+on first use (and seen with their real types by type checkers).
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import (
@@ -24,28 +27,81 @@ from .errors import (
     WnConvertError,
 )
 
+if TYPE_CHECKING:
+    from .api import (
+        SILENT,
+        CheckpointInspection,
+        ConversionResult,
+        ExportOutcome,
+        OnnxFoldResult,
+        Progress,
+        check_onnx,
+        decompose_checkpoint,
+        export_onnx,
+        fold_checkpoint,
+        fold_onnx,
+        inspect_checkpoint,
+        inspect_onnx,
+        restyle_checkpoint,
+        save_checkpoint,
+        verify,
+    )
+    from .convert import (
+        Pair,
+        decompose_state_dict,
+        find_pairs,
+        fold_state_dict,
+        restyle_state_dict,
+    )
+    from .export import DynamicAxis, InputSpec
+    from .formats import Checkpoint, load_checkpoint
+    from .keys import PrefixChange
+    from .numerics import decompose, fold, infer_dim
+    from .onnx_graph import CheckResult, Inspection
+    from .verification import (
+        ToleranceOverride,
+        VerificationReport,
+        VerifyOptions,
+    )
+
+#: Public name -> the module that defines it (imported on first use).
 _LAZY = {
-    # checkpoints
+    # checkpoint files
     "load_checkpoint": "formats",
-    "save_checkpoint": "api",
     "Checkpoint": "formats",
-    "inspect_checkpoint": "inspection",
+    "inspect_checkpoint": "api",
+    "fold_checkpoint": "api",
+    "decompose_checkpoint": "api",
+    "restyle_checkpoint": "api",
+    "save_checkpoint": "api",
+    "CheckpointInspection": "api",
+    "ConversionResult": "api",
+    # in memory
     "find_pairs": "convert",
     "Pair": "convert",
     "fold_state_dict": "convert",
     "decompose_state_dict": "convert",
     "restyle_state_dict": "convert",
     "PrefixChange": "keys",
-    # ONNX graphs
-    "fold_onnx": "api",
+    # ONNX models
+    "inspect_onnx": "api",
     "check_onnx": "api",
+    "fold_onnx": "api",
+    "OnnxFoldResult": "api",
+    "Inspection": "onnx_graph",
+    "CheckResult": "onnx_graph",
     # export and verification
     "export_onnx": "api",
+    "ExportOutcome": "api",
     "InputSpec": "export",
     "DynamicAxis": "export",
     "verify": "api",
-    "VerifyOptions": "verify",
-    "VerificationReport": "verify",
+    "VerifyOptions": "verification",
+    "ToleranceOverride": "verification",
+    "VerificationReport": "verification",
+    # following a job
+    "Progress": "api",
+    "SILENT": "api",
     # numerics on numpy arrays
     "fold": "numerics",
     "decompose": "numerics",
@@ -53,14 +109,14 @@ _LAZY = {
 }
 
 __all__ = [
-    "__version__",
-    "CheckFailed",
-    "ConversionNotPossible",
-    "InputError",
-    "InputNotFound",
-    "WeightNormWarning",
-    "WnConvertError",
-    *_LAZY,
+    "__version__", "CheckFailed", "ConversionNotPossible", "InputError", "InputNotFound",
+    "WeightNormWarning", "WnConvertError", "load_checkpoint", "Checkpoint", "inspect_checkpoint",
+    "fold_checkpoint", "decompose_checkpoint", "restyle_checkpoint", "save_checkpoint",
+    "CheckpointInspection", "ConversionResult", "find_pairs", "Pair", "fold_state_dict",
+    "decompose_state_dict", "restyle_state_dict", "PrefixChange", "inspect_onnx", "check_onnx",
+    "fold_onnx", "OnnxFoldResult", "Inspection", "CheckResult", "export_onnx", "ExportOutcome",
+    "InputSpec", "DynamicAxis", "verify", "VerifyOptions", "ToleranceOverride",
+    "VerificationReport", "Progress", "SILENT", "fold", "decompose", "infer_dim",
 ]
 
 

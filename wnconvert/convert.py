@@ -313,7 +313,8 @@ def _plan_decompose(
     style, and every key checked so the result loads with ``strict=True``.
     """
     if style not in STYLES:
-        raise InputError(f"style={style}: use one of {', '.join(STYLES)}")
+        raise InputError.template("{-style=style}: use one of {choices}", style=style,
+                                  choices=", ".join(STYLES))
     source = _as_source(state)
     if like is not None:
         return _plan_like_any_prefix(source, _as_source(like))
@@ -321,17 +322,15 @@ def _plan_decompose(
     if dim is not None and dim < 0:
         # PyTorch's weight_norm(dim=-1) means the whole tensor, not the last axis; refuse the
         # ambiguity rather than guess which one the user meant.
-        raise InputError(
-            f"dim={dim}: give a non-negative axis, or 'none' for one norm over the whole tensor "
-            "(PyTorch's weight_norm(dim=-1) means the whole tensor)"
-        )
+        raise InputError.template(
+            "{-dim=dim}: give a non-negative axis, or 'none' for one norm over the whole tensor "
+            "(PyTorch's weight_norm(dim=-1) means the whole tensor)", dim=dim)
     picked = set(select_for_decompose(source, include=include, exclude=exclude))
     both = sorted(picked & existing)
     if both:
-        raise InputError(
-            f"{_clip(both)} exist both as plain tensors and as weight-norm pairs; the checkpoint "
-            "is inconsistent (remove one of them, or exclude= them)"
-        )
+        raise InputError.template(
+            "{keys} exist both as plain tensors and as weight-norm pairs; the checkpoint is "
+            "inconsistent (remove one of them, or {-exclude} them)", keys=_clip(both))
     plan: list[PlannedTensor] = []
     pairs: list[Pair] = []
     for key in source.keys():
@@ -342,10 +341,10 @@ def _plan_decompose(
         try:
             key_dim = None if dim is None else numerics.normalize_dim(dim, len(info.shape))
         except ValueError:
-            raise InputError(
-                f"{key} has shape {list(info.shape)}: dim={dim} does not exist for it; "
-                "narrow the selection with include=/exclude= or pick another dim="
-            ) from None
+            raise InputError.template(
+                "{key} has shape {shape}: {-dim=dim} does not exist for it; narrow the "
+                "selection with {-include}/{-exclude} or pick another {-dim}", key=key,
+                shape=list(info.shape), dim=dim) from None
         if info.numel == 0:
             raise InputError(
                 f"{key} has shape {list(info.shape)}, no elements: there is no norm to split off "
@@ -375,10 +374,9 @@ def _check_unique(plan: list[PlannedTensor]) -> None:
             clashes.add(item.key)
         seen.add(item.key)
     if clashes:
-        raise InputError(
-            f"the output would hold duplicate keys {_clip(sorted(clashes))}; the checkpoint "
-            "already has keys with these names (rename or exclude= them)"
-        )
+        raise InputError.template(
+            "the output would hold duplicate keys {keys}; the checkpoint already has keys with "
+            "these names (rename or {-exclude} them)", keys=_clip(sorted(clashes)))
 
 
 def _plan_like(source: TensorSource, template: TensorSource) -> Conversion:
@@ -481,7 +479,8 @@ def _clip(items: list[str], limit: int = 8) -> str:
 def _plan_restyle(state: Mapping[str, Any] | TensorSource, *, style: Style) -> Conversion:
     """Rename every pair's keys to ``style``; tensors are copied bit for bit."""
     if style not in STYLES:
-        raise InputError(f"style={style}: use one of {', '.join(STYLES)}")
+        raise InputError.template("{-style=style}: use one of {choices}", style=style,
+                                  choices=", ".join(STYLES))
     source = _as_source(state)
     pairs = find_pairs(source)
     rename = restyle_key_map([p.keys for p in pairs], style)

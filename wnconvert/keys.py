@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
+from .choices import STYLES, Style
 from .errors import InputError
-
-Style = Literal["legacy", "parametrize"]
-STYLES: tuple[Style, ...] = ("parametrize", "legacy")
 
 _PARAMETRIZE_MARK = "parametrizations."
 

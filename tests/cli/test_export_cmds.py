@@ -254,7 +254,7 @@ def test_fold_of_a_pt2_program(tmp_path: Path, fixture_models: object) -> None:
 def _cuda_starts() -> bool:
     # A probe session decides, not get_available_providers() (it lists CUDA where it cannot
     # start).
-    from wnconvert.verify.providers import _spec, probe_provider
+    from wnconvert.verification.providers import _spec, probe_provider
 
     return HAS_CUDA and probe_provider(_spec("CUDAExecutionProvider", cuda_tf32=False,
                                              explicit=True)) is None

@@ -26,9 +26,6 @@ from tests.onnx_graph.builders import (
     wn_arrays,
     wrong_type_model,
 )
-from wnconvert.cli.common import VerifyCliOptions
-from wnconvert.cli.graph_cmds import fold_onnx_command, inspect_onnx_command
-from wnconvert.errors import CheckFailed, InputError
 
 
 @pytest.fixture
@@ -155,33 +152,6 @@ def test_fold_onnx_rejects_non_onnx_output(cli, wn_model, assert_input_error):
     assert_input_error(cli("fold", path, "-o", path.with_name("x.pt")), "x.pt")
 
 
-def test_fold_onnx_command_directly(wn_model, tmp_path, capsys):
-    path, g, v = wn_model
-    out = tmp_path / "direct.onnx"
-    fold_onnx_command(path=path, output=out, force=False, quiet=True, json_out=False,
-                      verify=VerifyCliOptions(verify=True))
-    assert capsys.readouterr().out == ""
-    np.testing.assert_array_equal(initializer(out, "layer.weight"), expected(g, v, 0))
-    with pytest.raises(InputError, match="already exists"):
-        fold_onnx_command(path=path, output=out, force=False, quiet=True, json_out=False,
-                          verify=VerifyCliOptions(verify=False))
-    with pytest.raises(InputError, match="--report needs verification"):
-        fold_onnx_command(path=path, output=tmp_path / "o.onnx", force=False, quiet=True,
-                          json_out=False,
-                          verify=VerifyCliOptions(verify=False, reports=[tmp_path / "r.json"]))
-
-
-def test_fold_onnx_command_check_failed(tmp_path):
-    model, g, v = weight_norm_model((4, 3), 0)
-    v[0] = 0
-    model.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(v, "layer.parametrizations"
-                                                                        ".weight.original1"))
-    path = save(model, tmp_path / "m.onnx")
-    with pytest.warns(UserWarning, match="zero norm"), pytest.raises(CheckFailed):
-        fold_onnx_command(path=path, output=None, force=False, quiet=True, json_out=False,
-                          verify=VerifyCliOptions(verify=True))
-
-
 # -- inspect -----------------------------------------------------------------------------------
 
 
@@ -202,15 +172,6 @@ def test_inspect_onnx_through_the_cli(cli, tmp_path, assert_ok):
     assert set(data) >= {"model", "weight_norm", "pairs", "folded_with_lost_names", "op_counts"}
     assert [(p["parameter"], p["computed_by"] is not None) for p in data["pairs"]] == [
         ("fc.weight", True), ("idle.weight", False)]
-
-
-def test_inspect_onnx_command_directly(wn_model, capsys):
-    inspect_onnx_command(path=wn_model[0], json_out=True, quiet=False)
-    data = json.loads(capsys.readouterr().out)
-    assert data["weight_norm"][0]["parameter"] == "layer.weight"
-    with pytest.raises(InputError):
-        inspect_onnx_command(path=wn_model[0].with_name("missing.onnx"), json_out=False,
-                             quiet=False)
 
 
 def test_help_has_examples(cli):

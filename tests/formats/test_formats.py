@@ -473,7 +473,7 @@ def test_output_format_and_default_output(tmp_path):
     assert output_format(Path("x.safetensors"), None, pt) == "safetensors"
     assert output_format(Path("x.ckpt"), None, st) == "pt"
     assert output_format(Path("x.ckpt"), "safetensors", st) == "safetensors"
-    with pytest.raises(InputError, match="to=onnx"):
+    with pytest.raises(InputError, match="to='onnx'"):
         output_format(None, "onnx", st)
     with pytest.raises(InputError, match="cannot tell the output format"):
         output_format(Path("x.weights"), None, st)

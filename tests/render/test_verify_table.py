@@ -7,7 +7,7 @@ import pytest
 
 from wnconvert.render import visible
 from wnconvert.render.verify import print_report
-from wnconvert.verify import (
+from wnconvert.verification import (
     CaseInfo,
     OutputResult,
     ProviderResult,

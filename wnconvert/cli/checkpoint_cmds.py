@@ -1,43 +1,38 @@
-"""inspect / decompose / fold / restyle for checkpoints (fold and inspect also route ONNX).
+"""``inspect``, ``decompose``, ``fold`` and ``restyle``: flags mapped onto the library's jobs.
 
-(Why ~500 lines: typer needs each command's options spelled out in its signature; the option
-types themselves are declared once in :mod:`.options`.)
+``fold`` runs one of three jobs, chosen from its input and ``--to``: a checkpoint fold
+(:func:`wnconvert.fold_checkpoint`), an export (:func:`wnconvert.export_onnx`, ``--to onnx``
+or a ``.pt2`` input) or an ONNX graph fold (:func:`wnconvert.fold_onnx`, an ``.onnx`` input).
+``inspect`` takes checkpoints and ``.onnx`` models. A flag the chosen job would ignore is
+refused (:func:`.options.refuse_unused`).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from . import app
-from .common import (
-    DebugOpt,
-    ExportCliOptions,
-    ForceOpt,
-    JsonOpt,
-    KeyOpt,
-    OutputOpt,
-    QuietOpt,
-    VerifyCliOptions,
-    command_context,
-    names_program,
-    refuse_unused_trust,
-)
+from .. import render
+from .app import app
+from .common import CliProgress, command_context, emit_result, verify_options
 from .options import (
     AddPrefixOpt,
     AtolOpt,
+    DebugOpt,
     DynamicOpt,
     ExporterChoice,
+    ForceOpt,
     InputOpt,
     InputsOpt,
+    JsonOpt,
+    KeyOpt,
     ModelKwargsOpt,
     ModelOpt,
+    OutputOpt,
     ProviderOpt,
+    QuietOpt,
     ReportOpt,
     RtolOpt,
     RunsOpt,
@@ -50,8 +45,19 @@ from .options import (
     VerifyFlagOpt,
     WeightsChoice,
     WeightsOpt,
+    chosen,
+    refuse_unused,
 )
-from .parse import parse_dim, parse_prefix
+from .parse import (
+    parse_dim,
+    parse_dynamic_axis,
+    parse_input_spec,
+    parse_model_kwargs,
+    parse_prefix,
+)
+
+if TYPE_CHECKING:
+    from .. import ConversionResult
 
 PathArg = Annotated[
     Path,
@@ -65,7 +71,8 @@ ToOpt = Annotated[
 ]
 StyleOpt = Annotated[
     StyleChoice,
-    typer.Option("--style", help="Key style: parametrize (original0/original1) or legacy (_g/_v)."),
+    typer.Option("--style",
+                 help="Key style: parametrize (original0/original1) or legacy (_g/_v)."),
 ]
 
 
@@ -73,23 +80,11 @@ def _is_onnx(path: Path) -> bool:
     return path.suffix.lower() == ".onnx"
 
 
-@contextmanager
-def _about(path: Path) -> Iterator[None]:
-    """Name the input file in input errors raised by the (path-agnostic) core."""
-    from ..errors import InputError
-
-    try:
-        yield
-    except InputError as exc:
-        if str(path) in str(exc):
-            raise
-        raise InputError(f"{path}: {exc}") from None
-
-
 @app.command(
     epilog="\b\nExample:\n  wnconvert inspect generator.pt --json > layout.json",
 )
 def inspect(
+    ctx: typer.Context,
     path: PathArg,
     key: KeyOpt = None,
     json_out: JsonOpt = False,
@@ -98,24 +93,27 @@ def inspect(
 ) -> None:
     """Show the container, every weight-norm pair (name, style, dim, shape, dtype, g range,
     zero-norm rows), what decompose would pick, and totals. Also takes an .onnx model."""
+    from .. import api
+
     with command_context(debug=debug, quiet=quiet):
-        if _is_onnx(path):
-            from .graph_cmds import inspect_onnx_command
+        job = "inspect-onnx" if _is_onnx(path) else "inspect"
+        refuse_unused(ctx, job, verifying=False)
+        if job == "inspect-onnx":
+            info = api.inspect_onnx(path).to_dict()
+            if json_out:
+                render.print_json(info)
+            elif not quiet:
+                from ..render.graph import print_inspection
 
-            inspect_onnx_command(path=path, json_out=json_out, quiet=quiet)
+                print_inspection(info)
             return
-        from .. import render
-        from ..formats import load_checkpoint
-        from ..inspection import inspect_checkpoint
-        from ..render.checkpoint import print_inspection
-
-        checkpoint = load_checkpoint(path, key=key)
-        with render.progress("inspecting", quiet=quiet) as bar, _about(path):
-            report = inspect_checkpoint(checkpoint, on_pair=bar)
+        report = api.inspect_checkpoint(path, key=key, progress=CliProgress(quiet=quiet))
         if json_out:
-            render.print_json(report)
+            render.print_json(report.to_dict())
         elif not quiet:
-            print_inspection(report)
+            from ..render.checkpoint import print_inspection as print_checkpoint
+
+            print_checkpoint(report.to_dict())
 
 
 @app.command(
@@ -127,6 +125,7 @@ def inspect(
     ),
 )
 def decompose(
+    ctx: typer.Context,
     path: PathArg,
     output: OutputOpt = None,
     to: ToOpt = None,
@@ -160,7 +159,7 @@ def decompose(
             "dims and key style, so the result loads with strict=True.",
         ),
     ] = None,
-    style: StyleOpt = StyleChoice.parametrize,
+    style: StyleOpt = StyleChoice("parametrize"),
     strip_prefix: StripPrefixOpt = None,
     add_prefix: AddPrefixOpt = None,
     force: ForceOpt = False,
@@ -170,44 +169,17 @@ def decompose(
 ) -> None:
     """Split plain weights into g (the norm, float64 rounded once) and v (the weight,
     bit for bit)."""
-    with command_context(debug=debug, quiet=quiet):
-        from ..convert import plan_decompose
-        from ..errors import InputError
-        from ..formats import load_checkpoint
+    from .. import api
 
-        dim_value = parse_dim(dim)
-        checkpoint = load_checkpoint(path, key=key)
-        like_checkpoint = load_checkpoint(like) if like is not None else None
-        template = like_checkpoint.state_dict if like_checkpoint is not None else None
-        try:
-            conversion = plan_decompose(
-                checkpoint.state_dict,
-                dim=dim_value,
-                include=include or (),
-                exclude=exclude or (),
-                style=style.value,
-                like=template,
-                prefix=parse_prefix(strip_prefix, add_prefix),
-            )
-        except InputError as exc:
-            where = f"{path} vs --like {like}" if like is not None else str(path)
-            raise InputError(f"{where}: {exc}") from None
-        if like is None and not conversion.pairs:
-            raise InputError(
-                f"{path}: nothing to decompose: no plain floating tensor matches "
-                f"{', '.join(include or ['*weight (rank >= 2)'])}; adjust --include/--exclude"
-            )
-        _write(
-            checkpoint,
-            conversion,
-            output=output,
-            to=to,
-            force=force,
-            quiet=quiet,
-            json_out=json_out,
-            action="decomposed",
-            inputs=like_checkpoint.input_files if like_checkpoint is not None else [],
-        )
+    with command_context(debug=debug, quiet=quiet):
+        refuse_unused(ctx, "decompose", verifying=False)
+        result = api.decompose_checkpoint(
+            path, output, key=key, to=to, dim=parse_dim(dim), include=include or (),  # type: ignore[arg-type]
+            exclude=exclude or (), like=like,
+            style=chosen(style),  # type: ignore[arg-type]  # one of STYLES
+            prefix=parse_prefix(strip_prefix, add_prefix), force=force,
+            progress=CliProgress(quiet=quiet))
+        _print_conversion(result, json_out=json_out, quiet=quiet)
 
 
 @app.command(
@@ -220,11 +192,11 @@ def decompose(
     ),
 )
 def fold(
+    ctx: typer.Context,
     path: Annotated[
         Path,
         typer.Argument(
-            help="Checkpoint (.pt, .safetensors, sharded index), .onnx model, or .pt2 program "
-            "(with --trust-program)."
+            help="Checkpoint (.pt, .safetensors, sharded index), .onnx model, or .pt2 program."
         ),
     ],
     output: OutputOpt = None,
@@ -232,8 +204,7 @@ def fold(
         str | None,
         typer.Option(
             "--to",
-            help="Output format: pt, safetensors or onnx (onnx needs --model or a trusted .pt2 "
-            "input).",
+            help="Output format: pt, safetensors or onnx (onnx needs --model or a .pt2 input).",
         ),
     ] = None,
     key: KeyOpt = None,
@@ -257,7 +228,6 @@ def fold(
     input_shapes: InputOpt = None,
     inputs_file: InputsOpt = None,
     dynamic: DynamicOpt = None,
-    trust_program: TrustProgramOpt = False,
     opset: Annotated[
         int | None,
         typer.Option("--opset", help="[onnx] ONNX opset to export with."),
@@ -269,7 +239,8 @@ def fold(
             help="[onnx] auto (torch.export, falling back to the TorchScript tracer when the model "
             "cannot be captured), dynamo or legacy.",
         ),
-    ] = ExporterChoice.auto,
+    ] = ExporterChoice("auto"),
+    trust_program: TrustProgramOpt = False,
     # --- verification (--to onnx, and .onnx inputs): declared once in .options ---
     verify: VerifyFlagOpt = True,
     provider: ProviderOpt = None,
@@ -278,7 +249,7 @@ def fold(
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     output_tol: TolOpt = None,
-    weights: WeightsOpt = WeightsChoice.fail,
+    weights: WeightsOpt = WeightsChoice("fail"),
     tf32: Tf32Opt = False,
     report: ReportOpt = None,
 ) -> None:
@@ -286,125 +257,77 @@ def fold(
 
     From a checkpoint to a checkpoint; to ONNX with --to onnx --model; or inside an existing
     .onnx graph."""
+    from .. import api
+
     with command_context(debug=debug, quiet=quiet):
-        from ..errors import InputError
-
-        verify_opts = VerifyCliOptions(
-            verify=verify,
-            providers=list(provider or []),
-            seed=seed,
-            runs=runs,
-            atol=atol,
-            rtol=rtol,
-            output_tolerances=list(output_tol or []),
-            reports=list(report or []),
-            weights=weights,
-            cuda_tf32=tf32,
-            debug=debug,
-        )
-        export_opts = ExportCliOptions(
-            model=model,
-            model_kwargs=model_kwargs,
-            input_shapes=list(input_shapes or []),
-            inputs_file=inputs_file,
-            dynamic=list(dynamic or []),
-            opset=opset,
-            exporter=exporter.value,
-            prefix=parse_prefix(strip_prefix, add_prefix),
-            trust_program=trust_program,
-        )
-        refuse_unused_trust(trust_program, reads_program=names_program(path, model))
+        progress = CliProgress(quiet=quiet)
         if _is_onnx(path):
-            if to not in (None, "onnx") or model is not None:
-                raise InputError(f"{path}: an .onnx input folds to .onnx; drop --to/--model")
-            if export_opts.prefix:
-                raise InputError(f"{path}: --strip-prefix/--add-prefix rename checkpoint keys; "
-                                 "an .onnx input has none (drop them)")
-            from .graph_cmds import fold_onnx_command
-
-            fold_onnx_command(
-                path=path,
-                output=output,
-                force=force,
-                quiet=quiet,
-                json_out=json_out,
-                verify=verify_opts,
-                reference=reference,
-                reference_key=key,
-            )
+            job = "fold-onnx"
+        elif (to == "onnx" or path.suffix.lower() == ".pt2"
+              or (to is None and output is not None and output.suffix.lower() == ".onnx")):
+            job = "export"
+        else:
+            job = "fold"
+        refuse_unused(ctx, job, verifying=verify)
+        if job == "fold":
+            result = api.fold_checkpoint(path, output, key=key, to=to,  # type: ignore[arg-type]
+                                         prefix=parse_prefix(strip_prefix, add_prefix),
+                                         force=force, progress=progress)
+            _print_conversion(result, json_out=json_out, quiet=quiet)
             return
-        if reference is not None:
-            raise InputError("--reference names the initializers of an .onnx input; a "
-                             "checkpoint keeps its names (drop --reference)")
-        wants_onnx = (
-            to == "onnx"
-            or path.suffix.lower() == ".pt2"
-            or (to is None and output is not None and output.suffix.lower() == ".onnx")
-        )
-        if wants_onnx:
-            from .export_cmds import fold_to_onnx_command
+        specs = [parse_input_spec(text) for text in input_shapes or []]
+        axes = [parse_dynamic_axis(text) for text in dynamic or []]
+        options = verify_options(
+            providers=provider or [], seed=seed, runs=runs, atol=atol, rtol=rtol,
+            output_tol=output_tol or [], weights=chosen(weights), tf32=tf32, debug=debug,
+        ) if verify else None
+        if job == "fold-onnx":
+            if to not in (None, "onnx"):
+                from ..errors import InputError
 
-            fold_to_onnx_command(
-                path=path,
-                output=output,
-                key=key,
-                force=force,
-                quiet=quiet,
-                json_out=json_out,
-                export=export_opts,
-                verify=verify_opts,
-            )
+                raise InputError(f"{path}: an .onnx input folds to .onnx; drop --to")
+            if options is not None and (specs or inputs_file or axes):
+                import dataclasses
+
+                options = dataclasses.replace(options, input_specs=tuple(specs),
+                                              inputs_file=inputs_file, dynamic_axes=tuple(axes))
+            folded = api.fold_onnx(path, output, verify=verify, options=options,
+                                   reports=report or [], reference=reference,
+                                   reference_key=key, force=force, progress=progress)
+            from ..render.graph import print_fold
+
+            summary = folded.to_dict()
+            emit_result(json_out=json_out, quiet=quiet, data=summary, report=folded.report,
+                        print_summary=(lambda: print_fold(summary))
+                        if folded.outcome is not None else None)
+            _raise_failure(folded.failure())
             return
-        used = (
-            [
-                name
-                for name, value in (
-                    ("--model", model),
-                    ("--model-kwargs", model_kwargs),
-                    ("--inputs", inputs_file),
-                    ("--opset", opset),
-                )
-                if value is not None
-            ]
-            + (["--input"] if input_shapes else [])
-            + (["--dynamic"] if dynamic else [])
-            + (["--report"] if report else [])
-        )
-        if used:
-            raise InputError(f"{', '.join(used)} apply to --to onnx; add --to onnx or drop them")
+        exported = api.export_onnx(
+            path, output, model=model, model_kwargs=parse_model_kwargs(model_kwargs), key=key,
+            inputs=specs, inputs_file=inputs_file, dynamic=axes, opset=opset,
+            exporter=chosen(exporter),  # type: ignore[arg-type]  # one of EXPORTERS
+            prefix=parse_prefix(strip_prefix, add_prefix), verify=verify,
+            options=options, reports=report or [],
+            trust_program=trust_program, force=force, progress=progress)
+        from ..render.verify import print_export_summary
 
-        from ..convert import plan_fold
-        from ..formats import load_checkpoint
-
-        checkpoint = load_checkpoint(path, key=key)
-        with _about(path):
-            conversion = plan_fold(checkpoint.state_dict, prefix=export_opts.prefix)
-        if not conversion.pairs:
-            raise InputError(
-                f"{path}: no weight-norm pairs (*_g/*_v or parametrizations.*.original0/1) found; "
-                "nothing to fold (is it already folded? see wnconvert inspect)"
-            )
-        _write(
-            checkpoint,
-            conversion,
-            output=output,
-            to=to,
-            force=force,
-            quiet=quiet,
-            json_out=json_out,
-            action="folded",
-        )
+        emit_result(json_out=json_out, quiet=quiet, data=exported.to_dict(),
+                    report=exported.report,
+                    print_summary=lambda: print_export_summary(exported.export))
+        _raise_failure(exported.failure())
 
 
 @app.command(
     epilog="\b\nExample:\n  wnconvert restyle old_hifigan.pt --style parametrize -o new_keys.pt",
 )
 def restyle(
+    ctx: typer.Context,
     path: PathArg,
     style: Annotated[
         StyleChoice,
         typer.Option(
-            "--style", help="Target key style: parametrize or legacy.", show_default=False
+            "--style", help="Target key style: parametrize or legacy.",
+            show_default=False,
         ),
     ],
     output: OutputOpt = None,
@@ -417,84 +340,27 @@ def restyle(
 ) -> None:
     """Rename weight-norm keys between the legacy (_g/_v) and parametrize (original0/1) styles;
     tensors are copied bit for bit."""
+    from .. import api
+
     with command_context(debug=debug, quiet=quiet):
-        from ..convert import plan_restyle
-        from ..errors import InputError
-        from ..formats import load_checkpoint
-
-        checkpoint = load_checkpoint(path, key=key)
-        with _about(path):
-            conversion = plan_restyle(checkpoint.state_dict, style=style.value)
-        if not conversion.pairs:
-            raise InputError(
-                f"{path}: no weight-norm pair needs renaming to the {style.value} style "
-                "(none found, or all already in it)"
-            )
-        _write(
-            checkpoint,
-            conversion,
-            output=output,
-            to=to,
-            force=force,
-            quiet=quiet,
-            json_out=json_out,
-            action=style.value,
-        )
+        refuse_unused(ctx, "restyle", verifying=False)
+        result = api.restyle_checkpoint(path, output,
+                                        style=chosen(style),  # type: ignore[arg-type]
+                                        key=key, to=to,  # type: ignore[arg-type]
+                                        force=force, progress=CliProgress(quiet=quiet))
+        _print_conversion(result, json_out=json_out, quiet=quiet)
 
 
-def _write(
-    checkpoint: Any,
-    conversion: Any,
-    *,
-    output: Path | None,
-    to: str | None,
-    force: bool,
-    quiet: bool,
-    json_out: bool,
-    action: str,
-    inputs: list[Path] | None = None,
-) -> None:
-    """Write a planned conversion with a progress bar, then print the summary.
-
-    ``inputs``: files read besides the checkpoint (``--like``), never to be overwritten."""
-    from .. import render
-    from ..formats import default_output, output_format, write_checkpoint
-
-    started = time.perf_counter()
-    fmt = output_format(output, to, checkpoint)
-    target = output if output is not None else default_output(checkpoint, action, fmt)
-    total = len(conversion.plan)
-    with render.progress(f"{conversion.action} → {target.name}", quiet=quiet) as bar:
-        done = 0
-
-        def on_tensor(name: str) -> None:
-            nonlocal done
-            done += 1
-            if bar:
-                bar(name, done, total)
-
-        written = write_checkpoint(
-            checkpoint, conversion.plan, target, fmt=fmt, force=force, on_tensor=on_tensor,
-            inputs=inputs or [],
-        )
-    source = checkpoint.source
-    summary = {
-        "action": conversion.action,
-        "input": str(checkpoint.path),
-        "output": str(target),
-        "format": fmt,
-        "pairs": [p.to_dict() for p in conversion.pairs],
-        "unchanged": conversion.unchanged,
-        # Tensor bytes on both sides (a file's size adds headers and padding: file_bytes).
-        "bytes_in": sum(source.info(k).nbytes for k in source.keys()),
-        "bytes_out": sum(item.info.nbytes for item in conversion.plan),
-        "file_bytes": written,
-        "seconds": round(time.perf_counter() - started, 4),
-        "notes": conversion.notes,
-    }
+def _print_conversion(result: ConversionResult, *, json_out: bool, quiet: bool) -> None:
+    summary = result.to_dict()
     if json_out:
         render.print_json(summary)
     elif not quiet:
         from ..render.checkpoint import print_conversion
 
         print_conversion(summary)
+
+
+def _raise_failure(failure: Exception | None) -> None:
+    if failure is not None:
+        raise failure

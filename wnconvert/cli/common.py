@@ -1,120 +1,69 @@
-"""What every command shares: option types, the error-to-exit-code mapping, output paths.
+"""What every command shares: the error-to-exit-code mapping, progress on the terminal, and
+turning verification flags into the library's options.
 
 Exit codes: 0 success, 1 a numerical check failed (:class:`CheckFailed`), 2 usage or input
-error (:class:`InputError`, and typer's own usage errors).
+error (:class:`InputError`, and typer's own usage errors), 3 the exporter cannot convert.
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import re
 import signal
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from .. import render
-from ..errors import CheckFailed, InputError, InputNotFound, WeightNormWarning, WnConvertError
-from .options import MAX_RUNS, WeightsChoice
+from ..errors import WeightNormWarning, WnConvertError
+from .options import FLAGS
 
 if TYPE_CHECKING:
+    from ..api import StepCallback
     from ..export import DynamicAxis, InputSpec
-    from ..keys import PrefixChange
-    from ..verify import VerificationReport, VerifyOptions
-
-ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
-QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", help="Print only errors (and --json output).")
-]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-OutputOpt = Annotated[
-    Path | None,
-    typer.Option("--output", "-o", help="Output path (default: next to the input, new name)."),
-]
-KeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--key",
-        help="Where the state dict sits in a nested .pt container (e.g. state_dict, generator, "
-        "model.ema). Found automatically when unambiguous.",
-    ),
-]
+    from ..verification import VerificationReport, VerifyOptions
 
 
-@dataclass
-class VerifyCliOptions:
-    """Verification options as typed on the command line; :func:`build_verify_options` turns
-    them (with the input options) into the library's :class:`~wnconvert.verify.VerifyOptions`."""
+class CliProgress:
+    """The library's progress protocol on the terminal: stages as status lines and bars on
+    stderr only when it is a terminal; notes on stderr unless ``--quiet``."""
 
-    verify: bool = True
-    providers: list[str] = field(default_factory=list)
-    seed: int = 0
-    runs: int = 1
-    atol: float | None = None
-    rtol: float | None = None
-    output_tolerances: list[str] = field(default_factory=list)  # NAME=ATOL[:RTOL]
-    reports: list[Path] = field(default_factory=list)  # .json or .xml
-    weights: WeightsChoice | str = WeightsChoice.fail
-    cuda_tf32: bool = False  # allow TF32 on CUDA/TensorRT (off so float32 compares)
-    debug: bool = False  # let ONNX Runtime's logger speak
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def status(self, message: str) -> None:
+        if not self.quiet and render.stderr().is_terminal:
+            render.info(message)
+
+    def note(self, message: str) -> None:
+        render.info(message, quiet=self.quiet)
+
+    def step(self, description: str) -> AbstractContextManager[StepCallback | None]:
+        return render.progress(description, quiet=self.quiet)
 
 
-def build_verify_options(cli: VerifyCliOptions, *, input_specs: Sequence[InputSpec] = (),
-                         inputs_file: Path | None = None,
-                         dynamic_axes: Sequence[DynamicAxis] = ()) -> VerifyOptions:
-    """The library's typed options from the command line's (InputError names the flag)."""
-    from ..verify import VerifyOptions
-    from .parse import parse_output_tolerances, parse_tolerance_flag
+def verify_options(*, providers: Sequence[str] = (), seed: int = 0, runs: int = 1,
+                   atol: float | None = None, rtol: float | None = None,
+                   output_tol: Sequence[str] = (), weights: str = "fail",
+                   tf32: bool = False, debug: bool = False,
+                   input_shapes: Sequence[InputSpec] = (), inputs_file: Path | None = None,
+                   dynamic: Sequence[DynamicAxis] = ()) -> VerifyOptions:
+    """The library's options from the verification flags (the library validates them)."""
+    from .. import VerifyOptions
+    from .parse import parse_output_tolerances
 
-    try:
-        weights = WeightsChoice(cli.weights).value
-    except ValueError:
-        raise InputError(f"--weights {cli.weights}: use one of "
-                         f"{', '.join(c.value for c in WeightsChoice)}") from None
-    if cli.seed < 0:
-        raise InputError(f"--seed {cli.seed}: must be a non-negative integer")
-    if not 1 <= cli.runs <= MAX_RUNS:
-        raise InputError(f"--runs {cli.runs}: must be between 1 and {MAX_RUNS}")
-    if inputs_file is not None and inputs_file.suffix.lower() != ".npz":
-        raise InputError(f"--inputs {inputs_file}: expected an .npz archive (numpy.savez(path, "
-                         "name=array, ...)), one array per model input")
     return VerifyOptions(
-        providers=tuple(cli.providers),
-        seed=cli.seed,
-        runs=cli.runs,
-        atol=parse_tolerance_flag("--atol", cli.atol),
-        rtol=parse_tolerance_flag("--rtol", cli.rtol),
-        output_tolerances=parse_output_tolerances(cli.output_tolerances),
-        input_specs=tuple(input_specs),
-        inputs_file=inputs_file,
-        dynamic_axes=tuple(dynamic_axes),
-        cuda_tf32=cli.cuda_tf32,
-        weights=weights,  # type: ignore[arg-type]
-        ort_logging=cli.debug,
+        providers=tuple(providers), seed=seed, runs=runs, atol=atol, rtol=rtol,
+        output_tolerances=parse_output_tolerances(output_tol),
+        input_specs=tuple(input_shapes), inputs_file=inputs_file,
+        dynamic_axes=tuple(dynamic), cuda_tf32=tf32,
+        weights=weights,  # type: ignore[arg-type]  # checked by VerifyOptions
+        ort_logging=debug,
     )
-
-
-@dataclass
-class ExportCliOptions:
-    """Raw export options as typed on the command line (parsed by the export layer)."""
-
-    model: str | None = None  # MODULE:CALLABLE or path/to/file.py:CALLABLE
-    model_kwargs: str | None = None  # JSON object
-    input_shapes: list[str] = field(default_factory=list)  # SHAPE[:DTYPE], one per input
-    inputs_file: Path | None = None  # .npz with real inputs
-    dynamic: list[str] = field(default_factory=list)
-    opset: int | None = None
-    exporter: str = "auto"  # auto | dynamo | legacy
-    prefix: PrefixChange | None = None  # --strip-prefix / --add-prefix
-    trust_program: bool = False  # --trust-program: a .pt2 may be loaded and run
 
 
 @contextmanager
@@ -123,7 +72,8 @@ def command_context(*, debug: bool, quiet: bool = False) -> Iterator[None]:
 
     One line on stderr, no traceback (``--debug`` shows it for errors):
 
-    * :class:`InputError` exits 2, :class:`CheckFailed` 1, :class:`ConversionNotPossible` 3;
+    * :class:`InputError` exits 2, :class:`CheckFailed` 1, :class:`ConversionNotPossible` 3,
+      the message rendered in flag terms (:data:`.options.FLAGS`);
     * Ctrl-C exits 130, SIGTERM 143 (SIGHUP 129): the writers removed their temp files and
       staging folders while the exception unwound. Whatever a signal turned into on its way
       (torch's writer makes Ctrl-C a RuntimeError) is reported as the signal;
@@ -156,7 +106,7 @@ def command_context(*, debug: bool, quiet: bool = False) -> Iterator[None]:
             if debug:
                 traceback.print_exc()
             if isinstance(exc, WnConvertError):
-                render.error(in_flag_terms(str(exc)))
+                render.error(exc.render(FLAGS))
                 raise typer.Exit(exc.exit_code) from None
             if isinstance(exc, BrokenPipeError):
                 discard_stdout()
@@ -185,58 +135,6 @@ def _os_error_line(exc: OSError) -> str:
     return f"{where}{exc.strerror or exc}; no output was written ({hint})"
 
 
-def protected_inputs(*paths: Path | None, model: str | None = None) -> list[Path]:
-    """Every file a command reads, so that no output is one of them (even with --force).
-
-    The given paths, the external data files of ``.onnx`` ones, and the source file of a
-    ``--model path/to/file.py:CALLABLE``.
-    """
-    found: list[Path] = []
-    for path in paths:
-        if path is None:
-            continue
-        found.append(path)
-        if path.suffix.lower() == ".onnx" and path.is_file():
-            from ..errors import InputError
-            from ..onnx_graph.protoio import load_model
-
-            with suppress(InputError, OSError):  # unreadable: the command itself says why
-                found.extend(load_model(path).data_files)
-    target = (model or "").rpartition(":")[0]
-    if target.endswith(".py") or "/" in target or os.sep in target:
-        found.append(Path(target))
-    return found
-
-
-#: The library words errors in API terms (``model='x.py:build'``, ``dim=-1``,
-#: ``force=True``, ``trust_program=True``); on the command line they name the flag the user
-#: typed instead.
-_API_TO_FLAG = {
-    "model_kwargs": "--model-kwargs", "model": "--model", "key": "--key", "to": "--to",
-    "style": "--style", "dim": "--dim", "include": "--include", "exclude": "--exclude",
-    "report": "--report", "inputs": "--inputs", "input": "--input", "dynamic": "--dynamic",
-    "opset": "--opset", "exporter": "--exporter", "atol": "--atol", "rtol": "--rtol",
-    "seed": "--seed", "runs": "--runs", "weights": "--weights", "reference": "--reference",
-}
-_API_TERM = re.compile(r"(?<![\w.(\[])(" + "|".join(sorted(_API_TO_FLAG, key=len, reverse=True))
-                       + r")=(?=(.?))")
-
-
-def in_flag_terms(message: str) -> str:
-    """``message`` with the library's ``name=value`` terms written as the CLI's flags."""
-    message = re.sub(r"(?<![\w.(])force=True", "--force", message)
-    message = re.sub(r"(?<![\w.(])trust_program=True", "--trust-program", message)
-
-    def flag(match: re.Match[str]) -> str:
-        after = match.group(2)
-        value_follows = bool(after) and (after.isalnum() or after in "'\"-[{.~/")
-        if after == "/":  # "include=/exclude=" lists terms; "report=/tmp/x" is a value
-            value_follows = not _API_TERM.match(match.string, match.end() + 1)
-        return _API_TO_FLAG[match.group(1)] + (" " if value_follows else "")
-
-    return _API_TERM.sub(flag, message)
-
-
 def _flush_warnings(caught: list[warnings.WarningMessage]) -> None:
     # Only data warnings are shown (even with --quiet); third-party chatter is dropped.
     for item in caught:
@@ -245,80 +143,25 @@ def _flush_warnings(caught: list[warnings.WarningMessage]) -> None:
     caught.clear()
 
 
-def emit_result(
-    *,
-    json_out: bool,
-    quiet: bool,
-    data: dict[str, Any],
-    report: VerificationReport | None,
-    print_summary: Callable[[], None] | None = None,
-) -> None:
-    """Results on stdout: ``data`` plus the verification as JSON with --json, else the summary
-    and the verification tables (nothing with --quiet). What weakens the verdict (a tolerance
-    too loose for the output, what ONNX Runtime printed) goes to stderr as warnings."""
+def emit_result(*, json_out: bool, quiet: bool, data: dict[str, Any],
+                report: VerificationReport | None,
+                print_summary: Callable[[], None] | None = None) -> None:
+    """Results on stdout: ``data`` (the result's ``to_dict()``) with --json, else the summary
+    and the verification tables (nothing with --quiet), then the report files written. What
+    weakens the verdict (a tolerance too loose for the output, what ONNX Runtime printed) goes
+    to stderr as warnings."""
     if report is not None:
         for line in report.warnings():
             render.warning(line)
     if json_out:
-        render.print_json({
-            **data,
-            "verification": report.to_dict() if report is not None else None,
-            "passed": report.passed if report is not None else None,
-        })
+        render.print_json(data)
         return
     if quiet:
         return
     if print_summary is not None:
         print_summary()
     if report is not None:
-        from ..render.verify import print_report
+        from ..render.verify import print_report, print_reports_written
 
         print_report(report)
-
-
-def finish_verification(
-    report: VerificationReport | None,
-    reports: list[Path],
-    *,
-    force: bool,
-    quiet: bool,
-    json_out: bool = False,
-    suffix: str = "",
-) -> None:
-    """Write the report files (listed on stdout), then exit 1 if any check failed.
-
-    Reports are written whether the check passed or not: a CI job wants the failing one most.
-    """
-    if report is None:
-        return
-    from ..render.verify import print_reports_written
-    from ..verify.report import write_reports
-
-    written = write_reports(report, reports, force=force)
-    if not quiet and not json_out:
-        print_reports_written(written)
-    if not report.passed:
-        failures = report.failures()
-        first = failures[0] if failures else "no provider could run the model"
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        raise CheckFailed(f"verification failed: {first}{more}{suffix}")
-
-
-def names_program(path: Path | None, model: str | None = None) -> bool:
-    """True when the job reads a ``.pt2`` program: ``path`` is one, or ``--model`` names one."""
-    return ((path is not None and path.suffix.lower() == ".pt2")
-            or (model or "").endswith(".pt2"))  # as prepare_model tells a program from code
-
-
-def refuse_unused_trust(trust_program: bool, *, reads_program: bool) -> None:
-    """``--trust-program`` on a job that reads no ``.pt2`` would be ignored: refused, so a
-    user never believes it changed something."""
-    if trust_program and not reads_program:
-        raise InputError("--trust-program applies to a .pt2 program (the input, --reference or "
-                         "--model), and this job reads none; drop it")
-
-
-def require_exists(path: Path) -> Path:
-    if not path.exists():
-        raise InputNotFound(f"{path}: no such file or directory; check the path")
-    return path
+        print_reports_written(report.reports_written)

@@ -1,29 +1,159 @@
-"""Options shared by several commands, declared once so ``fold`` and ``verify`` cannot drift.
+"""Every flag, declared once: its type and help, the library parameter it sets, and the jobs
+that use it.
 
-Choices are typed (``Enum``), so typer refuses an unknown value (``--weights bogus``: exit 2)
-for every command alike, and the help text is the same wherever an option appears.
+* :data:`FLAGS` maps library parameter names to flag names; error messages of the library name
+  parameters as template fields and are rendered with this table (never rewritten).
+* :data:`USED_BY` says which jobs use each flag; :func:`refuse_unused` refuses, with one line
+  saying why, a flag the chosen job would ignore (``fold x.pt --atol 5``).
+* Values are validated by the library, where the parameter is declared (``VerifyOptions``,
+  ``InputSpec``, the job functions): the CLI only turns strings into typed values.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-#: Upper bound of --runs (the library's MAX_RUNS; kept literal so --help imports nothing).
-MAX_RUNS = 1000
+from ..choices import EXPORTERS, STYLES, WEIGHTS_MODES
+from ..errors import InputError
+
+# --------------------------------------------------------------------------------------------
+# Library parameter -> flag (for messages)
+
+FLAGS: dict[str, str] = {
+    "output": "-o", "to": "--to", "key": "--key", "force": "--force", "style": "--style",
+    "dim": "--dim", "include": "--include", "exclude": "--exclude", "like": "--like",
+    "prefix": "--strip-prefix/--add-prefix", "reference": "--reference",
+    "reference_key": "--key", "model": "--model", "model_kwargs": "--model-kwargs",
+    "inputs": "--input", "input": "--input", "input_specs": "--input",
+    "inputs_file": "--inputs", "dynamic": "--dynamic",
+    "opset": "--opset", "exporter": "--exporter", "trust_program": "--trust-program",
+    "no_verify": "--no-verify", "verify": "--verify", "options": "the verification flags",
+    "providers": "--provider", "seed": "--seed", "runs": "--runs", "atol": "--atol",
+    "rtol": "--rtol", "output_tolerances": "--tol", "weights": "--weights",
+    "cuda_tf32": "--tf32", "reports": "--report", "report": "--report",
+}
+
+# --------------------------------------------------------------------------------------------
+# Jobs and the flags they use
+
+#: What each job is, for "this job does not use it" messages.
+JOBS: dict[str, str] = {
+    "inspect": "inspecting a checkpoint",
+    "inspect-onnx": "inspecting an .onnx model",
+    "fold": "fold to a checkpoint (no export, no verification)",
+    "fold-onnx": "fold of an .onnx model",
+    "export": "fold --to onnx",
+    "decompose": "decompose",
+    "restyle": "restyle",
+    "verify": "verify",
+}
+#: Jobs that run a verification (unless --no-verify).
+VERIFYING = frozenset({"fold-onnx", "export", "verify"})
+_CHECKPOINT_READERS = frozenset({"inspect", "fold", "decompose", "restyle", "export",
+                                 "verify", "fold-onnx"})
+
+#: Parameter name -> (jobs that use it, what it is for). "verification" means: a job in
+#: VERIFYING, with verification on.
+USED_BY: dict[str, tuple[frozenset[str], str]] = {
+    "output": (frozenset({"fold", "fold-onnx", "export", "decompose", "restyle"}),
+               "the file a job writes"),
+    "to": (frozenset({"fold", "export", "fold-onnx", "decompose", "restyle"}),
+           "the output format"),
+    "key": (_CHECKPOINT_READERS, "picking the state dict in a .pt container"),
+    "dim": (frozenset({"decompose"}), "choosing what decompose splits"),
+    "include": (frozenset({"decompose"}), "choosing what decompose splits"),
+    "exclude": (frozenset({"decompose"}), "choosing what decompose splits"),
+    "like": (frozenset({"decompose"}), "choosing what decompose splits"),
+    "style": (frozenset({"decompose", "restyle"}), "the key style written"),
+    "reference": (frozenset({"fold-onnx", "verify"}),
+                  "naming the initializers of an .onnx input from a checkpoint"),
+    "strip_prefix": (frozenset({"fold", "decompose", "export", "verify"}),
+                     "renaming checkpoint keys"),
+    "add_prefix": (frozenset({"fold", "decompose", "export", "verify"}),
+                   "renaming checkpoint keys"),
+    "model": (frozenset({"export", "verify"}),
+              "building the network (fold --to onnx; verify with a checkpoint reference)"),
+    "model_kwargs": (frozenset({"export", "verify"}), "building the network with --model"),
+    "input_shapes": (frozenset({"export", "verification"}), "the inputs of export and "
+                     "verification"),
+    "inputs_file": (frozenset({"export", "verification"}), "the inputs of export and "
+                    "verification"),
+    "dynamic": (frozenset({"export", "verification"}), "dynamic axes of export and "
+                "verification"),
+    "opset": (frozenset({"export"}), "the ONNX export (fold --to onnx)"),
+    "exporter": (frozenset({"export"}), "the ONNX export (fold --to onnx)"),
+    "trust_program": (frozenset({"export", "verify"}), "running a .pt2 program"),
+    "verify": (frozenset(VERIFYING), "verification (fold --to onnx, fold of an .onnx model)"),
+    **{name: (frozenset({"verification"}),
+              "verification, which runs with fold --to onnx, fold of an .onnx model and verify")
+       for name in ("provider", "seed", "runs", "atol", "rtol", "output_tol", "weights",
+                    "tf32", "report")},
+}
 
 
-class WeightsChoice(str, Enum):
-    """``--weights``: what a weight mismatch (or no weight matched at all) does."""
+def refuse_unused(ctx: typer.Context, job: str, *, verifying: bool) -> None:
+    """Refuse (exit 2, one line) a flag given on the command line that ``job`` would ignore."""
+    for param in ctx.command.params:
+        name = param.name or ""
+        source = ctx.get_parameter_source(name)
+        # typer vendors click: compare the source by name, not with click's own enum.
+        if name not in USED_BY or source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            continue
+        jobs, purpose = USED_BY[name]
+        if job in jobs or ("verification" in jobs and verifying and job in VERIFYING):
+            continue
+        flag = param.opts[0] if getattr(param, "opts", None) else "--" + name
+        if "verification" in jobs and job in VERIFYING:
+            why = "--no-verify turns verification off"
+        else:
+            why = f"{JOBS[job]} does not use it"
+        raise InputError(f"{flag} applies to {purpose}; {why} (drop it)")
 
-    fail = "fail"
-    report = "report"
-    off = "off"
+
+# --------------------------------------------------------------------------------------------
+# Option types, shared by the commands that take them
+
+# Choices: typer types built from the library's declarations (wnconvert.choices), so an unknown
+# value is a usage error listing them, and the list cannot drift from what the library takes.
+if TYPE_CHECKING:
+    class StyleChoice(str, Enum): ...
+
+    class ExporterChoice(str, Enum): ...
+
+    class WeightsChoice(str, Enum): ...
+else:
+    StyleChoice = Enum("StyleChoice", {value: value for value in STYLES}, type=str)
+    ExporterChoice = Enum("ExporterChoice", {value: value for value in EXPORTERS}, type=str)
+    WeightsChoice = Enum("WeightsChoice", {value: value for value in WEIGHTS_MODES}, type=str)
 
 
+def chosen(value: Enum | str) -> str:
+    """The library's value of a choice option."""
+    return str(value.value) if isinstance(value, Enum) else value
+
+
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print only errors (and --json output).")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Output path (default: next to the input, new name)."),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        help="Where the state dict sits in a nested .pt container (e.g. state_dict, generator, "
+        "model.ema). Found automatically when unambiguous.",
+    ),
+]
 VerifyFlagOpt = Annotated[
     bool, typer.Option("--verify/--no-verify", help="Check the result on ONNX Runtime.")
 ]
@@ -34,11 +164,10 @@ ProviderOpt = Annotated[
                  "fails to load or run the model is a failed check."),
 ]
 SeedOpt = Annotated[
-    int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the random inputs (>= 0).")
+    int, typer.Option("--seed", help="Seed of the random inputs (>= 0).")
 ]
 RunsOpt = Annotated[
-    int, typer.Option("--runs", min=1, max=MAX_RUNS,
-                      help=f"Number of random input draws (1..{MAX_RUNS}).")
+    int, typer.Option("--runs", help="Number of random input draws (1..1000).")
 ]
 AtolOpt = Annotated[
     float | None,
@@ -56,9 +185,10 @@ TolOpt = Annotated[
 ]
 WeightsOpt = Annotated[
     WeightsChoice,
-    typer.Option("--weights", help="Compare weights (by name, wrapper prefix, or value for "
-                 "renamed initializers): fail (a difference, or no weight matched, fails the "
-                 "check), report (only report it) or off."),
+    typer.Option("--weights",
+                 help="Compare weights (by name, wrapper prefix, or value for renamed "
+                 "initializers): fail (a difference, or no weight matched, fails the check), "
+                 "report (only report it) or off."),
 ]
 Tf32Opt = Annotated[
     bool,
@@ -71,23 +201,6 @@ ReportOpt = Annotated[
     typer.Option("--report", help="Write the verification report: .json or .xml (JUnit); "
                  "repeatable."),
 ]
-
-
-class ExporterChoice(str, Enum):
-    """``--exporter``: typed, so an unknown value is a usage error (exit 2)."""
-
-    auto = "auto"
-    dynamo = "dynamo"
-    legacy = "legacy"
-
-
-class StyleChoice(str, Enum):
-    """``--style``: typed, so an unknown value is a usage error (exit 2)."""
-
-    parametrize = "parametrize"
-    legacy = "legacy"
-
-
 StripPrefixOpt = Annotated[
     str | None,
     typer.Option("--strip-prefix", help="Remove this prefix from the checkpoint's keys first "
@@ -100,8 +213,6 @@ AddPrefixOpt = Annotated[
     typer.Option("--add-prefix", help="Add this prefix to the checkpoint's keys (after "
                  "--strip-prefix)."),
 ]
-
-
 # Model and inputs: shared by `fold --to onnx` (export, then verification) and `verify` (a
 # checkpoint reference). The same words in both commands' help.
 ModelOpt = Annotated[
@@ -133,10 +244,6 @@ DynamicOpt = Annotated[
 ]
 TrustProgramOpt = Annotated[
     bool,
-    typer.Option("--trust-program", help="Allow loading a .pt2 program (the input, verify's "
-                 "--reference, or --model). A .pt2 is code: loading it evaluates text from the "
-                 "file, so without this flag it is refused (as transformers' "
-                 "trust_remote_code). Give it only for programs you would run as Python. Even "
-                 "then, a graph that calls operators outside PyTorch's core ATen/prims set, or "
-                 "touches files (aten.from_file), is refused."),
+    typer.Option("--trust-program", help="Run a .pt2 program: loading one evaluates code "
+                 "stored in it, so only pass this for a file you trust as you would a script."),
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,26 +44,34 @@ class InputSpec:
     text: str = ""
 
     def __post_init__(self) -> None:
-        label = self.text or f"shape={self.shape}"
+        label = self.text or "x".join(map(str, self.shape))
         if self.dtype not in DTYPES:
-            raise InputError(f"input {label}: unknown dtype {self.dtype!r}; use one of "
-                             f"{', '.join(DTYPES)}")
+            raise InputError.template("{-inputs=label}: unknown dtype {dtype!r}; use one of "
+                                      "{choices}", label=label, dtype=self.dtype,
+                                      choices=", ".join(DTYPES))
         if not self.shape or any(not isinstance(s, int) or s < 0 for s in self.shape):
-            raise InputError(f"input {label}: a shape is one or more sizes >= 0, e.g. 1x80x200")
+            raise InputError.template("{-inputs=label}: a shape is one or more sizes >= 0 joined "
+                                      "by 'x', e.g. 1x80x200", label=label)
         check_input_size(label, self.shape, self.dtype)
 
 
-def check_input_size(label: str, shape: Sequence[int], dtype: str) -> None:
-    """Refuse a generated input with no elements or more than :data:`MAX_INPUT_BYTES`."""
+def check_input_size(label: str, shape: Sequence[int], dtype: str, *,
+                     given: bool = True) -> None:
+    """Refuse a generated input with no elements or more than :data:`MAX_INPUT_BYTES`.
+    ``given``: the shape is the caller's ``inputs=`` (else read from the model)."""
+    what = "{-inputs=label}" if given else "input {label}"
     count = math.prod(shape)
     if count == 0:
-        raise InputError(f"input {label}: shape {'x'.join(map(str, shape))} has no elements, so "
-                         "a check on it would compare nothing; give every axis a size >= 1")
+        raise InputError.template(
+            what + ": shape {shape} has no elements, so a check on it would compare "
+            "nothing; give every axis a size >= 1", label=label,
+            shape="x".join(map(str, shape)))
     itemsize = ITEMSIZE[dtype]
     if count * itemsize > MAX_INPUT_BYTES:
-        raise InputError(f"input {label}: {count * itemsize / 1024**3:.1f} GiB for one input is "
-                         f"more than the {MAX_INPUT_BYTES // 1024**3} GiB wnconvert generates; "
-                         "use a smaller shape")
+        raise InputError.template(
+            what + ": {gib} GiB for one input is more than the {limit} GiB wnconvert "
+            "generates; use a smaller shape", label=label,
+            gib=f"{count * itemsize / 1024**3:.1f}", limit=MAX_INPUT_BYTES // 1024**3)
 
 
 @dataclass(frozen=True)
@@ -78,15 +87,28 @@ class DynamicAxis:
     dim_name: str | None = None
     text: str = ""
 
+    def __post_init__(self) -> None:
+        shown = self.text or str(self.axis)
+        if not isinstance(self.axis, int) or self.axis < 0:
+            raise InputError.template("{-dynamic=shown}: the axis is a number >= 0 (e.g. 2, or "
+                                      "mel:2=time)", shown=shown)
+        if self.dim_name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*",
+                                                          self.dim_name):
+            raise InputError.template("{-dynamic=shown}: NAME must be an identifier (letters, "
+                                      "digits, _)", shown=shown)
+
     def input_name(self, names: Sequence[str]) -> str:
         if isinstance(self.input, int):
             if not 0 <= self.input < len(names):
-                raise InputError(f"dynamic={self.text}: input index {self.input} is out of "
-                                 f"range; the model has {len(names)} inputs ({', '.join(names)})")
+                raise InputError.template("{-dynamic=text}: input index {index} is out of "
+                                          "range; the model has {count} inputs ({names})",
+                                          text=self.text, index=self.input, count=len(names),
+                                          names=", ".join(names))
             return names[self.input]
         if self.input not in names:
-            raise InputError(f"dynamic={self.text}: the model has no input {self.input!r}; its "
-                             f"inputs are {', '.join(names)}")
+            raise InputError.template("{-dynamic=text}: the model has no input {name!r}; its "
+                                      "inputs are {names}", text=self.text, name=self.input,
+                                      names=", ".join(names))
         return self.input
 
     def symbol(self, names: Sequence[str]) -> str:

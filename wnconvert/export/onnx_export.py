@@ -20,8 +20,9 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from ..choices import EXPORTERS, Exporter
 from ..errors import ConversionNotPossible, InputError, WeightNormWarning
 from .inputs import DynamicAxis, flatten_outputs, output_names
 from .names import WRAPPER_ATTR, find_runtime_weight_norm, restore_parameter_names
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 DEFAULT_OPSET = 18
 #: Protobuf cannot serialize a message over 2 GiB; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
-Exporter = Literal["auto", "dynamo", "legacy"]
 
 
 def _make_flat_wrapper(module: torch.nn.Module) -> torch.nn.Module:
@@ -89,7 +89,6 @@ class ExportFailed(Exception):
 
 #: Opsets each exporter can write: torch.export's exporter builds opset 18 graphs and converts
 #: them down to 7 or up to what the installed onnx knows; the TorchScript exporter stops at 20.
-EXPORTERS: tuple[str, ...] = ("auto", "dynamo", "legacy")
 MIN_OPSET = 7
 LEGACY_MAX_OPSET = 20
 
@@ -104,14 +103,16 @@ def max_opset() -> int:
 def check_opset(opset: int, *, exporter: str) -> int:
     """``opset`` if ``exporter`` can write it, else an :class:`InputError` saying which can."""
     if exporter not in EXPORTERS:
-        raise InputError(f"exporter={exporter!r}: unknown exporter; use one of "
-                         f"{', '.join(EXPORTERS)}")
+        raise InputError.template("{-exporter=exporter}: unknown exporter; use one of "
+                                  "{choices}", exporter=exporter, choices=", ".join(EXPORTERS))
     if isinstance(opset, bool) or not isinstance(opset, int):
-        raise InputError(f"opset={opset!r}: must be an integer")
+        raise InputError.template("{-opset=opset}: must be an integer", opset=opset)
     top = LEGACY_MAX_OPSET if exporter == "legacy" else max_opset()
     if not MIN_OPSET <= opset <= top:
-        raise InputError(f"opset={opset}: the {exporter} exporter writes opsets {MIN_OPSET} to "
-                         f"{top}; pick one in that range (default {DEFAULT_OPSET})")
+        raise InputError.template("{-opset=opset}: the {exporter} exporter writes opsets {low} "
+                                  "to {top}; pick one in that range (default {default})",
+                                  opset=opset, exporter=exporter, low=MIN_OPSET, top=top,
+                                  default=DEFAULT_OPSET)
     return opset
 
 
@@ -153,9 +154,11 @@ def export_onnx(
             sample = module(*args)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's model may raise anything
         shapes = ", ".join(f"{list(a.shape)} {str(a.dtype).removeprefix('torch.')}" for a in args)
-        raise InputError(f"the model fails on example inputs {shapes}: {type(exc).__name__}: "
-                         f"{_exporter_message(exc).partition(': ')[2]}; check input="
-                         ) from None
+        raise InputError.template(
+            "the model fails on example inputs {shapes}: {error}; check {-inputs}",
+            shapes=shapes,
+            error=f"{type(exc).__name__}: {_exporter_message(exc).partition(': ')[2]}",
+        ) from None
     flat = flatten_outputs(sample)
     if not flat:
         raise InputError("the model returns no tensors; nothing to export")
@@ -198,10 +201,12 @@ def export_onnx(
         except ExportFailed as exc:
             failures.append(f"the legacy TorchScript exporter failed: {exc}")
     if model is None:
-        hint = {"dynamo": "; try exporter='legacy'", "legacy": "; try exporter='dynamo'"}
+        other = {"dynamo": "legacy", "legacy": "dynamo"}.get(exporter)
         ops = unsupported_operators(" ".join(failures))
         lead = f"unsupported operator {', '.join(ops)}: " if ops else ""
-        raise ConversionNotPossible(lead + "; ".join(failures) + hint.get(exporter, ""))
+        raise ConversionNotPossible.template(
+            "{failures}" + ("; try {-exporter=other}" if other else ""),
+            failures=lead + "; ".join(failures), other=other)
     written = _written_opset(model)
     if written != opset:
         raise ConversionNotPossible(
@@ -278,8 +283,9 @@ def _dynamic_by_input(dynamic: Sequence[DynamicAxis], names: Sequence[str],
         name = dyn.input_name(names)
         rank = args[names.index(name)].dim()
         if dyn.axis >= rank:
-            raise InputError(f"dynamic={dyn.text}: input {name!r} has {rank} axes "
-                             f"(0..{rank - 1}); pick one of them")
+            raise InputError.template("{-dynamic=text}: input {name!r} has {rank} axes "
+                                      "(0..{last}); pick one of them", text=dyn.text, name=name,
+                                      rank=rank, last=rank - 1)
         out.setdefault(name, {})[dyn.axis] = dyn.symbol(names)
     return out
 

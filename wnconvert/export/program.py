@@ -33,10 +33,10 @@ _CODE_FOLDERS = ("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model
 def require_trust(path: Path, *, trust_program: bool) -> None:
     """Refuse a ``.pt2`` the caller has not said it trusts, before torch reads any of it."""
     if not trust_program:
-        raise InputError(f"{path}: refused: a .pt2 is a program, and loading it evaluates code "
-                         "from the file (symbolic sizes, guards) and runs its graph; pass "
-                         "trust_program=True only for a program you trust as you would its "
-                         "Python code")
+        raise InputError.template(
+            "{path}: refused: a .pt2 is a program, and loading it evaluates code from the file "
+            "(symbolic sizes, guards) and runs its graph; pass {-trust_program} only for a "
+            "program you trust as you would its Python code", path=path)
 
 
 def load_program(path: Path, *, trust_program: bool = False) -> Any:
@@ -112,10 +112,11 @@ def check_program_archive(path: Path) -> None:
     import torch
 
     def refuse(member: str, why: str) -> InputError:
-        return InputError(f"{path}: refused: archive member {member} {why}; wnconvert never "
-                          "unpickles arbitrary objects or loads compiled code from a file. "
-                          "Re-save the program with torch.export.save from plain tensors, or "
-                          "export the model from its code with model=")
+        return InputError.template(
+            "{path}: refused: archive member {member} {why}; wnconvert never unpickles "
+            "arbitrary objects or loads compiled code from a file. Re-save the program with "
+            "torch.export.save from plain tensors, or export the model from its code with "
+            "{-model}", path=path, member=member, why=why)
 
     try:
         archive = zipfile.ZipFile(path)

@@ -46,20 +46,23 @@ def load_callable(spec: str) -> Callable[..., Any]:
     """
     target, colon, attr = spec.rpartition(":")
     if not colon or not target or not attr:
-        raise InputError(f"model={spec!r}: expected MODULE:CALLABLE or path/to/file.py:CALLABLE"
-                         " (e.g. fixtures/models.py:build_generator)")
+        raise InputError.template("{-model=spec}: expected MODULE:CALLABLE or "
+                                  "path/to/file.py:CALLABLE (e.g. fixtures/models.py:"
+                                  "build_generator)", spec=spec)
     is_file = target.endswith(".py") or "/" in target or os.sep in target
     try:
         if is_file:
             path = Path(target)
             if not path.is_file():
-                raise InputError(f"model={spec!r}: {path} does not exist; check the path")
+                raise InputError.template("{-model=spec}: {path} does not exist; check the path",
+                                          spec=spec, path=path)
             name = "_wnconvert_model_" + re.sub(r"\W", "_", str(path.resolve()))
             module = sys.modules.get(name)
             if module is None:
                 module_spec = importlib.util.spec_from_file_location(name, path)
                 if module_spec is None or module_spec.loader is None:
-                    raise InputError(f"model={spec!r}: cannot import {path} as Python")
+                    raise InputError.template("{-model=spec}: cannot import {path} as Python",
+                                              spec=spec, path=path)
                 module = importlib.util.module_from_spec(module_spec)
                 # Registered before running so dataclasses/pickling inside it work; its folder is
                 # importable so it can import its sibling modules.
@@ -76,23 +79,50 @@ def load_callable(spec: str) -> Callable[..., Any]:
     except InputError:
         raise
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise or exit
-        raise InputError(f"model={spec!r}: importing {target} failed: "
-                         f"{type(exc).__name__}: {exc}") from None
+        raise InputError.template("{-model=spec}: importing {target} failed: {error}",
+                                  spec=spec, target=target,
+                                  error=f"{type(exc).__name__}: {exc}") from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise InputError(f"model={spec!r}: {target} has no attribute {part!r}")
+            raise InputError.template("{-model=spec}: {target} has no attribute {part!r}",
+                                      spec=spec, target=target, part=part)
         obj = getattr(obj, part)
     if not callable(obj):
-        raise InputError(f"model={spec!r}: {attr} is not callable")
+        raise InputError.template("{-model=spec}: {attr} is not callable", spec=spec, attr=attr)
     return obj
 
 
-def build_model(spec: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
-    """Call the ``--model`` callable; the result must be an ``nn.Module`` (put in eval mode)."""
+def model_label(spec: Any) -> str:
+    """How messages and reports name a model source."""
+    if isinstance(spec, str):
+        return spec
     from torch import nn
 
-    factory = load_callable(spec)
+    if isinstance(spec, nn.Module):
+        return f"<{type(spec).__name__} instance>"
+    return getattr(spec, "__qualname__", None) or repr(spec)
+
+
+def build_model(spec: Any, kwargs: Mapping[str, Any]) -> torch.nn.Module:
+    """A fresh instance of the model (in eval mode) from ``spec``: an ``nn.Module``, a
+    callable returning one (called with ``kwargs``), or ``"MODULE:CALLABLE"`` /
+    ``"path/file.py:CALLABLE"``.
+
+    An ``nn.Module`` is deep-copied, so that nothing done to the result (weights loaded, weight
+    norm removed) reaches the caller's module."""
+    from torch import nn
+
+    if isinstance(spec, nn.Module):
+        if kwargs:
+            raise InputError.template("{-model_kwargs} apply to a callable that builds the "
+                                      "model; an nn.Module is already built (drop them)")
+        return independent_copy(spec).eval()
+    label = model_label(spec)
+    factory = load_callable(spec) if isinstance(spec, str) else spec
+    if not callable(factory):
+        raise InputError.template("{-model=label}: expected an nn.Module, a callable returning "
+                                  "one, or MODULE:CALLABLE", label=label)
     try:
         # Deprecation chatter of the user's code (e.g. torch.nn.utils.weight_norm) is not
         # wnconvert's to report, and must not become an error under -W error.
@@ -101,12 +131,34 @@ def build_model(spec: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
             warnings.simplefilter("ignore", FutureWarning)
             module = factory(**kwargs)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise or exit
-        raise InputError(f"model={spec!r}: calling it with {dict(kwargs)} raised "
-                         f"{type(exc).__name__}: {exc}; check model_kwargs=") from None
+        raise InputError.template("{-model=label}: calling it with {kwargs} raised {error}; "
+                                  "check {-model_kwargs}", label=label, kwargs=dict(kwargs),
+                                  error=f"{type(exc).__name__}: {exc}") from None
     if not isinstance(module, nn.Module):
-        raise InputError(f"model={spec!r}: returned a {type(module).__name__}, not a "
-                         "torch.nn.Module")
+        raise InputError.template("{-model=label}: returned a {kind}, not a torch.nn.Module",
+                                  label=label, kind=type(module).__name__)
     return module.eval()
+
+
+def independent_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy that shares nothing with ``module``, parametrizations included.
+
+    ``torch.nn.utils.parametrize`` gives a parametrized module a class of its own and keeps the
+    parametrized tensors as properties of that class; ``copy.deepcopy`` shares the class, so
+    removing weight norm from the copy would remove it from the original too. Each copied
+    parametrized module gets a class of its own.
+    """
+    import copy
+
+    from torch.nn.utils import parametrize
+
+    clone = copy.deepcopy(module)
+    for sub in clone.modules():
+        if parametrize.is_parametrized(sub):
+            cls = type(sub)
+            own = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+            sub.__class__ = type(cls.__name__, cls.__bases__, own)
+    return clone
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +203,7 @@ def strip_weight_norm(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def match_state_dict(source: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor], *,
-                     source_name: str, model: str) -> dict[str, torch.Tensor]:
+                     source_name: str, model: Any) -> dict[str, torch.Tensor]:
     """Re-key ``source`` to ``template``'s keys (the module's own state dict).
 
     Weight-norm pairs are renamed when both sides have them (the original ``g``/``v``, never
@@ -165,8 +217,9 @@ def match_state_dict(source: Mapping[str, torch.Tensor], template: Mapping[str, 
     try:
         return decompose_state_dict(source, like=template)
     except InputError as exc:
-        raise InputError(f"{source_name}: does not fit model={model}: {exc}; check key= "
-                         "and model_kwargs=") from None
+        raise InputError.template("{source}: does not fit {-model=label}: {exc}; check {-key} "
+                                  "and {-model_kwargs}", source=source_name,
+                                  label=model_label(model), exc=exc) from None
 
 
 def fold_all(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -177,15 +230,16 @@ def fold_all(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
-                source: str, model: str) -> None:
+                source: str, model: Any) -> None:
     """``load_state_dict(strict=True)`` after matching keys, with a one-line error."""
     matched = match_state_dict(state_dict, module.state_dict(), source_name=source, model=model)
     try:
         module.load_state_dict(matched, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
-        raise InputError(f"{source}: does not fit model={model}: {detail[:400]}; check "
-                         "model_kwargs=") from None
+        raise InputError.template("{source}: does not fit {-model=label}: {detail}; check "
+                                  "{-model_kwargs}", source=source, label=model_label(model),
+                                  detail=detail[:400]) from None
 
 
 def _few(keys: Sequence[str], n: int = 3) -> str:
@@ -229,10 +283,9 @@ def forward_input_names(module: torch.nn.Module, count: int) -> list[str]:
     return names
 
 
-def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
+def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: Any,
                   model_kwargs: Mapping[str, Any], source: str,
-                  need_plain: bool = True, prefix: PrefixChange | None = None,
-                  trust_program: bool = False) -> PreparedModel:
+                  need_plain: bool = True, prefix: PrefixChange | None = None) -> PreparedModel:
     """Build the reference and the plain module from ``--model`` and a loaded state dict.
 
     The reference computes weight norm at run time from the checkpoint's own ``g``/``v``: as
@@ -241,18 +294,13 @@ def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
     ``need_plain=False`` (verification only) skips building the module to export. ``prefix``
     renames the checkpoint's keys first; without it, a common prefix that makes the keys fit the
     module (a Lightning ``model.``, an HF task model's ``hubert.``) is found and applied, with a
-    note. A ``model`` that is a ``.pt2`` program is loaded only with ``trust_program``.
+    note. (A ``.pt2`` program as the model: :func:`wnconvert.export.prepare_program`.)
     """
     notes: list[str] = []
     key_change: str | None = None
     if prefix:
         key_change = prefix.note(state_dict, why="keys renamed as asked")
         state_dict = renamed_state_dict(state_dict, prefix)
-    if model.endswith(".pt2"):
-        from .program import prepare_program
-
-        return prepare_program(Path(model), trust_program=trust_program, state_dict=state_dict,
-                               source=source)
     from ..keys import find_pair_keys, prefix_to_match
 
     reference = build_model(model, model_kwargs)
@@ -283,7 +331,8 @@ def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: str,
                          "float64")
         else:
             plain = reference
-    description = {"model": model, "model_kwargs": dict(model_kwargs), "checkpoint": source,
+    description = {"model": model_label(model), "model_kwargs": dict(model_kwargs),
+                   "checkpoint": source,
                    "weight_norm": "applied" if applied else (
                        "as built" if has_weight_norm(reference) else "none")}
     return PreparedModel(reference, plain, weights, [], description,

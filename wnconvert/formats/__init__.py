@@ -133,9 +133,9 @@ def load_checkpoint(
     require_regular_file(path, what="checkpoint")
     if fmt == "safetensors":
         if key is not None:
-            raise InputError(
-                f"{path}: key= applies to .pt containers; safetensors holds one state dict"
-            )
+            raise InputError.template(
+                "{path}: {-key} applies to .pt containers; safetensors holds one state dict",
+                path=path)
         source = st.open_safetensors(path)
         file = next(iter(source.files.values()), None) or st.SafetensorsFile(path)
         return Checkpoint(
@@ -267,7 +267,8 @@ def output_format(output: Path | None, to: str | None, checkpoint: Checkpoint) -
     """The output format: ``--to`` wins, then ``-o``'s suffix, then the input's format."""
     if to is not None:
         if to not in ("pt", "safetensors"):
-            raise InputError(f"to={to}: use pt or safetensors (or onnx with model=)")
+            raise InputError.template("{-to=to}: use pt or safetensors (or onnx with {-model})",
+                                      to=to)
         return to  # type: ignore[return-value]
     if output is not None:
         name = output.name.lower()
@@ -275,10 +276,9 @@ def output_format(output: Path | None, to: str | None, checkpoint: Checkpoint) -
             return "safetensors"
         if name.endswith(PT_SUFFIXES):
             return "pt"
-        raise InputError(
-            f"{output}: cannot tell the output format from this name; end it in .pt or "
-            ".safetensors, or pass to="
-        )
+        raise InputError.template(
+            "{output}: cannot tell the output format from this name; end it in .pt or "
+            ".safetensors, or pass {-to}", output=output)
     return "pt" if checkpoint.format == "pt" else "safetensors"
 
 

@@ -76,10 +76,9 @@ def check_not_input(output: Path, inputs: Iterable[Path | str]) -> None:
     for source in inputs:
         if same_file(output, source):
             also = "" if str(output) == str(source) else f" ({source})"
-            raise InputError(
-                f"{output}: this is an input file{also}; wnconvert never modifies its input, "
-                "even with force=True (choose another output)"
-            )
+            raise InputError.template(
+                "{output}: this is an input file{also}; wnconvert never modifies its input, "
+                "even with {-force} (choose another output)", output=output, also=also)
 
 
 def check_output(output: Path, *, force: bool, inputs: Iterable[Path | str] = ()) -> None:
@@ -94,11 +93,12 @@ def check_output(output: Path, *, force: bool, inputs: Iterable[Path | str] = ()
     check_not_input(output, inputs)
     exists = os.path.lexists(output)  # a dangling symlink is in the way too
     if exists and output.is_dir():
-        raise InputError(f"{output}: is a directory; give a file name with -o")
+        raise InputError.template("{output}: is a directory; give a file name with {-output}",
+                                  output=output)
     if exists and not force:
-        raise InputError(
-            f"{output}: already exists; use force=True to overwrite it or choose another output"
-        )
+        raise InputError.template(
+            "{output}: already exists; use {-force} to overwrite it or choose another output",
+            output=output)
     parent = _parent(output)
     if not parent.is_dir():
         raise InputError(f"{output}: folder {parent} does not exist; create it first")
@@ -225,9 +225,9 @@ def _publish_new(moves: Sequence[tuple[Path, Path]]) -> list[Path]:
             try:
                 move_no_replace(staged, final)
             except FileExistsError:
-                raise InputError(
-                    f"{final}: appeared while writing (another run or program created it); it "
-                    "was kept and nothing was written; use force=True to replace it"
+                raise InputError.template(
+                    "{final}: appeared while writing (another run or program created it); it "
+                    "was kept and nothing was written; use {-force} to replace it", final=final
                 ) from None
     except BaseException:
         for final, fd in reversed(done):

@@ -296,7 +296,8 @@ def choose_state_dict(
     if len(with_pairs) == 1:
         return with_pairs[0]
     names = ", ".join(".".join(p) for p in (with_pairs or candidates))
-    raise InputError(f"{source}: several state dicts found ({names}); choose one with key=")
+    raise InputError.template("{source}: several state dicts found ({names}); choose one with "
+                              "{-key}", source=source, names=names)
 
 
 def replace_at(container: Any, path: tuple[str, ...], value: Any) -> Any:

@@ -266,7 +266,7 @@ class FoldJob:
         except InputError as exc:
             if reference is None:
                 raise
-            raise InputError(f"{self.reference}: {exc}") from None  # name the reference file
+            raise exc.located(self.reference) from None  # name the reference file
         staged = StagedOutput(
             self.output,
             force=self.force,

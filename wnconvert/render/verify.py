@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ..export import ExportResult
-    from ..verify import VerificationReport
+    from ..verification import VerificationReport
 
 
 def _num(value: float) -> str:

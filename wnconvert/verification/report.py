@@ -10,14 +10,16 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..errors import InputError
 from ..formats.atomic import atomic_file, check_output
 from .compare import ArrayComparison, describe, json_number
-from .results import OutputResult, ProviderResult, VerificationReport, WeightsReport
 from .tolerance import REPORT_SCHEMA
+
+if TYPE_CHECKING:  # results.py imports this module to write its JSON form
+    from .results import OutputResult, ProviderResult, VerificationReport, WeightsReport
 
 REPORT_SUFFIXES = (".json", ".xml")
 
@@ -153,11 +155,12 @@ def check_report_paths(paths: Sequence[Path], *, force: bool, inputs: Sequence[P
     seen: set[Path] = set()
     for path in paths:
         if path.suffix.lower() not in REPORT_SUFFIXES:
-            raise InputError(f"report={path}: unknown report type; use a .json file or a .xml "
-                             "file (JUnit)")
+            raise InputError.template("{-reports=path}: unknown report type; use a .json file "
+                                      "or a .xml file (JUnit)", path=path)
         resolved = path.resolve()
         if resolved in seen:
-            raise InputError(f"report={path}: given twice; name each report once")
+            raise InputError.template("{-reports=path}: given twice; name each report once",
+                                      path=path)
         seen.add(resolved)
         check_output(path, force=force, inputs=inputs)
 

@@ -24,10 +24,6 @@ One module per job: :mod:`.tolerance` (rule, defaults, options), :mod:`.compare`
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
-
 from .cases import CasePlan, InputCase, build_cases
 from .compare import ArrayComparison, compare_arrays, describe, dtype_name, json_number
 from .orchestrate import ProgressCallback, verify_onnx_against_onnx, verify_onnx_against_torch
@@ -81,18 +77,3 @@ __all__ = [
     "resolve_providers", "to_json", "to_junit_xml", "verify_onnx_against_onnx",
     "verify_onnx_against_torch", "write_reports",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """``wnconvert.verify`` is both this package and the API function :func:`wnconvert.api.verify`
-    (Python sets a package's submodule as its attribute on import, which would otherwise hide
-    the function): calling the module calls the function. Type checkers: use
-    ``from wnconvert.api import verify``."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> VerificationReport:
-        from ..api import verify
-
-        return verify(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

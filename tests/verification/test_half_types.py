@@ -15,8 +15,8 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner, Result
 
 from wnconvert.cli import app
-from wnconvert.verify import VerifyOptions, verify_onnx_against_onnx
-from wnconvert.verify.runners import from_ortvalue, to_ortvalue
+from wnconvert.verification import VerifyOptions, verify_onnx_against_onnx
+from wnconvert.verification.runners import from_ortvalue, to_ortvalue
 
 
 def run(*args: object) -> Result:

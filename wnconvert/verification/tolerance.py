@@ -10,8 +10,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
 
+from ..choices import WEIGHTS_MODES, WeightsMode
 from ..errors import InputError
 
 if TYPE_CHECKING:
@@ -60,32 +61,38 @@ def default_tolerance(dtype: str, *, tf32: bool = False) -> Tolerance:
     return DEFAULT_TOLERANCES.get(dtype, EXACT)
 
 
-def check_tolerance_value(label: str, value: float) -> float:
-    """``value`` if it is a finite, non-negative number, else :class:`InputError`.
+def check_tolerance_value(label: str, value: float, *, shown: object = None) -> float:
+    """``value`` if it is a finite, non-negative number, else :class:`InputError` naming the
+    parameter ``label`` (shown with ``shown``, default ``value``).
 
     An infinite or NaN tolerance makes every comparison pass (or none): a check that cannot fail.
     """
     if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-        raise InputError(f"{label}={value}: a tolerance must be a finite, non-negative number "
-                         "(an infinite one makes the check pass whatever the result)")
+        raise InputError.template(
+            "{-" + label + "=shown}: a tolerance must be a finite, non-negative number (an "
+            "infinite one makes the check pass whatever the result)",
+            shown=value if shown is None else shown)
     return float(value)
 
 
 @dataclass(frozen=True)
 class ToleranceOverride:
-    """A per-output tolerance: ``rtol=None`` keeps the global/default rtol."""
+    """A per-output tolerance: ``rtol=None`` keeps the global/default rtol. ``output`` (the
+    output's name) only serves messages."""
 
     atol: float
     rtol: float | None = None
+    output: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        check_tolerance_value("atol", self.atol)
+        shown = f"{self.output}={self.atol}" + (f":{self.rtol}" if self.rtol is not None else "")
+        label = "output_tolerances" if self.output else "atol"
+        check_tolerance_value(label, self.atol, shown=shown if self.output else None)
         if self.rtol is not None:
-            check_tolerance_value("rtol", self.rtol)
+            check_tolerance_value(label if self.output else "rtol", self.rtol,
+                                  shown=shown if self.output else None)
 
 
-WeightsMode = Literal["fail", "report", "off"]
-WEIGHTS_MODES: tuple[str, ...] = get_args(WeightsMode)
 
 
 @dataclass(frozen=True)
@@ -122,16 +129,22 @@ class VerifyOptions:
 
     def __post_init__(self) -> None:
         if not 1 <= self.runs <= MAX_RUNS:
-            raise InputError(f"runs={self.runs}: must be between 1 and {MAX_RUNS}")
+            raise InputError.template("{-runs=runs}: must be between 1 and {limit}",
+                                      runs=self.runs, limit=MAX_RUNS)
         if self.seed < 0 or self.seed >= 2**63:
-            raise InputError(f"seed={self.seed}: must be a non-negative integer below 2**63")
+            raise InputError.template("{-seed=seed}: must be a non-negative integer below 2**63",
+                                      seed=self.seed)
         for label, value in (("atol", self.atol), ("rtol", self.rtol)):
             if value is not None:
                 check_tolerance_value(label, value)
         if self.default_dim < 1:
-            raise InputError(f"default_dim={self.default_dim}: must be >= 1")
+            raise InputError.template("{-default_dim=value}: must be >= 1", value=self.default_dim)
         if self.weights not in WEIGHTS_MODES:
-            raise InputError(f"weights={self.weights!r}: use one of {', '.join(WEIGHTS_MODES)}")
+            raise InputError.template("{-weights=weights}: use one of {choices}",
+                                      weights=self.weights, choices=", ".join(WEIGHTS_MODES))
+        if self.input_specs and self.inputs_file is not None:
+            raise InputError.template("{-input_specs} and {-inputs_file} both given; use shapes "
+                                      "(random data) or a .npz file (real data), not both")
         if self.inputs_file is not None and self.inputs_file.suffix.lower() != ".npz":
             raise InputError(
                 f"{self.inputs_file}: inputs must be an .npz archive (numpy.savez(path, "

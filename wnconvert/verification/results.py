@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from .compare import ArrayComparison, describe
@@ -171,7 +172,7 @@ class WeightsReport:
         return (f"weights: none of the {len(self.only_in_reference) + len(self.skipped)} "
                 f"reference tensors matched an initializer by name, prefix or value (unmatched: "
                 f"{names}{more}); export with the parameter names kept, or compare outputs only "
-                "with weights='report' or 'off'")
+                "with the weights check set to 'report' or 'off'")
 
 
 @dataclass
@@ -187,6 +188,7 @@ class VerificationReport:
     notes: tuple[str, ...] = ()
     rule: str = RULE
     skipped: tuple[tuple[str, str], ...] = ()  # (provider, why it could not start here)
+    reports_written: list[Path] = field(default_factory=list)  # the report files written
 
     @property
     def passed(self) -> bool:

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from wnconvert.cli import app
-from wnconvert.verify import VerifyOptions, verify_onnx_against_onnx
+from wnconvert.verification import VerifyOptions, verify_onnx_against_onnx
 
 from .conftest import CPU, CUDA, TRT, FakeGpu, linear_model
 
@@ -194,7 +194,7 @@ def test_fold_refuses_a_provider_that_cannot_start_before_writing(fake_gpu: Fake
 def test_what_the_reference_prints_stays_off_stdout(tmp_path: Path, models) -> None:
     import torch
 
-    from wnconvert.verify import verify_onnx_against_torch
+    from wnconvert.verification import verify_onnx_against_torch
 
     class Chatty(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +214,7 @@ def test_applied_options_are_reported_even_when_a_run_fails(fake_gpu: FakeGpu, m
 
 
 def test_the_tf32_note_follows_what_ort_applied() -> None:
-    from wnconvert.verify.providers import _spec, tf32_state
+    from wnconvert.verification.providers import _spec, tf32_state
 
     spec = _spec(CUDA, cuda_tf32=False, explicit=True)
     assert "TF32 off" in tf32_state(spec, {"use_tf32": "0"})

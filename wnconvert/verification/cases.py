@@ -38,7 +38,8 @@ class CasePlan:
             self._shapes = _input_shapes(signature, options)
             self._dtypes = _input_dtypes(signature, options)
             for name, shape in self._shapes.items():
-                check_input_size(f"{name!r} ({_dims_text(shape)})", shape, self._dtypes[name])
+                check_input_size(f"{name!r} ({_dims_text(shape)})", shape, self._dtypes[name],
+                                 given=False)
         self._groups = _dynamic_groups(signature, options)
         self._second: dict[str, tuple[int, ...]] | None = None
         if self._groups:
@@ -94,16 +95,16 @@ def _input_shapes(signature: Sequence[InputSignature],
         spec = specs.get(sig.name)
         if spec is not None:
             if len(spec.shape) != len(sig.dims):
-                raise InputError(
-                    f"input={spec.text}: model input {sig.name!r} has rank {len(sig.dims)} "
-                    f"(dims {_dims_text(sig.dims)}), not {len(spec.shape)}; fix the shape"
-                )
+                raise InputError.template(
+                    "{-inputs=text}: model input {name!r} has rank {rank} (dims {dims}), not "
+                    "{given}; fix the shape", text=spec.text, name=sig.name, rank=len(sig.dims),
+                    dims=_dims_text(sig.dims), given=len(spec.shape))
             for axis, (want, have) in enumerate(zip(spec.shape, sig.dims, strict=True)):
                 if isinstance(have, int) and have != want:
-                    raise InputError(
-                        f"input={spec.text}: model input {sig.name!r} has fixed size {have} on "
-                        f"axis {axis}, not {want}; fix the shape"
-                    )
+                    raise InputError.template(
+                        "{-inputs=text}: model input {name!r} has fixed size {have} on axis "
+                        "{axis}, not {want}; fix the shape", text=spec.text, name=sig.name,
+                        have=have, axis=axis, want=want)
             shapes[sig.name] = spec.shape
         else:
             shapes[sig.name] = tuple(
@@ -131,15 +132,16 @@ def _specs_by_input(signature: Sequence[InputSignature],
         out: dict[str, InputSpec] = {}
         for spec in specs:
             if spec.name not in names:
-                raise InputError(f"input={spec.text}: the model has no input {spec.name!r}; "
-                                 f"its inputs are {', '.join(names)}")
+                raise InputError.template("{-inputs=text}: the model has no input {name!r}; its "
+                                          "inputs are {names}", text=spec.text, name=spec.name,
+                                          names=", ".join(names))
             out[spec.name] = spec
         return out
     if len(specs) != len(names):
-        raise InputError(
-            f"input= given {len(specs)} times but the model has {len(names)} inputs "
-            f"({', '.join(names)}); give one input= per positional input"
-        )
+        raise InputError.template(
+            "{-inputs} given {count} times but the model has {inputs} inputs ({names}); give "
+            "one {-inputs} per positional input", count=len(specs), inputs=len(names),
+            names=", ".join(names))
     return dict(zip(names, specs, strict=True))
 
 
@@ -150,10 +152,10 @@ def _input_dtypes(signature: Sequence[InputSignature], options: VerifyOptions) -
         spec = specs.get(sig.name)
         dtypes[sig.name] = spec.dtype if spec is not None and spec.dtype else sig.dtype
         if dtypes[sig.name] != sig.dtype:
-            raise InputError(
-                f"input={spec.text if spec else sig.name}: model input {sig.name!r} takes "
-                f"{sig.dtype}, not {dtypes[sig.name]}; fix the dtype"
-            )
+            raise InputError.template(
+                "{-inputs=text}: model input {name!r} takes {dtype}, not {given}; fix the dtype",
+                text=spec.text if spec else sig.name, name=sig.name, dtype=sig.dtype,
+                given=dtypes[sig.name])
     return dtypes
 
 
@@ -216,8 +218,9 @@ def _resize(shapes: Mapping[str, tuple[int, ...]], groups: Mapping[str, list[tup
     for places in groups.values():
         for name, axis in places:
             if axis >= len(new[name]):
-                raise InputError(f"dynamic={name}:{axis}: input {name!r} has only "
-                                 f"{len(new[name])} axes")
+                raise InputError.template("{-dynamic=text}: input {name!r} has only {rank} axes",
+                                          text=f"{name}:{axis}", name=name,
+                                          rank=len(new[name]))
         size = shapes[places[0][0]][places[0][1]]
         target = size * 2 if grow else max(1, size // 2)
         for name, axis in places:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from wnconvert.errors import InputError
-from wnconvert.verify import (
+from wnconvert.verification import (
     CaseInfo,
     OutputResult,
     ProviderResult,
@@ -21,7 +21,7 @@ from wnconvert.verify import (
     WeightsReport,
     compare_arrays,
 )
-from wnconvert.verify.report import check_report_paths, to_junit_xml, write_reports
+from wnconvert.verification.report import check_report_paths, to_junit_xml, write_reports
 
 TOL = Tolerance(1e-5, 1e-4)
 

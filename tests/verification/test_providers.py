@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 
 from wnconvert.errors import InputError
-from wnconvert.verify import (
+from wnconvert.verification import (
     resolve_providers,
 )
 
@@ -42,7 +42,7 @@ def test_unknown_provider_is_an_input_error() -> None:
 
 
 def test_cuda_spec_turns_tf32_off_unless_asked() -> None:
-    from wnconvert.verify.providers import _spec
+    from wnconvert.verification.providers import _spec
 
     off = _spec("CUDAExecutionProvider", cuda_tf32=False, explicit=True)
     assert off.options == {"use_tf32": "0"}

@@ -267,7 +267,7 @@ def _match_outputs(candidate: Sequence[str], reference: Sequence[str]
             f"the candidate lacks {len(missing)} of the reference's outputs ({', '.join(missing)}"
             f"; it has {', '.join(candidate)}), so they could not be checked; verify the model "
             "exported with every output, or a reference that returns only these (for a PyTorch "
-            "reference, a model= callable that wraps the network)"
+            "reference, a model callable that wraps the network)"
         )
     if len(candidate) == len(reference):
         return dict(zip(candidate, reference, strict=True)), "position"

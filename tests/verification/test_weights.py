@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wnconvert.verify import (
+from wnconvert.verification import (
     VerifyOptions,
     compare_weights,
 )
@@ -49,7 +49,7 @@ def _linear(k: int = 4, n: int = 3, seed: int = 1) -> np.ndarray:
 
 
 def test_a_wrapper_prefix_is_detected_applied_and_reported(tmp_path: Path) -> None:
-    from wnconvert.verify import verify_onnx_against_onnx
+    from wnconvert.verification import verify_onnx_against_onnx
 
     from .conftest import linear_model
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from wnconvert.errors import InputError
-from wnconvert.verify import (
+from wnconvert.verification import (
     ToleranceOverride,
     VerifyOptions,
     verify_onnx_against_onnx,
@@ -106,7 +106,7 @@ def test_unreadable_candidate_is_an_input_error(tmp_path: Path, weight: np.ndarr
 
 
 def test_compare_arrays_over_many_chunks_matches_a_direct_computation() -> None:
-    from wnconvert.verify import compare as v
+    from wnconvert.verification import compare as v
 
     rng = np.random.default_rng(7)
     ref = rng.standard_normal(3 * v._COMPARE_CHUNK + 123).astype(np.float32).reshape(-1, 1)
@@ -125,7 +125,7 @@ def test_compare_arrays_over_many_chunks_matches_a_direct_computation() -> None:
 
 
 def test_compare_arrays_bit_identical_with_nan_passes_without_arithmetic() -> None:
-    from wnconvert.verify import compare as v
+    from wnconvert.verification import compare as v
 
     ref = np.array([1.0, np.nan, -np.inf, 0.0], dtype=np.float32)
     comp = v.compare_arrays(ref.copy(), ref, v.Tolerance(atol=0.0, rtol=0.0))
@@ -141,7 +141,7 @@ def test_compare_arrays_bit_identical_with_nan_passes_without_arithmetic() -> No
 def test_torch_reference_runs_with_tf32_off_and_restores_the_flags() -> None:
     import torch
 
-    from wnconvert.verify import TorchRunner
+    from wnconvert.verification import TorchRunner
 
     seen = []
 
@@ -162,7 +162,7 @@ def test_torch_reference_runs_with_tf32_off_and_restores_the_flags() -> None:
 
 def test_verification_runs_case_by_case_without_holding_every_draw(tmp_path: Path,
                                                                    weight: np.ndarray) -> None:
-    from wnconvert.verify import CasePlan, InputSignature
+    from wnconvert.verification import CasePlan, InputSignature
 
     plan = CasePlan([InputSignature("x", "float32", (1, "time", 4))], VerifyOptions(runs=1000))
     assert len(plan) == 1001  # nothing generated yet

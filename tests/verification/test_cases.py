@@ -9,7 +9,7 @@ import pytest
 
 from wnconvert.errors import InputError
 from wnconvert.export import DynamicAxis, InputSpec
-from wnconvert.verify import (
+from wnconvert.verification import (
     InputSignature,
     VerifyOptions,
     build_cases,

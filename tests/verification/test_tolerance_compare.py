@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from wnconvert.cli.parse import parse_output_tolerance
 from wnconvert.errors import InputError
-from wnconvert.verify import (
+from wnconvert.verification import (
     DEFAULT_TOLERANCES,
     Tolerance,
     ToleranceOverride,

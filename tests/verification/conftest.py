@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi import onnxruntime_pybind11_state as C
 
-from wnconvert.verify.providers import clear_probe_cache
+from wnconvert.verification.providers import clear_probe_cache
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 
@@ -158,7 +158,7 @@ def linear_model(path: Path, weight: np.ndarray, *, bias: float = 0.5,
 def cuda_unusable() -> str | None:
     """Why CUDA tests cannot run here (None when they can), decided by a tiny probe session:
     ``get_available_providers()`` lists CUDA on hosts where it cannot start."""
-    from wnconvert.verify.providers import _spec, available_providers, probe_provider
+    from wnconvert.verification.providers import _spec, available_providers, probe_provider
 
     if CUDA not in available_providers():
         return "needs onnxruntime-gpu (CUDAExecutionProvider is not installed)"

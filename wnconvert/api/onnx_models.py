@@ -1,0 +1,204 @@
+"""ONNX model jobs: inspect, check (the CI lint) and fold weight norm inside an ONNX graph.
+
+``fold_onnx`` verifies the folded model on ONNX Runtime against the original before it is
+moved into place: a model that fails the check is never written.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CheckFailed, InputError, InputNotFound, WeightNormWarning
+from .progress import SILENT, Progress
+
+if TYPE_CHECKING:
+    from ..onnx_graph import CheckResult, FoldOutcome, Inspection
+    from ..verification import VerificationReport, VerifyOptions
+
+
+def require_file(path: Path | str) -> Path:
+    """``path`` as a Path, or :class:`InputNotFound` naming it as the caller wrote it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFound(f"{path}: no such file or directory; check the path")
+    return path
+
+
+def inspect_onnx(path: Path | str) -> Inspection:
+    """What the ONNX model at ``path`` holds: weight norm still computed at run time (where,
+    foldable or not), g/v-like initializers, opsets, op counts, lost parameter names.
+    ``.to_dict()`` is the JSON of ``wnconvert inspect MODEL.onnx --json``."""
+    from ..onnx_graph import inspect_file
+
+    return inspect_file(require_file(path))
+
+
+def check_onnx(path: Path | str) -> CheckResult:
+    """Where the ONNX model at ``path`` still computes weight norm (``.clean`` when nowhere).
+    Reads the graph only. A model that ``onnx.checker`` refuses raises
+    :class:`wnconvert.InputError`; :meth:`CheckResult.failure` says why a model is not clean."""
+    from ..onnx_graph import check_file
+
+    return check_file(require_file(path))
+
+
+def check_failure(result: CheckResult) -> CheckFailed | None:
+    """Why ``result`` fails the lint (as the error ``wnconvert check`` exits 1 with), or None."""
+    model = result.path
+    if result.unrecognized_pairs:
+        names = ", ".join(pair.parameter for pair in result.unrecognized_pairs[:3])
+        return CheckFailed(
+            f"{model}: reads {len(result.unrecognized_pairs)} weight-norm g/v pair(s) at run "
+            f"time in a way wnconvert cannot analyze ({names}); export the model with weight "
+            "norm removed (wnconvert fold CHECKPOINT --to onnx)"
+        )
+    if not result.clean:
+        count = len(result.sites)
+        stuck = sum(not site.foldable for site in result.sites)
+        how = (f"fold it with wnconvert fold {model}" if not stuck else
+               f"{stuck} of them cannot be folded, see wnconvert inspect {model}")
+        return CheckFailed(f"{model}: computes weight norm at run time in {count} place(s); {how}")
+    return None
+
+
+@dataclass
+class OnnxFoldResult:
+    """What :func:`fold_onnx` did: the files written (None when verification failed and nothing
+    was written) and the verification report (None with ``verify=False``)."""
+
+    input: Path
+    output: Path
+    outcome: FoldOutcome | None
+    report: VerificationReport | None
+    seconds: float
+    reports_written: list[Path] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True when the output was written and, if verified, passed."""
+        return self.outcome is not None and (self.report is None or self.report.passed)
+
+    def failure(self) -> CheckFailed | None:
+        """The error a failed verification means (None when it passed)."""
+        if self.report is None or self.report.passed:
+            return None
+        return verification_failure(
+            self.report, suffix="; nothing was written ({-no_verify} writes it unchecked)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``wnconvert fold MODEL.onnx --json``."""
+        if self.outcome is not None:
+            data = {"action": "fold", **self.outcome.to_dict(), "seconds": round(self.seconds, 4)}
+        else:
+            data = {"action": "fold", "input": str(self.input), "output": str(self.output),
+                    "files": []}
+        return {**data, "verification": self.report.to_dict() if self.report else None,
+                "passed": self.report.passed if self.report else None}
+
+
+def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: bool = True,
+              options: VerifyOptions | None = None, reports: Sequence[Path | str] = (),
+              reference: Path | str | None = None, reference_key: str | None = None,
+              force: bool = False, progress: Progress = SILENT) -> OnnxFoldResult:
+    """Fold every weight-norm computation in the ONNX model ``source`` into named initializers
+    (float64, rounded once) and write ``output`` (default ``<stem>.folded.onnx``) atomically.
+
+    With ``verify`` (the default) the folded model is checked on ONNX Runtime against
+    ``source`` (``options``: providers, tolerances, inputs) *before* it is moved into place; a
+    failed check writes nothing and returns a result with ``passed == False``. ``reports``
+    (``.json``, ``.xml``) get the verification report either way. ``reference`` is a
+    checkpoint whose tensor names go to initializers of equal value (``reference_key`` picks
+    its state dict). A graph with nothing to fold is "already clean": an unchanged copy is
+    written. Weight norm that cannot be folded is left in place with a warning.
+    """
+    from ..onnx_graph import FoldJob, default_output
+    from ..verification import VerifyOptions, plan_providers
+    from ..verification.report import check_report_paths, write_reports
+    from .verification import protected_inputs
+
+    path = require_file(source)
+    if reference is not None:
+        reference = require_file(reference)
+    elif reference_key is not None:
+        raise InputError.template(
+            "{path}: {-reference_key} picks the state dict of {-reference}; an .onnx input has "
+            "none (drop {-reference_key} or add {-reference})", path=path)
+    target = Path(output) if output is not None else default_output(path)
+    if target.suffix.lower() != ".onnx":
+        raise InputError.template("{target}: the folded model needs a .onnx name; choose "
+                                  "another {-output}", target=target)
+    report_paths = [Path(p) for p in reports]
+    if not verify and (report_paths or options is not None):
+        what = "{-reports}" if report_paths else "{-options}"
+        raise InputError.template(what + " need(s) verification, which {-no_verify} turns off; "
+                                  "drop one of them")
+    check_report_paths(report_paths, force=force,
+                       inputs=[*protected_inputs(path, reference), target])
+    if verify:
+        options = options if options is not None else VerifyOptions()
+        # A provider that cannot start here fails before anything is written.
+        plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
+
+    started = time.perf_counter()
+    with FoldJob(path, target, force=force, reference=reference,
+                 reference_key=reference_key) as job:
+        result = job.result
+        if not result.changed and (result.skipped or result.unrecognized):
+            raise InputError(_nothing_to_fold(path, result.skipped, result.unrecognized))
+        if not result.changed:
+            progress.note(f"already clean: {path} computes no weight norm and its initializers "
+                          f"have their names; writing an unchanged copy to {target}")
+        for site in result.skipped:
+            warnings.warn(f"{site.root}: weight norm left in place ({site.reason})",
+                          WeightNormWarning, stacklevel=2)
+        for name in result.unrecognized:
+            warnings.warn(f"{name}: its g/v pair is read at run time in a way wnconvert cannot "
+                          "analyze; left in place", WeightNormWarning, stacklevel=2)
+        with progress.step(f"folding → {target.name}") as bar:
+            staged = job.write(on_tensor=bar)
+        report = None
+        if verify:
+            assert options is not None
+            report = _verify_staged(staged, path, options, final=target, progress=progress)
+            if not report.passed:
+                written = write_reports(report, report_paths, force=force)
+                return OnnxFoldResult(path, target, None, report,
+                                      time.perf_counter() - started, written)
+        outcome = job.commit()
+    seconds = time.perf_counter() - started
+    written = write_reports(report, report_paths, force=force) if report is not None else []
+    return OnnxFoldResult(path, target, outcome, report, seconds, written)
+
+
+def verification_failure(report: VerificationReport, *, suffix: str = "") -> CheckFailed:
+    """The one-line error of a failed verification: its first failure and how many more."""
+    failures = report.failures()
+    first = failures[0] if failures else "no provider could run the model"
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return CheckFailed.template("verification failed: {first}{more}" + suffix,
+                                first=first, more=more)
+
+
+def _nothing_to_fold(path: Path, skipped: list[Any], unrecognized: list[str]) -> str:
+    reasons = "; ".join([f"{site.root}: {site.reason}" for site in skipped] + [
+        f"{name}: its g/v pair is read in a way wnconvert cannot analyze"
+        for name in unrecognized][:3])
+    return (f"{path}: weight norm found but none can be folded ({reasons}); see "
+            f"wnconvert inspect {path}")
+
+
+def _verify_staged(staged: Path, reference: Path, options: VerifyOptions, *, final: Path,
+                   progress: Progress) -> VerificationReport:
+    from ..verification import verify_onnx_against_onnx
+
+    progress.note(f"verifying against {reference} on ONNX Runtime")
+    with progress.step("verifying") as callback:
+        report = verify_onnx_against_onnx(staged, reference, options=options, progress=callback)
+    # The staged file is moved to `final`; the report names the file the user gets.
+    report.candidate["path"] = str(final)
+    return report

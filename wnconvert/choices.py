@@ -1,0 +1,23 @@
+"""The values of every enumerated option, declared once.
+
+The library checks its parameters against these; the command line builds its choices from them
+(so an unknown value is a usage error there, with the choices listed). Importing this module is
+free: no torch, no numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+#: Key style of a weight-norm pair: ``_g``/``_v`` (legacy) or ``parametrizations.*`` keys.
+Style = Literal["parametrize", "legacy"]
+STYLES: tuple[Style, ...] = get_args(Style)
+
+#: The ONNX exporter: torch.export (dynamo), the TorchScript tracer (legacy), or dynamo with a
+#: fallback to legacy (auto).
+Exporter = Literal["auto", "dynamo", "legacy"]
+EXPORTERS: tuple[Exporter, ...] = get_args(Exporter)
+
+#: What a weight mismatch does in verification.
+WeightsMode = Literal["fail", "report", "off"]
+WEIGHTS_MODES: tuple[WeightsMode, ...] = get_args(WeightsMode)
