@@ -207,3 +207,11 @@ def test_decompression_stops_at_the_declared_size(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(InputError, match="cannot read as .npz"):
         load_inputs_npz(path)
+
+
+@pytest.mark.parametrize("shape", [(-3, 4), (-3, -4)])
+def test_a_negative_size_is_refused_even_when_the_count_is_positive(shape) -> None:
+    from wnconvert.export.inputs import check_input_size
+
+    with pytest.raises(InputError, match="has a negative size"):
+        check_input_size("'x'", shape, "float32")

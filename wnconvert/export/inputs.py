@@ -57,7 +57,12 @@ class InputSpec:
 
 
 def check_input_size(label: str, shape: Sequence[int], dtype: str) -> None:
-    """Refuse a generated input with no elements or more than :data:`MAX_INPUT_BYTES`."""
+    """Refuse a generated input with a negative size, no elements or more than
+    :data:`MAX_INPUT_BYTES`."""
+    if any(size < 0 for size in shape):
+        # Two negative sizes multiply to a positive count: check each size, not the product.
+        raise InputError(f"input {label}: shape {'x'.join(map(str, shape))} has a negative "
+                         "size; give every axis a size >= 1")
     count = math.prod(shape)
     if count == 0:
         raise InputError(f"input {label}: shape {'x'.join(map(str, shape))} has no elements, so "
