@@ -124,3 +124,94 @@ def test_mutated_archives_load_or_are_input_errors(tmp_path: Path, flips, compre
         assert str(path) in str(exc) and "\n" not in str(exc)
     else:
         assert loaded and all(array.size for array in loaded.values())
+
+
+def _bomb(path: Path, **arrays: np.ndarray) -> Path:
+    """A small .npz whose arrays (zeros) inflate to far more than the file's size."""
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def no_decompression(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening an archive member to read it fails the test: sizes are refused from the
+    declarations (writing one, to build the archive, is fine)."""
+    original = zipfile.ZipFile.open
+
+    def refuse(self: zipfile.ZipFile, name: object, mode: str = "r", **kwargs: object) -> object:
+        assert mode != "r", "a member was opened to be decompressed"
+        return original(self, name, mode, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(zipfile.ZipFile, "open", refuse)
+
+
+@pytest.mark.usefixtures("no_decompression")
+def test_a_member_declaring_more_than_the_input_limit_is_refused_unread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 8 MiB of zeros in a 9 KB file, against a limit lowered to 1 MiB (the real one is 4 GiB:
+    # a 6 MB file inflating to 6 GiB is the same case).
+    path = _bomb(tmp_path / "bomb.npz", ok=np.ones(4, np.float32),
+                 x=np.zeros(2 * 2**20, np.float32))
+    assert path.stat().st_size < 20_000
+    monkeypatch.setattr("wnconvert.export.inputs.MAX_INPUT_BYTES", 2**20)
+    with pytest.raises(InputError) as caught:
+        load_inputs_npz(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: member 'x.npy' declares 8,388,736 bytes uncompressed")
+    assert "more than the 1,048,576 bytes wnconvert reads for one input" in message
+    assert "\n" not in message
+
+
+@pytest.mark.usefixtures("no_decompression")
+def test_members_declaring_more_than_half_the_memory_together_are_refused_unread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _bomb(tmp_path / "bomb.npz", a=np.zeros(2**18, np.float32),
+                 b=np.zeros(2**18, np.float32))
+    monkeypatch.setattr("wnconvert.export.inputs._npz_memory_budget", lambda: 1_500_000)
+    with pytest.raises(InputError, match="members declare 2,097,408 bytes uncompressed \\(up to "
+                                         "'b.npy'\\), more than half this machine's memory"):
+        load_inputs_npz(path)
+
+
+def test_an_npz_bomb_is_refused_by_the_commands(tmp_path: Path, monkeypatch) -> None:
+    """Through ``verify --inputs`` in-process: exit 2, one line, no traceback."""
+    from typer.testing import CliRunner
+
+    from tests.onnx_graph.builders import save, weight_norm_model
+    from wnconvert.cli import app
+
+    model = save(weight_norm_model((4, 3), 0)[0], tmp_path / "m.onnx")
+    path = _bomb(tmp_path / "bomb.npz", x=np.zeros(2 * 2**20, np.float32))
+    monkeypatch.setattr("wnconvert.export.inputs.MAX_INPUT_BYTES", 2**20)
+    result = CliRunner().invoke(app, ["verify", str(model), "--reference", str(model),
+                                      "--inputs", str(path)])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert f"{path}: member 'x.npy' declares" in line and "Traceback" not in result.output
+
+
+def test_decompression_stops_at_the_declared_size(tmp_path: Path) -> None:
+    """A member whose deflate stream holds more than its headers say: cut off at the declared
+    size (and refused), never inflated in full."""
+    good = _npy(np.ones(4, np.float32))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", good + bytes(4 * 2**20))  # 4 MiB more than the header says
+    data = bytearray(buffer.getvalue())
+    size = len(good) + 4 * 2**20
+    # Both headers say the member is just the .npy of 4 floats.
+    for header, at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        start = data.find(header)
+        assert int.from_bytes(data[start + at:start + at + 4], "little") == size
+        data[start + at:start + at + 4] = len(good).to_bytes(4, "little")
+    path = tmp_path / "lying.npz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="cannot read as .npz"):
+        load_inputs_npz(path)
+
+
+@pytest.mark.parametrize("shape", [(-3, 4), (-3, -4)])
+def test_a_negative_size_is_refused_even_when_the_count_is_positive(shape) -> None:
+    from wnconvert.export.inputs import check_input_size
+
+    with pytest.raises(InputError, match="has a negative size"):
+        check_input_size("'x'", shape, "float32")

@@ -434,3 +434,58 @@ def prefolded_model(*, metadata: bool = True, seed: int = 0,
     model = b.model(b.op("Add", chosen, b.op("Add", "mul", "mul_5")), (2, 3))
     model.graph.value_info.extend(infos)
     return model, state
+
+
+def function_bomb_model(depth: int, *, recursive: bool = False) -> onnx.ModelProto:
+    """``y = F0(x)`` where each ``F<i>`` calls ``F<i+1>`` twice and the last one is an Identity:
+    a file of a few KB whose inlined graph has 2^depth nodes. ``recursive``: the last function
+    calls ``F0`` instead (a cycle)."""
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("bomb", 1)]
+    functions = []
+    for level in range(depth):
+        callee = f"F{level + 1}" if level + 1 < depth else ("F0" if recursive else None)
+        body = [helper.make_node("Identity", ["a"], ["b"])] if callee is None else [
+            helper.make_node(callee, ["a"], ["t"], domain="bomb"),
+            helper.make_node(callee, ["t"], ["b"], domain="bomb")]
+        functions.append(helper.make_function("bomb", f"F{level}", ["a"], ["b"], body, opsets))
+    graph = helper.make_graph(
+        [helper.make_node("F0", ["x"], ["y"], domain="bomb", name="call")], "bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, functions=functions, opset_imports=opsets,
+                              producer_name="wnconvert-tests")
+    model.ir_version = 10
+    return model
+
+
+def subgraph_external_model(location: str, *, length: int, dims: Sequence[int] = (4, 3),
+                            in_constant: bool = False) -> onnx.ModelProto:
+    """``y = x + (If cond: c else: x)`` where ``c`` (float, ``dims``) is an initializer of the
+    then-branch (``in_constant``: the value of a Constant node there) stored as external data
+    at ``location``, ``length`` bytes at offset 0."""
+    c = TensorProto()
+    c.name, c.data_type = "c", TensorProto.FLOAT
+    c.dims.extend(dims)
+    c.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+        entry = c.external_data.add()
+        entry.key, entry.value = key, value
+    out = helper.make_tensor_value_info("w_body", TensorProto.FLOAT, [4, 3])
+    if in_constant:
+        then = helper.make_graph([helper.make_node("Constant", [], ["w_body"], value=c)],
+                                 "then", [], [out])
+    else:
+        then = helper.make_graph([helper.make_node("Identity", ["c"], ["w_body"])], "then", [],
+                                 [out], initializer=[c])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["w_body"])], "else", [],
+                              [out])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["w"], then_branch=then, else_branch=other, name="if"),
+         helper.make_node("Add", ["x", "w"], ["y"], name="add")], "subgraph_external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
+                              producer_name="wnconvert-tests")
+    model.ir_version = 10
+    return model

@@ -4,6 +4,8 @@
 * inside If/Loop bodies: reported, never folded;
 * through ops the analysis does not follow: a g/v pair read at run time is reported.
 
+Functions whose inlined size is out of bounds (or recursive) are refused before anything inlines.
+
 In each case ``check`` cannot call the model clean.
 """
 
@@ -18,6 +20,7 @@ import pytest
 
 from tests.onnx_graph.builders import (
     expected,
+    function_bomb_model,
     function_model,
     if_model,
     initializer,
@@ -26,6 +29,7 @@ from tests.onnx_graph.builders import (
     transposed_norm_model,
     weight_norm_model,
 )
+from wnconvert import api
 from wnconvert.errors import InputError
 from wnconvert.onnx_graph import check_file, fold_file, inspect_file
 
@@ -142,3 +146,84 @@ def test_pairs_that_are_folded_or_unused_are_not_reported(tmp_path: Path) -> Non
     folded = tmp_path / "folded.onnx"
     fold_file(path, folded, force=False)
     assert check_file(folded).clean
+
+
+def _must_not_run(*args: object, **kwargs: object) -> None:
+    raise AssertionError("ran on a model that should have been refused first")
+
+
+@pytest.fixture
+def no_inlining(monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnx.checker (which inlines every call while inferring shapes) and the inliner fail the
+    test if called: a function bomb must be refused from its declarations, before either."""
+    monkeypatch.setattr(onnx.checker, "check_model", _must_not_run)
+    monkeypatch.setattr(onnx.inliner, "inline_local_functions", _must_not_run)
+
+
+def _bomb_entry_points(tmp_path: Path) -> list:
+    return [check_file, inspect_file,
+            lambda p: fold_file(p, tmp_path / "out.onnx", force=False),
+            lambda p: api.verify(p, p)]
+
+
+@pytest.mark.usefixtures("no_inlining")
+def test_a_function_call_bomb_is_refused_before_anything_inlines(tmp_path: Path, cli) -> None:
+    # 60 levels, each calling the next twice: a 4 KB file, 2^59 nodes inlined.
+    path = save(function_bomb_model(60), tmp_path / "bomb.onnx")
+    assert path.stat().st_size < 8192
+    for run_it in _bomb_entry_points(tmp_path):
+        with pytest.raises(InputError, match="2\\^59 nodes once inlined") as caught:
+            run_it(path)
+        assert str(path) in str(caught.value) and "10,000,000" in str(caught.value)
+    for args in (("check", path), ("inspect", path), ("fold", path, "-o", tmp_path / "o.onnx"),
+                 ("verify", path, "--reference", path)):
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        [line] = result.stderr.strip().splitlines()
+        assert "2^59 nodes once inlined" in line and "without local functions" in line
+    assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.usefixtures("no_inlining")
+@pytest.mark.parametrize("depth", [1, 3])
+def test_a_recursive_function_is_refused(tmp_path: Path, cli, depth: int) -> None:
+    path = save(function_bomb_model(depth, recursive=True), tmp_path / "loop.onnx")
+    for run_it in _bomb_entry_points(tmp_path):
+        with pytest.raises(InputError, match="function bomb.F0 calls itself"):
+            run_it(path)
+    result = cli("check", path)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "cannot be recursive" in result.stderr
+
+
+def test_inlined_size_counts_calls_in_functions_and_subgraphs(tmp_path: Path) -> None:
+    """Counted from the declarations: every call expanded, If bodies and function bodies too;
+    the largest of the main graph and the functions is reported."""
+    from wnconvert.onnx_graph.hidden import inlined_node_counts
+
+    model = function_bomb_model(4)  # F3: 1 node, F0: 8
+    assert inlined_node_counts(tmp_path, model) == (8, "the main graph")
+    # The main graph calls F0 from both branches of an If (1 + 8 + 8), F1 twice directly.
+    out = onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2])
+    branch = onnx.helper.make_graph(
+        [onnx.helper.make_node("F0", ["x"], ["b"], domain="bomb")], "branch", [], [out])
+    model.graph.node.extend([
+        onnx.helper.make_node("If", ["c"], ["z"], then_branch=branch, else_branch=branch),
+        onnx.helper.make_node("F1", ["x"], ["u"], domain="bomb"),
+        onnx.helper.make_node("F1", ["u"], ["v"], domain="bomb")])
+    assert inlined_node_counts(tmp_path, model) == (8 + 17 + 8, "the main graph")
+    # A function called nowhere still counts (the checker checks every function's body).
+    unused = onnx.helper.make_function(
+        "bomb", "Unused", ["a"], ["b"],
+        [onnx.helper.make_node("F0", ["a"], ["t"], domain="bomb")] * 5,
+        [onnx.helper.make_opsetid("", 18)])
+    model.functions.append(unused)
+    assert inlined_node_counts(tmp_path, model) == (40, "function bomb.Unused")
+
+
+def test_functions_below_the_limit_are_inlined_as_before(tmp_path: Path, monkeypatch) -> None:
+    path = save(function_bomb_model(8), tmp_path / "ok.onnx")
+    assert check_file(path).clean  # 128 nodes: fine
+    monkeypatch.setattr("wnconvert.onnx_graph.hidden.MAX_INLINED_NODES", 100)
+    with pytest.raises(InputError, match="128 nodes once inlined, more than the 100 "):
+        check_file(path)

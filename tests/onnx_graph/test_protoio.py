@@ -4,6 +4,7 @@ input."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import onnx
@@ -15,6 +16,7 @@ from tests.onnx_graph.builders import (
     initializer,
     run,
     save,
+    subgraph_external_model,
     weight_norm_model,
     wn_arrays,
 )
@@ -218,3 +220,82 @@ def test_initializers_listed_as_inputs(tmp_path):
     assert [i.name for i in folded.graph.input] == ["x"]
     np.testing.assert_array_equal(initializer(out, "layer.weight"), expected(g, v, 0))
     assert os.path.getsize(out) > 0
+
+
+def _sparse_file(path, size: int):
+    """A file of ``size`` bytes that takes no disk space (and no time to write)."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    return path
+
+
+@pytest.fixture
+def no_bulk_reads(monkeypatch):
+    """Reading a nested external tensor fails the test: every check comes before the read."""
+    def refuse(self):
+        raise AssertionError(f"read {self.length} bytes of {self.path}")
+    monkeypatch.setattr(FileRange, "read", refuse)
+
+
+@pytest.mark.usefixtures("no_bulk_reads")
+@pytest.mark.parametrize("case,message", [
+    # 64 GiB declared for a [4, 3] float tensor (48 bytes), in an If body / a Constant there.
+    ("initializer", "has 68719476736 bytes of external data for shape [4, 3] (48 needed)"),
+    ("constant", "has 68719476736 bytes of external data for shape [4, 3] (48 needed)"),
+    # The shape says 64 GiB too: it would have to be inlined, which no ONNX file can hold.
+    ("declared-huge", "more than fits inline in an ONNX file"),
+    # Constant values were not checked at all: the same checks as for initializers.
+    ("outside", "points outside the model's folder"),
+    ("beyond-the-file", "(needs bytes 0..68719476737, has 68719476736)"),
+])
+def test_subgraph_external_data_is_checked_before_it_is_read(tmp_path, cli, case, message):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    _sparse_file(folder / "c.bin", 64 * 2**30)
+    _sparse_file(tmp_path / "secret.bin", 64 * 2**30)
+    location, length, dims = "c.bin", 64 * 2**30, [4, 3]
+    if case == "declared-huge":
+        dims = [2**34]
+    elif case == "outside":
+        location = "../secret.bin"
+    elif case == "beyond-the-file":
+        length = 64 * 2**30 + 1
+    model = subgraph_external_model(location, length=length, dims=dims,
+                                    in_constant=case in ("constant", "outside", "beyond-the-file"))
+    path = save(model, folder / "m.onnx")
+    for read in (load_model, check_file,
+                 lambda p: fold_file(p, tmp_path / "out.onnx", force=False)):
+        with pytest.raises(InputError, match=re.escape(message)):
+            read(path)
+    result = cli("check", path)
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in result.output
+
+
+def test_small_external_tensors_in_subgraphs_and_constants_are_inlined(tmp_path):
+    """Checked, then read: the output holds them inline (it does not share the input's data
+    file) and computes what the input computes."""
+    values = np.arange(12, dtype=np.float32)
+    values.tofile(tmp_path / "c.bin")
+    feeds = {"x": np.ones((4, 3), np.float32), "cond": np.array(True)}
+    for in_constant in (False, True):
+        path = save(subgraph_external_model("c.bin", length=48, in_constant=in_constant),
+                    tmp_path / "m.onnx")
+        out = tmp_path / f"out{in_constant}.onnx"
+        fold_file(path, out, force=False)
+        [tensor] = _all_tensors(onnx.load(str(out), load_external_data=False))
+        assert tensor.data_location == onnx.TensorProto.DEFAULT and not tensor.external_data
+        np.testing.assert_array_equal(run(out, feeds)[0], 1 + values.reshape(4, 3))
+
+
+def _all_tensors(model):
+    """The initializers and Constant values of the main graph's subgraphs."""
+    found = []
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                found.extend(attr.g.initializer)
+                found.extend(a.t for inner in attr.g.node for a in inner.attribute
+                             if a.HasField("t"))
+    return found

@@ -53,3 +53,27 @@ def test_outputs_match_by_name_else_by_position(tmp_path: Path, reference: Path,
     report = wnconvert.verify(save(_model(outputs), tmp_path / "c.onnx"), reference)
     assert report.output_matching == matching
     assert report.passed is passed
+
+
+@pytest.mark.parametrize("dims", [[-3, 4], [-3, -4]])
+def test_a_negative_declared_input_size_is_an_input_error(tmp_path: Path, dims) -> None:
+    """onnx.checker accepts the model; generating its input must not fail inside numpy."""
+    from typer.testing import CliRunner
+
+    from wnconvert.cli import app
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "negative",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    path = save(model, tmp_path / "negative.onnx")
+    message = f"{path}: input 'x' declares size -3 on axis 0"
+    with pytest.raises(InputError, match=message):
+        wnconvert.verify(path, path)
+    result = CliRunner().invoke(app, ["verify", str(path), "--reference", str(path)])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert message in line and "unexpected" not in line

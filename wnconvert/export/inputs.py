@@ -22,8 +22,12 @@ if TYPE_CHECKING:
     import torch
 
 
-#: Largest random input generated for one model input (export tracing and verification).
+#: Largest random input generated for one model input (export tracing and verification), and
+#: largest array an ``.npz`` inputs file may hold for one input (declared size, checked before
+#: anything is decompressed).
 MAX_INPUT_BYTES = 4 * 1024**3
+# .npz members are decompressed in pieces of this size into the array (no second copy).
+_NPZ_CHUNK = 16 * 1024**2
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 DTYPES = (*FLOAT_DTYPES, "int64", "int32", "int16", "int8", "uint8", "bool")
 
@@ -57,9 +61,14 @@ class InputSpec:
 
 def check_input_size(label: str, shape: Sequence[int], dtype: str, *,
                      given: bool = True) -> None:
-    """Refuse a generated input with no elements or more than :data:`MAX_INPUT_BYTES`.
-    ``given``: the shape is the caller's ``inputs=`` (else read from the model)."""
+    """Refuse a generated input with a negative size, no elements or more than
+    :data:`MAX_INPUT_BYTES`. ``given``: the shape is the caller's ``inputs=`` (else read from
+    the model)."""
     what = "{-inputs=label}" if given else "input {label}"
+    if any(size < 0 for size in shape):
+        # Two negative sizes multiply to a positive count: check each size, not the product.
+        raise InputError.template(what + ": shape {shape} has a negative size; give every axis "
+                                  "a size >= 1", label=label, shape="x".join(map(str, shape)))
     count = math.prod(shape)
     if count == 0:
         raise InputError.template(
@@ -118,9 +127,12 @@ class DynamicAxis:
 def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
     """Arrays of an ``.npz`` file in file order (no pickles: object arrays are refused).
 
-    Each member's ``.npy`` header is read first and its declared size checked against the
-    member's size in the archive, so a damaged header cannot make numpy allocate what the
-    file does not hold; every damaged or unexpected member is an :class:`InputError`.
+    Sizes are checked from what the archive declares before anything is decompressed: each
+    member's uncompressed size (zip central directory) and its ``.npy`` header's shape and
+    dtype, at most :data:`MAX_INPUT_BYTES` each and, all together, half the machine's memory
+    (:func:`_npz_memory_budget`). The header must match the member's size, and decompression
+    stops at that size, so a small archive cannot inflate into more than it declares; every
+    damaged or unexpected member is an :class:`InputError`.
     """
     import zipfile
     import zlib
@@ -136,7 +148,9 @@ def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as archive:
             arrays = {}
-            for info in archive.infolist():
+            members = archive.infolist()
+            _check_declared_sizes(path, members)
+            for info in members:
                 name = info.filename.removesuffix(".npy")
                 if name in arrays or not info.filename.endswith(".npy"):
                     what = "twice" if name in arrays else "not an .npy array"
@@ -145,6 +159,8 @@ def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
                     raise ValueError(f"member {info.filename!r} is encrypted")
                 with archive.open(info) as member:
                     arrays[name] = _read_npy(member, info.file_size)
+    except InputError:
+        raise
     except (ValueError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         raise InputError(f"{path}: cannot read as .npz without pickles ({exc}); save plain "
                          "numeric arrays with numpy.savez") from None
@@ -157,6 +173,43 @@ def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
             raise InputError(f"{path}: array {name!r} has no elements (shape {array.shape}); a "
                              "check on it would compare nothing")
     return arrays
+
+
+def _npz_memory_budget() -> int | None:
+    """Bytes all arrays of an inputs file may take together: half the physical memory (None
+    where the OS does not say). The inputs stay in memory while the reference and every
+    provider run and keep their outputs, which are often as large."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_declared_sizes(path: Path, members: Sequence[Any]) -> None:
+    """Refuse, from the zip central directory alone, members that would decompress to more
+    than :data:`MAX_INPUT_BYTES` each or to more than the memory budget together."""
+    total = 0
+    budget = _npz_memory_budget()
+    for info in members:
+        if info.file_size > MAX_INPUT_BYTES:
+            raise InputError(
+                f"{path}: member {info.filename!r} declares {_gib(info.file_size)} uncompressed, "
+                f"more than the {_gib(MAX_INPUT_BYTES)} wnconvert reads for one input; nothing "
+                "was decompressed (save smaller inputs)"
+            )
+        total += info.file_size
+        if budget is not None and total > budget:
+            raise InputError(
+                f"{path}: its members declare {_gib(total)} uncompressed (up to "
+                f"{info.filename!r}), more than half this machine's memory ({_gib(budget)}); "
+                "nothing was decompressed (save fewer or smaller inputs)"
+            )
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 1024**3:.1f} GiB" if nbytes >= 1024**3 else f"{nbytes:,} bytes"
 
 
 def _read_npy(member: IO[bytes], size: int) -> np.ndarray:
@@ -181,11 +234,26 @@ def _read_npy(member: IO[bytes], size: int) -> np.ndarray:
     if expected != available:
         raise ValueError(f"shape {list(shape)} of {dtype} needs {expected} bytes of data, the "
                          f"member holds {available}")
-    data = member.read(expected)
-    if len(data) != expected:
-        raise ValueError(f"the member ends after {len(data)} of {expected} bytes of data")
-    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
-    return array.copy()  # writable, owning its memory, like np.load's arrays
+    if expected > MAX_INPUT_BYTES:  # size was checked; a header is checked all the same
+        raise ValueError(f"shape {list(shape)} of {dtype} is more than the "
+                         f"{_gib(MAX_INPUT_BYTES)} wnconvert reads for one input")
+    # Decompressed straight into the array, never more than `expected` bytes in all (and
+    # zipfile stops at the member's declared size too): a stream that inflates past what the
+    # header says is cut off and fails its CRC instead of filling memory.
+    array = np.empty(count, dtype=dtype)
+    buffer = array.reshape(-1).view(np.uint8)
+    done = 0
+    while done < expected:
+        chunk = member.read(min(_NPZ_CHUNK, expected - done))
+        if not chunk:
+            raise ValueError(f"the member ends after {done} of {expected} bytes of data")
+        buffer[done:done + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+        done += len(chunk)
+    if member.read(1):
+        raise ValueError(f"the member holds more than the {expected} bytes its header declares")
+    if fortran_order:  # C order, as every caller expects (ORT feeds, cropping)
+        return np.ascontiguousarray(array.reshape(shape, order="F"))
+    return array.reshape(shape)  # writable, owning its memory, like np.load's arrays
 
 
 def random_array(rng: np.random.Generator, shape: Sequence[int], dtype: str) -> np.ndarray:

@@ -10,12 +10,19 @@
   folded (fold rewrites the main graph only);
 * **ops the analysis does not follow** (a ``Transpose`` around the norm): a g/v pair (by name)
   that the graph reads at run time with no recognized weight norm is reported as such.
+
+Before anything inlines or checks the functions (``onnx.checker`` infers shapes through every
+call site, so it inlines too), :func:`refuse_function_bombs` counts the nodes the inlined model
+would have from the declarations alone: functions that call each other twice per level make a
+2 KB file whose inlined graph has 2^60 nodes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
@@ -27,6 +34,106 @@ if TYPE_CHECKING:
     import onnx
 
     from ..keys import PairKeys
+
+#: Most nodes a model may have once its model-local functions are inlined (main graph and
+#: subgraphs, every call expanded). Exported networks have thousands to a few hundred thousand
+#: nodes; each inlined node costs the inliner and onnx.checker a NodeProto (hundreds of bytes)
+#: and shape inference, so ten million is generous for a real model and still bounded in memory
+#: and time, while a crafted model can declare astronomically more.
+MAX_INLINED_NODES = 10_000_000
+# Counts saturate here, so a count stays a small integer whatever the model declares.
+_COUNT_CAP = 2**100
+
+_FunctionId = tuple[str, str, str]  # (domain, name, overload)
+
+
+def refuse_function_bombs(path: Path, proto: onnx.ModelProto) -> None:
+    """Raise :class:`InputError` if model-local functions call themselves (directly or through
+    others), or if inlining them would give a graph of more than :data:`MAX_INLINED_NODES`
+    nodes. Reads the declarations only: linear in the file's size, inlines nothing."""
+    largest, where = inlined_node_counts(path, proto)
+    if largest > MAX_INLINED_NODES:
+        raise InputError(
+            f"{path}: its model-local functions call each other so often that {where} would "
+            f"have {_count_text(largest)} nodes once inlined, more than the "
+            f"{MAX_INLINED_NODES:,} wnconvert (and onnx.checker, which inlines them) can handle;"
+            " export the model without local functions (or with fewer nested calls)"
+        )
+
+
+def inlined_node_counts(path: Path, proto: onnx.ModelProto) -> tuple[int, str]:
+    """The largest inlined node count of the main graph or any model-local function, and
+    which one it is. Counts include If/Loop/Scan bodies and saturate at ``_COUNT_CAP``."""
+    functions = {(f.domain, f.name, f.overload): f for f in proto.functions}
+    calls = {key: _call_counts(function.node, functions) for key, function in functions.items()}
+    sizes: dict[_FunctionId, int] = {}
+    for key in functions:
+        _size_of(path, key, calls, sizes)
+    own, called = _call_counts(proto.graph.node, functions)
+    largest, where = _total(own, called, sizes), "the main graph"
+    for (domain, name, _), size in sizes.items():
+        if size > largest:
+            largest, where = size, f"function {domain}.{name}"
+    return largest, where
+
+
+def _call_counts(nodes: Iterable[onnx.NodeProto], functions: dict[_FunctionId, onnx.FunctionProto]
+                 ) -> tuple[int, Counter[_FunctionId]]:
+    """(nodes that are not calls of a local function, calls per function) of ``nodes`` and the
+    graphs nested in them."""
+    plain, called = 0, Counter[_FunctionId]()
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        key = (node.domain, node.op_type, node.overload)
+        if key in functions:
+            called[key] += 1
+        else:
+            plain += 1
+        for sub in node_subgraphs(node):
+            stack.extend(sub.node)
+    return plain, called
+
+
+def _total(plain: int, called: Counter[_FunctionId], sizes: dict[_FunctionId, int]) -> int:
+    return min(_COUNT_CAP, plain + sum(count * sizes[key] for key, count in called.items()))
+
+
+def _size_of(path: Path, start: _FunctionId,
+             calls: dict[_FunctionId, tuple[int, Counter[_FunctionId]]],
+             sizes: dict[_FunctionId, int]) -> None:
+    """Fill ``sizes`` (memoized) for ``start`` and every function it calls; an explicit stack,
+    so a long chain of calls cannot exhaust Python's recursion limit."""
+    on_path: set[_FunctionId] = set()
+    stack: list[tuple[_FunctionId, bool]] = [(start, False)]
+    while stack:
+        key, callees_done = stack.pop()
+        if callees_done:
+            on_path.discard(key)
+            sizes[key] = _total(*calls[key], sizes)
+            continue
+        if key in sizes:
+            continue
+        on_path.add(key)
+        stack.append((key, True))
+        for callee in calls[key][1]:
+            if callee in on_path:
+                through = "" if callee == key else f" through {key[0]}.{key[1]}"
+                raise InputError(
+                    f"{path}: model-local function {callee[0]}.{callee[1]} calls itself"
+                    f"{through}; ONNX functions cannot be recursive (inlining it would never "
+                    "end), so the model is invalid: export it again"
+                )
+            if callee not in sizes:
+                stack.append((callee, False))
+
+
+def _count_text(count: int) -> str:
+    if count >= _COUNT_CAP:
+        return f"more than 2^{_COUNT_CAP.bit_length() - 1}"
+    if count >= 10**12:
+        return f"about 2^{count.bit_length() - 1}"
+    return f"{count:,}"
 
 
 def inline_functions_hiding_weight_norm(model: LazyModel) -> LazyModel:

@@ -16,13 +16,12 @@ Writing is in :mod:`.protowrite`; atomic publishing in :mod:`wnconvert.formats.a
 from __future__ import annotations
 
 import mmap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .walk import subgraphs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -221,7 +220,7 @@ def load_model(path: Path) -> LazyModel:
     proto.graph.initializer.extend(skeletons)
     _require_utf8(path, proto)
     sources, data_files = _tensor_sources(path, proto, [raw for _, raw in tensors])
-    _inline_subgraph_external_data(path, proto)
+    _inline_nested_external_data(path, proto)
     return LazyModel(
         path=path,
         proto=proto,
@@ -310,10 +309,12 @@ def _tensor_sources(
     return sources, tuple(data_files)
 
 
-def _external_range(path: Path, tensor: onnx.TensorProto) -> FileRange:
+def _external_range(path: Path, tensor: onnx.TensorProto, *, what: str | None = None
+                    ) -> FileRange:
+    what = what or f"initializer {tensor.name!r}"
     info = {entry.key: entry.value for entry in tensor.external_data}
     location = info.get("location", "")
-    data_path = _resolve_location(path, tensor.name, location)
+    data_path = _resolve_location(path, what, location)
     try:
         # As onnx.load reads them: a key that is present must be an integer ("" is not).
         offset = int(info["offset"]) if "offset" in info else 0
@@ -321,35 +322,35 @@ def _external_range(path: Path, tensor: onnx.TensorProto) -> FileRange:
         length = int(info["length"]) if "length" in info else file_size - offset
     except ValueError:
         raise InputError(
-            f"{path}: initializer {tensor.name!r} has a malformed external-data offset or "
+            f"{path}: {what} has a malformed external-data offset or "
             "length; export the model again"
         ) from None
     if offset < 0 or length < 0 or offset + length > file_size:
         raise InputError(
-            f"{data_path}: too short for initializer {tensor.name!r} (needs bytes "
+            f"{data_path}: too short for {what} (needs bytes "
             f"{offset}..{offset + length}, has {file_size}); the data file is truncated or "
             "belongs to another model"
         )
     return FileRange(data_path, offset, length, external=True)
 
 
-def _resolve_location(path: Path, name: str, location: str) -> Path:
+def _resolve_location(path: Path, what: str, location: str) -> Path:
     base = path.resolve().parent
     if "\0" in location:
         # The OS cannot name such a file (pathlib raises ValueError): a corrupt or crafted model.
         raise InputError(
-            f"{path}: initializer {name!r} has an external-data location with a NUL byte "
+            f"{path}: {what} has an external-data location with a NUL byte "
             f"({location!r}); the model is corrupt (re-save it)"
         )
     if not location or Path(location).is_absolute():
         raise InputError(
-            f"{path}: initializer {name!r} has external-data location {location!r}; only paths "
+            f"{path}: {what} has external-data location {location!r}; only paths "
             "relative to the model's folder are accepted (re-save the model)"
         )
     data_path = (base / location).resolve()
     if base not in data_path.parents:
         raise InputError(
-            f"{path}: initializer {name!r} points outside the model's folder ({location!r}); "
+            f"{path}: {what} points outside the model's folder ({location!r}); "
             "refusing to read it (re-save the model with its data next to it)"
         )
     if not data_path.is_file():
@@ -360,20 +361,104 @@ def _resolve_location(path: Path, name: str, location: str) -> Path:
     return data_path
 
 
-def _inline_subgraph_external_data(path: Path, proto: onnx.ModelProto) -> None:
-    """Load the (rare, small) external tensors of If/Loop bodies into the skeleton.
+def _inline_nested_external_data(path: Path, proto: onnx.ModelProto) -> None:
+    """Load the (rare, small) external tensors that are not main-graph initializers into the
+    skeleton: initializers of If/Loop/Scan bodies, and tensor attributes (``Constant`` values)
+    anywhere, function bodies included.
 
     Their external-data references would point into the input's data file, which the output
-    does not share, so they are written inline.
+    does not share, so they are written inline. Each is checked as a main-graph initializer is
+    (location inside the model's folder, bytes inside the file, length matching the declared
+    shape and type) *before* it is read, and all of them together must fit in a protobuf
+    message, where they end up.
     """
     import onnx
 
-    for graph in subgraphs(proto.graph):
-        for tensor in graph.initializer:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                tensor.raw_data = _external_range(path, tensor).read().tobytes()
-                del tensor.external_data[:]
-                tensor.data_location = onnx.TensorProto.DEFAULT
+    budget = PROTOBUF_LIMIT - _INLINE_MARGIN
+    total = 0
+    for where, tensor in _nested_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        what = f"tensor {tensor.name!r} ({where})" if tensor.name else f"tensor {where}"
+        source = _external_range(path, tensor, what=what)
+        check_length(path, tensor, source.length, what=what)
+        total += source.length
+        if total > budget:
+            raise InputError(
+                f"{path}: {what} brings the external data of subgraphs and constants to "
+                f"{total:,} bytes, more than fits inline in an ONNX file ({budget:,}); only "
+                "main-graph initializers can stay external: export the model with large "
+                "weights as main-graph initializers"
+            )
+        tensor.raw_data = source.read().tobytes()
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def _nested_tensors(proto: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """Every TensorProto in the model but the main graph's initializers, with where it is
+    (``model.graph.node[3].attribute[0].t``). Iterative: deep nesting cannot exhaust Python's
+    recursion limit."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    message = FieldDescriptor.TYPE_MESSAGE
+    # (where, message, is the main graph): the main graph's initializers are read lazily.
+    pending: list[tuple[str, Any, bool]] = [("model", proto, False)]
+    while pending:
+        where, node, is_main = pending.pop()
+        if node.DESCRIPTOR.full_name == "onnx.TensorProto":
+            yield where, node
+            continue  # a tensor holds no tensors
+        for descriptor, value in node.ListFields():
+            if descriptor.type != message or (is_main and descriptor.name == "initializer"):
+                continue
+            items = list(enumerate(value)) if _is_repeated(descriptor) else [(None, value)]
+            for index, item in items:
+                here = f"{where}.{descriptor.name}" + ("" if index is None else f"[{index}]")
+                pending.append((here, item, where == "model" and descriptor.name == "graph"))
+
+
+def _expected_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes of raw data the shape and type need (None: a type without fixed-size raw data)."""
+    import onnx
+
+    count = 1
+    for size in tensor.dims:
+        count *= size
+    name = onnx.TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in (
+        onnx.TensorProto.DataType.values()) else ""
+    if name in ("STRING", "UNDEFINED", ""):
+        return None
+    bits = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}.get(name)
+    if bits is not None:
+        return (count * bits + 7) // 8
+    from onnx import helper
+
+    try:
+        return count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def check_length(path: Path, tensor: onnx.TensorProto, length: int, *,
+                 what: str | None = None) -> None:
+    """Raise :class:`InputError` unless ``length`` bytes of raw data are what ``tensor``'s
+    shape and type declare (``what`` names it in messages; default: the initializer's name)."""
+    what = what or f"initializer {tensor.name!r}"
+    if any(size < 0 for size in tensor.dims):
+        raise InputError(
+            f"{path}: {what} has a negative dimension {list(tensor.dims)}; "
+            "the model is invalid (export it again)"
+        )
+    expected = _expected_nbytes(tensor)
+    if expected is not None and length != expected:
+        where = "external data" if tensor.data_location == 1 else "raw_data"
+        kind = "truncated" if length < expected else "too long"
+        raise InputError(
+            f"{path}: {what} has {length} bytes of {where} for shape "
+            f"{list(tensor.dims)} ({expected} needed); the model is corrupt ({kind}: export or "
+            "copy it again)"
+        )
 
 
 def _alignment(sources: dict[str, Source]) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from .protoio import FileRange, LazyModel, load_model
+from .protoio import FileRange, LazyModel, check_length, load_model
 
 if TYPE_CHECKING:
     import onnx
@@ -36,10 +36,12 @@ def open_model(path: Path) -> LazyModel:
     """Read ``path`` lazily and refuse it (:class:`InputError`) if it is not a valid model.
 
     Model-local functions that compute weight norm come back inlined, so no caller can miss
-    weight norm hidden in one (:mod:`.hidden`)."""
-    from .hidden import inline_functions_hiding_weight_norm
+    weight norm hidden in one (:mod:`.hidden`). Functions whose inlined size is out of bounds
+    are refused first: the checker and the inliner would run (almost) forever on them."""
+    from .hidden import inline_functions_hiding_weight_norm, refuse_function_bombs
 
     model = load_model(path)
+    refuse_function_bombs(model.path, model.proto)
     validate_model(model)
     return inline_functions_hiding_weight_norm(model)
 
@@ -50,48 +52,9 @@ def validate_model(model: LazyModel) -> None:
     for tensor in model.proto.graph.initializer:
         source = model.sources.get(tensor.name)
         if isinstance(source, FileRange):
-            _check_length(model.path, tensor, source.length)
+            check_length(model.path, tensor, source.length)
     _run_checker(model)
     _check_pairs(model)
-
-
-def _expected_nbytes(tensor: onnx.TensorProto) -> int | None:
-    """Bytes of raw data the shape and type need (None: a type without fixed-size raw data)."""
-    import onnx
-
-    count = 1
-    for size in tensor.dims:
-        count *= size
-    name = onnx.TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in (
-        onnx.TensorProto.DataType.values()) else ""
-    if name in ("STRING", "UNDEFINED", ""):
-        return None
-    bits = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}.get(name)
-    if bits is not None:
-        return (count * bits + 7) // 8
-    from onnx import helper
-
-    try:
-        return count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
-def _check_length(path: Path, tensor: onnx.TensorProto, length: int) -> None:
-    if any(size < 0 for size in tensor.dims):
-        raise InputError(
-            f"{path}: initializer {tensor.name!r} has a negative dimension {list(tensor.dims)}; "
-            "the model is invalid (export it again)"
-        )
-    expected = _expected_nbytes(tensor)
-    if expected is not None and length != expected:
-        where = "external data" if tensor.data_location == 1 else "raw_data"
-        kind = "truncated" if length < expected else "too long"
-        raise InputError(
-            f"{path}: initializer {tensor.name!r} has {length} bytes of {where} for shape "
-            f"{list(tensor.dims)} ({expected} needed); the model is corrupt ({kind}: export or "
-            "copy it again)"
-        )
 
 
 def _checker_copy(model: LazyModel) -> onnx.ModelProto:

@@ -46,6 +46,10 @@ class CasePlan:
             second = _resize(self._shapes, self._groups, grow=self._arrays is None)
             if second != self._shapes:
                 self._second = second
+                if self._arrays is None:  # doubled dynamic axes: generated, so bounded too
+                    for name, shape in second.items():
+                        check_input_size(f"{name!r} at the second size ({_dims_text(shape)})",
+                                         shape, self._dtypes[name], given=False)
 
     def __len__(self) -> int:
         first = 1 if self._arrays is not None else self._options.runs

@@ -121,8 +121,14 @@ def _candidate_signature(candidate: Path) -> list[InputSignature]:
                              f"{tensor_type.elem_type}, which wnconvert cannot feed; it feeds "
                              f"{', '.join(FEEDABLE)}")
         dims: list[int | str | None] = []
-        for d in tensor_type.shape.dim:
+        for axis, d in enumerate(tensor_type.shape.dim):
             if d.HasField("dim_value"):
+                if d.dim_value < 0:
+                    # onnx.checker lets it through; numpy would fail deep inside verification.
+                    raise InputError(
+                        f"{candidate}: input {value.name!r} declares size {d.dim_value} on axis "
+                        f"{axis}; a size is >= 0 or a symbolic name, so the model is invalid "
+                        "(export it again)")
                 dims.append(int(d.dim_value))
             else:
                 dims.append(d.dim_param or None)
