@@ -346,7 +346,9 @@ def page_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def test_the_python_api_page_has_an_example_per_job() -> None:
     code = "\n".join(python_blocks(PYTHON_API))
     for job in ("load_checkpoint", "save_checkpoint", "fold_state_dict", "decompose_state_dict",
-                "restyle_state_dict", "export_onnx", "verify(", "fold_onnx", "check_onnx"):
+                "restyle_state_dict", "export_onnx", "verify(", "fold_onnx", "check_onnx",
+                "inspect_checkpoint", "fold_checkpoint", "decompose_checkpoint",
+                "restyle_checkpoint", "model=net"):
         assert job in code, job
 
 

@@ -8,8 +8,8 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from wnconvert import inspect_checkpoint, load_checkpoint
-from wnconvert.inspection import SCHEMA_VERSION
+from wnconvert import load_checkpoint
+from wnconvert.inspection import SCHEMA_VERSION, inspect_checkpoint
 
 
 def mixed_state() -> OrderedDict:

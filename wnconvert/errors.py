@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any, TypeVar
 
 _FIELD = re.compile(r"\{(-?)(\w+)(?:=(\w+))?(!r)?\}")
@@ -75,7 +76,9 @@ class WnConvertError(Exception):
             if flags is None:
                 if value_name is None:
                     return API_TERMS.get(name, f"{name}=")
-                return f"{name}={values[value_name]!r}"
+                value = values[value_name]
+                # A path reads as written (no PosixPath(...)); other values as Python literals.
+                return f"{name}={value}" if isinstance(value, PurePath) else f"{name}={value!r}"
             flag = flags.get(name, "--" + name.replace("_", "-"))
             if value_name is None:
                 return flag

@@ -492,8 +492,9 @@ def test_parse_dynamic_axis() -> None:
     assert parse_dynamic_axis("mel:2=time") == ex.DynamicAxis(2, "mel", "time", "mel:2=time")
     assert parse_dynamic_axis("0:2").symbol(["mel"]) == "mel_dim2"
     for bad in ("x", "0:-1", "0:2=not valid"):
-        with pytest.raises(InputError, match="--dynamic"):
+        with pytest.raises(InputError) as info:
             parse_dynamic_axis(bad)
+        assert "--dynamic" in info.value.render(FLAGS)
     with pytest.raises(InputError, match="no input 'audio'"):
         parse_dynamic_axis("audio:1").input_name(["mel"])
 

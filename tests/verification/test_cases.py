@@ -76,7 +76,7 @@ def test_npz_inputs_by_name_or_position_and_cropped_for_the_second_size(tmp_path
 def test_the_second_size_is_bounded_like_the_first() -> None:
     """Doubling a dynamic axis may cross the limit on generated inputs: refused before any
     input is generated, not with a MemoryError half-way through the run."""
-    from wnconvert.verify.cases import CasePlan
+    from wnconvert.verification.cases import CasePlan
 
     sig = [InputSignature("x", "float32", ("time", 2**25 + 1))]  # 16 x ... : just over 2 GiB
     with pytest.raises(InputError, match="input 'x' at the second size \\(32x33554433\\): 4.0 "

@@ -150,7 +150,7 @@ def test_weight_check_that_matched_nothing_fails_with_the_names_and_a_hint(tmp_p
     data = json.loads(result.stdout)["verification"]
     assert data["providers"][0]["passed"] is True  # the outputs agree...
     assert data["weights"]["nothing_matched"] is True  # ...but the weight check saw nothing
-    assert "fc.weight" in result.stderr and "--weights 'report'" in result.stderr
+    assert "fc.weight" in result.stderr and "weights check set to 'report'" in result.stderr
     assert run("verify", cand, "--reference", ref, "--weights", "report").exit_code == 0
 
 
@@ -172,7 +172,7 @@ def test_a_tolerance_as_large_as_the_outputs_warns_with_a_meaningful_one(tmp_pat
 
 def test_fold_onnx_passes_tf32_and_weights_to_the_check(wn_onnx: Path, tmp_path: Path,
                                                         monkeypatch) -> None:
-    import wnconvert.verify as verify
+    import wnconvert.verification as verify
 
     seen = []
     real = verify.verify_onnx_against_onnx

@@ -91,7 +91,7 @@ def test_a_weight_check_that_matched_nothing_fails() -> None:
     assert report.compared == () and report.nothing_matched
     assert not report.passed
     reason = report.nothing_matched_reason()
-    assert "conv_pre.weight" in reason and "weights='report'" in reason
+    assert "conv_pre.weight" in reason and "weights check set to 'report'" in reason
     assert compare_weights(candidate, reference, options=VerifyOptions(weights="report")).passed
     empty = compare_weights(candidate, {}, options=VerifyOptions())
     assert empty.passed and not empty.nothing_matched  # no reference weights: nothing to miss

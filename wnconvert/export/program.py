@@ -258,10 +258,10 @@ def check_program_operators(program: Any, path: Path) -> None:
             if node.op == "call_function":  # call_module/call_method: not in an exported graph
                 why = _operator_problem(node.target)
             if why is not None:
-                raise InputError(f"{path}: refused: the program calls "
-                                 f"{_operator_name(node.target)}, {why}; wnconvert runs only "
-                                 "core ATen/prims operators that touch no files, even with "
-                                 "trust_program=True")
+                raise InputError.template(
+                    "{path}: refused: the program calls {op}, {why}; wnconvert runs only core "
+                    "ATen/prims operators that touch no files, even with {-trust_program}",
+                    path=path, op=_operator_name(node.target), why=why)
 
 
 def _operator_problem(target: Any) -> str | None:
