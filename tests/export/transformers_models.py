@@ -66,6 +66,22 @@ def build_wav2vec2() -> nn.Module:
     return _eval(Wav2Vec2Model(config))
 
 
+def build_wav2vec2_conformer() -> nn.Module:
+    """Conformer blocks: a depthwise convolution followed by a BatchNorm, which both exporters
+    fold into the convolution (issue 16). Rotary positions: the relative ones do not export with
+    torch.export here (a view of a transposed tensor)."""
+    from transformers import Wav2Vec2ConformerConfig, Wav2Vec2ConformerModel
+
+    torch.manual_seed(0)
+    config = Wav2Vec2ConformerConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, conv_dim=(8, 8), conv_stride=(5, 2),
+                                     conv_kernel=(10, 3), num_conv_pos_embeddings=8,
+                                     num_conv_pos_embedding_groups=2,
+                                     conv_depthwise_kernel_size=3,
+                                     position_embeddings_type="rotary")
+    return _eval(Wav2Vec2ConformerModel(config))
+
+
 def build_encodec() -> nn.Module:
     from transformers import EncodecConfig, EncodecModel
 
@@ -141,6 +157,15 @@ def randomize(model: nn.Module, *, seed: int = 0, gain: float = 1.0) -> nn.Modul
     parameter names are kept. ``gain`` < 1 keeps deep residual stacks (DAC) from growing
     activations whose float32 rounding alone would exceed the default tolerances."""
     generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        # Running statistics away from (0, 1), so a BatchNorm folded into a convolution
+        # changes its weight and bias as a trained model's does.
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
+                module.running_mean is not None and module.running_var is not None:
+            module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape,
+                                                        generator=generator))
+            module.running_var.copy_(torch.rand(module.running_var.shape,
+                                                generator=generator) + 0.5)
     for param in model.parameters():
         noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
         if bool((param == 1).all()):  # a scale: a norm's weight, a Snake activation's alpha

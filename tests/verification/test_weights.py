@@ -78,10 +78,65 @@ def test_exporter_renamed_initializers_are_matched_by_value() -> None:
                                                ("onnx::Gemm_9", "c.weight"),
                                                ("onnx::MatMul_7", "b.weight")]
     assert report.passed and len(report.compared) == 3
-    # The only tensor of its shape is paired whatever its values, so a change still fails.
-    changed = compare_weights({**candidate, "onnx::Gemm_9": _linear(5, 3) * np.float32(1.05)},
-                              reference, options=VerifyOptions())
-    assert [w.reference_name for w in changed.failed] == ["c.weight"]
+
+
+def test_value_matching_pairs_only_tensors_whose_values_agree() -> None:
+    """Issue 16: the only tensor of its shape on both sides was paired whatever its values, so
+    a convolution weight with a BatchNorm folded in (legacy exporter: ``onnx::Conv_14``) was
+    compared with the checkpoint's unfused weight and a correct export failed."""
+    w = _linear(8, 3)
+    scale = np.linspace(0.5, 1.5, 8, dtype=np.float32)[:, None]
+    report = compare_weights({"onnx::Conv_14": w * scale}, {"dw.weight": w, "bn.weight": scale},
+                             options=VerifyOptions())
+    assert report.matched_by_value == () and report.failed == ()
+    assert report.only_in_candidate == ("onnx::Conv_14",)
+    assert "dw.weight" in report.only_in_reference
+
+
+class _Marked(dict):
+    """Initializers as ``onnx_initializers`` gives them, some marked derived by the exporter."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], notes: dict[str, str]) -> None:
+        super().__init__(tensors)
+        self.notes = notes
+
+    def derivation(self, name: str) -> str | None:
+        return self.notes.get(name)
+
+
+def test_an_initializer_the_exporter_marked_derived_is_listed_not_compared(
+        tmp_path: Path) -> None:
+    from wnconvert.onnx_graph.names import DERIVED_KEY
+    from wnconvert.verify import onnx_initializers
+
+    w = _linear()
+    note = "BatchNorm 'bn' folded by the exporter into the convolution weight 'fc.weight'"
+    candidate = _Marked({"fc.weight": w, "fc.weight+bn": w * np.float32(2)},
+                        {"fc.weight+bn": note})
+    report = compare_weights(candidate, {"fc.weight": w, "bn.weight": np.ones(4, np.float32)},
+                             options=VerifyOptions())
+    assert report.passed and [c.name for c in report.compared] == ["fc.weight"]
+    assert report.derived == (("fc.weight+bn", note),) and report.only_in_candidate == ()
+    # A name that matches is compared whatever the mark says: a mark cannot hide a weight.
+    marked = _Marked({"fc.weight": w * np.float32(1.05)}, {"fc.weight": note})
+    assert not compare_weights(marked, {"fc.weight": w}, options=VerifyOptions()).passed
+    # The mark is the initializer's metadata in the ONNX file.
+    path = linear_model_with_note(tmp_path / "m.onnx", w, DERIVED_KEY, note)
+    assert onnx_initializers(path).derivation("fc.weight") == note  # type: ignore[attr-defined]
+    assert onnx_initializers(path).derivation("fc.bias") is None  # type: ignore[attr-defined]
+
+
+def linear_model_with_note(path: Path, w: np.ndarray, key: str, note: str) -> Path:
+    import onnx
+
+    from .conftest import linear_model
+
+    linear_model(path, w)
+    model = onnx.load(path)
+    entry = model.graph.initializer[0].metadata_props.add()
+    entry.key, entry.value = key, note
+    onnx.save(model, path)
+    return path
 
 
 def test_a_weight_check_that_matched_nothing_fails() -> None:

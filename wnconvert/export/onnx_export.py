@@ -69,6 +69,7 @@ class ExportResult:
     renamed: dict[str, str]  # exporter's initializer name -> parameter name
     untransposed: list[str]  # parameters restored from a pre-transposed initializer
     derived: list[str]  # initializers that are not a single parameter (e.g. LSTM gate packing)
+    derivations: dict[str, str]  # derived initializer -> where it came from, where known
     parameters_named: int
     parameters_total: int
     external_data: Path | None
@@ -212,7 +213,7 @@ def export_onnx(
         raise ConversionNotPossible(
             f"the {used} exporter wrote opset {written}, not the requested {opset} (it could not "
             f"convert the graph); use opset {written} or another exporter")
-    rename = restore_parameter_names(model, parameters)
+    rename = restore_parameter_names(model, parameters, batchnorm_eps=_eval_batchnorms(module))
     leftover = find_runtime_weight_norm(model)
     if leftover:
         warnings.warn(
@@ -235,10 +236,21 @@ def export_onnx(
         output_names=out_names,
         dynamic={name: sorted(axes) for name, axes in dyn.items()},
         renamed=rename.renamed, untransposed=rename.untransposed, derived=rename.derived,
+        derivations=rename.derivations,
         parameters_named=rename.named, parameters_total=rename.total,
         external_data=external if use_external else None, size_bytes=size,
         runtime_weight_norm=leftover, notes=notes,
     )
+
+
+def _eval_batchnorms(module: torch.nn.Module) -> dict[str, float]:
+    """Module name -> eps of each BatchNorm that normalizes with its running statistics (eval
+    mode): the ones an exporter folds into the convolution before it."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return {name: float(sub.eps) for name, sub in module.named_modules()
+            if isinstance(sub, _BatchNorm) and not sub.training
+            and sub.running_mean is not None and sub.running_var is not None}
 
 
 def _fails_at_second_size(model: ir.Model, args: Sequence[torch.Tensor],

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 # Metadata the onnxscript optimizer (behind torch.onnx.export(dynamo=True)) leaves on a value it
 # constant-folded: the names it was computed from.
 FOLDED_FROM_KEY = "pkg.onnxscript.optimizer.folded_from"
+# Tensor metadata wnconvert's exporter leaves on an initializer it found to be derived from
+# parameters rather than to be one (a BatchNorm folded into a convolution): why, for reports.
+DERIVED_KEY = "wnconvert.derived"
 # A folded reference matches an initializer the exporter folded in the model's own precision
 # (not float64) when every element is this many units of that precision's epsilon close.
 _FOLD_ULPS = 8
@@ -82,6 +85,25 @@ def fingerprint(array: np.ndarray) -> tuple[str, tuple[int, ...], str]:
     data = np.ascontiguousarray(array)
     digest = hashlib.blake2b(data.reshape(-1).view(np.uint8).data, digest_size=16).hexdigest()
     return str(data.dtype), tuple(data.shape), digest
+
+
+def holds_value(array: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether ``array`` is ``expected``'s value: the same bytes, or the same dtype and shape
+    and within the rounding of the array's precision (a weight the exporter folded from g/v
+    itself, in float32, against the same fold in float64)."""
+    import numpy as np
+
+    from ..numerics import as_float64
+
+    if fingerprint(array) == fingerprint(expected):
+        return True
+    kind = str(np.asarray(array).dtype)
+    if kind != str(np.asarray(expected).dtype) or array.shape != expected.shape:
+        return False
+    eps = _EPS.get(kind)
+    if eps is None:
+        return False
+    return _close(as_float64(array).reshape(-1), as_float64(expected).reshape(-1), eps)
 
 
 def lost_names(model: LazyModel) -> list[LostName]:

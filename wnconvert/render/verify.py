@@ -49,8 +49,14 @@ def print_export_summary(result: ExportResult) -> None:
     if extra:
         named += f" ({'; '.join(extra)})"
     console.print(named)
-    if result.derived:
-        console.print(f"  {len(result.derived)} initializers are derived from parameters "
+    for name, note in list(result.derivations.items())[:_LISTED]:
+        console.print(f"  derived, not a parameter: {escape(name)} ({escape(note)})")
+    if len(result.derivations) > _LISTED:
+        console.print(f"  ...and {len(result.derivations) - _LISTED} more derived tensors "
+                      "explained in the ONNX file's initializer metadata")
+    others = len(result.derived) - len(result.derivations)
+    if others:
+        console.print(f"  {others} other initializers are derived from parameters or constants "
                       "(e.g. LSTM gate packing) and keep the exporter's names")
     wn = ("none" if not result.runtime_weight_norm
           else f"{len(result.runtime_weight_norm)} norm nodes on weights remain")
@@ -131,6 +137,14 @@ def print_report(report: VerificationReport) -> None:
         if weights.matched_by_value:
             console.print(f"  {len(weights.matched_by_value)} renamed initializers matched by "
                           "value (same shape and dtype)")
+        if weights.derived:
+            console.print(f"  {len(weights.derived)} initializers derived by the exporter from "
+                          "several parameters, not compared:")
+            for name, note in weights.derived[:_LISTED]:
+                console.print(f"    {escape(name)}: {escape(note)}")
+            if len(weights.derived) > _LISTED:
+                console.print(f"    ...and {len(weights.derived) - _LISTED} more (see the JSON "
+                              "report)")
         if weights.only_in_reference:
             console.print(f"  {len(weights.only_in_reference)} reference tensors have no "
                           "matching initializer in the ONNX model")
@@ -141,6 +155,9 @@ def print_report(report: VerificationReport) -> None:
     verdict = "[bold green]PASSED[/]" if report.passed else "[bold red]FAILED[/]"
     console.print(f"verification {verdict}")
 
+
+#: Derived tensors listed one per line; the rest are counted (the JSON report has them all).
+_LISTED = 5
 
 #: Provider options worth a line in the text output (the JSON report has them all).
 _SHOWN_OPTIONS = ("use_tf32", "device_id", "trt_fp16_enable")

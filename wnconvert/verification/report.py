@@ -142,6 +142,8 @@ def _weights_dict(weights: WeightsReport) -> dict[str, Any]:
         "skipped": [{"name": name, "reason": why} for name, why in weights.skipped],
         "only_in_candidate": list(weights.only_in_candidate),
         "only_in_reference": list(weights.only_in_reference),
+        "derived": [{"name": name, "compared": False, "note": note}
+                    for name, note in weights.derived],
     }
 
 
@@ -239,6 +241,13 @@ def to_junit_xml(report: VerificationReport) -> bytes:
                            f"rtol {weight.rtol:g})")
                 ET.SubElement(case, "failure", message=message, type="WeightMismatch").text = \
                     message
+        for name, note in report.weights.derived:
+            # Shown as skipped, not passed: no comparison was made.
+            case = ET.SubElement(suite, "testcase", classname=suite_name, name=name, time="0")
+            ET.SubElement(case, "skipped", message=f"derived by the exporter, not compared: "
+                                                   f"{note}")
+            counts["tests"] += 1
+            counts["skipped"] = counts.get("skipped", 0) + 1
         if report.weights.nothing_matched:
             case = ET.SubElement(suite, "testcase", classname=suite_name, name="matching",
                                  time="0")

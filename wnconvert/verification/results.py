@@ -135,7 +135,8 @@ class WeightsReport:
     """Weights compared (checkpoint tensor or reference initializer vs candidate).
 
     Matched by name, by name after a common prefix is stripped/added (``prefix``), or by value
-    for initializers the exporter renamed (``matched_by_value``).
+    for initializers the exporter renamed (``matched_by_value``). Initializers marked as
+    derived by the exporter are listed in ``derived`` and not compared.
     """
 
     mode: WeightsMode
@@ -145,6 +146,9 @@ class WeightsReport:
     only_in_reference: tuple[str, ...]
     prefix: tuple[str, str] | None = None  # (strip from candidate, add) that made names match
     matched_by_value: tuple[tuple[str, str], ...] = ()  # (candidate, reference) names
+    # (candidate, note): initializers the exporter derived from several parameters (a BatchNorm
+    # folded into a convolution), so no reference tensor is theirs: not compared
+    derived: tuple[tuple[str, str], ...] = ()
 
     @property
     def failed(self) -> tuple[WeightComparison, ...]:

@@ -20,8 +20,11 @@ def compare_weights(candidate: Mapping[str, np.ndarray], reference: Mapping[str,
     """Compare the reference's floating tensors with the candidate's (weight-norm pairs folded
     first), matched by name, then by name after a common wrapper prefix (``m.``, ``model.``;
     see :func:`~wnconvert.keys.detect_key_prefix`), then by value for initializers the
-    exporter renamed (same shape and dtype: the only one of its shape, or one whose values
-    agree within the tolerance).
+    exporter renamed (same shape and dtype, values that agree within the tolerance).
+
+    A candidate tensor left unmatched that its exporter marked as derived from parameters (a
+    BatchNorm folded into a convolution; see ``DERIVED_KEY``) is listed in ``derived`` with
+    the exporter's note: it is none of the reference's tensors, so it is not compared.
 
     Tensors are loaded (and pairs folded) one name at a time, so with lazy mappings such as
     :func:`onnx_initializers` peak memory stays near the largest tensor, not the model.
@@ -53,14 +56,18 @@ def compare_weights(candidate: Mapping[str, np.ndarray], reference: Mapping[str,
         pairs[ref_name] = cand_name
         compared.append(comparison)
     used = set(pairs.values())
+    derivation = getattr(candidate, "derivation", None)
+    notes = {n: derivation(n) for n in cand if n not in used} if derivation is not None else {}
+    derived = {n: note for n, note in notes.items() if note is not None}
     return WeightsReport(
         mode=options.weights,
         compared=tuple(compared),
         skipped=tuple(skipped),
-        only_in_candidate=tuple(n for n in cand if n not in used),
+        only_in_candidate=tuple(n for n in cand if n not in used and n not in derived),
         only_in_reference=tuple(n for n in ref if n not in pairs),
         prefix=prefix if prefix is not None and any(pairs[r] != r for r in pairs) else None,
         matched_by_value=tuple((c, r) for c, r, _ in by_value),
+        derived=tuple(derived.items()),
     )
 
 
@@ -86,9 +93,11 @@ def _match_by_value(cand: Mapping[str, _Loader], ref: Mapping[str, _Loader],
     """(candidate, reference, comparison) for renamed initializers.
 
     Only weights (rank >= 2) take part: a scalar or a bias-sized vector of an exporter constant
-    would pair with anything. The only tensor of its shape and dtype on both sides is paired
-    whatever its values (so a changed weight still fails); in a group of several, a pair is
-    made only where the values agree within the tolerance.
+    would pair with anything. A pair is made only where the values agree within the tolerance,
+    even for the only tensor of its shape on both sides: that one may be derived from several
+    parameters (a BatchNorm folded into the convolution's weight), and pairing it would fail a
+    correct export. A weight changed under a name the exporter made up is not paired; the
+    outputs, which it changes, are what catches it.
     """
     groups: dict[tuple[tuple[int, ...], str], tuple[list[str], list[str]]] = {}
     for side, tensors in ((0, cand), (1, ref)):
@@ -98,12 +107,6 @@ def _match_by_value(cand: Mapping[str, _Loader], ref: Mapping[str, _Loader],
     found: list[tuple[str, str, WeightComparison]] = []
     for c_names, r_names in groups.values():
         if not c_names or not r_names:
-            continue
-        if len(c_names) == 1 and len(r_names) == 1:
-            comp = _compare_one(c_names[0], cand[c_names[0]], r_names[0], ref[r_names[0]],
-                                options)
-            assert not isinstance(comp, str)  # same shape by construction
-            found.append((c_names[0], r_names[0], comp))
             continue
         if len(c_names) * len(r_names) > _VALUE_GROUP_LIMIT ** 2:
             continue
@@ -198,6 +201,13 @@ class _LazyInitializers(Mapping):
 
     def __len__(self) -> int:
         return len(self._tensors)
+
+    def derivation(self, name: str) -> str | None:
+        """The exporter's note that this initializer is derived from parameters, if any."""
+        from ..onnx_graph.names import DERIVED_KEY
+
+        return next((e.value for e in self._tensors[name].metadata_props
+                     if e.key == DERIVED_KEY), None)
 
     def describe(self, name: str) -> tuple[tuple[int, ...], str]:
         from ..dtypes import from_onnx_code
