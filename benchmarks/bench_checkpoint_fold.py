@@ -2,13 +2,15 @@
 
 Compares, each in a fresh subprocess (so start-up and imports count, as for a user):
   wnconvert   `wnconvert fold in.safetensors -o out.safetensors`
+  API         `wnconvert.fold_checkpoint(in, out)` from Python (the library's own job)
   (a)         safetensors `load_file` + `save_file` of the same file (no arithmetic at all)
   (b)         a plain PyTorch loop: load_file, `torch._weight_norm` per pair, save_file
 
 Reports wall time and peak RSS (from the kernel, via os.wait4) of each, best of --repeat runs
 after one warm-up run each (so the input is in the page cache for everybody); the runs are
 interleaved round-robin so machine noise spreads over all cases. Targets (issue 2):
-wnconvert <= 0.5x the time of (b), no slower than (a), peak RSS < 400 MB.
+wnconvert <= 0.5x the time of (b), no slower than (a), peak RSS < 400 MB; the API within 1.5x
+the CLI's time and under 200 MB (issue 17).
 
     python benchmarks/bench_checkpoint_fold.py [--size-gb 1.0] [--repeat 3] [--keep]
 """
@@ -30,6 +32,11 @@ BASELINE_A = """
 import sys
 from safetensors.torch import load_file, save_file
 save_file(load_file(sys.argv[1]), sys.argv[2])
+"""
+
+API_FOLD = """
+import sys, wnconvert
+wnconvert.fold_checkpoint(sys.argv[1], sys.argv[2], force=True)
 """
 
 BASELINE_B = """
@@ -108,6 +115,13 @@ def main() -> None:
                 "--force",
                 "--quiet",
             ],
+            "wnconvert.fold_checkpoint": [
+                sys.executable,
+                "-c",
+                API_FOLD,
+                str(src),
+                str(work / "api.safetensors"),
+            ],
             "(a) safetensors load+save": [
                 sys.executable,
                 "-c",
@@ -144,7 +158,7 @@ def main() -> None:
         if not args.keep and args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    w, a, b = (results[k] for k in cases)
+    w, api, a, b = (results[k] for k in cases)
     summary = {
         "checkpoint_mb": round(size / 1e6, 1),
         "cpus": os.cpu_count(),
@@ -152,7 +166,10 @@ def main() -> None:
         "max_ulp_vs_float64_fold": ulps,
         "wnconvert_vs_b": round(w["seconds"] / b["seconds"], 3),
         "wnconvert_vs_a": round(w["seconds"] / a["seconds"], 3),
+        "api_vs_cli": round(api["seconds"] / w["seconds"], 3),
         "targets_met": {
+            "API time <= 1.5x CLI": api["seconds"] <= 1.5 * w["seconds"],
+            "API peak RSS < 200 MB": api["peak_rss_mb"] < 200,
             "time <= 0.5x (b)": w["seconds"] <= 0.5 * b["seconds"],
             "time <= (a)": w["seconds"] <= a["seconds"],
             "peak RSS < 400 MB": w["peak_rss_mb"] < 400,
@@ -170,7 +187,7 @@ def main() -> None:
         print(f"{name:32} {r['seconds']:8.2f} {r['peak_rss_mb']:12.0f}")
     print(
         f"wnconvert / (b) = {summary['wnconvert_vs_b']}, wnconvert / (a) = "
-        f"{summary['wnconvert_vs_a']}"
+        f"{summary['wnconvert_vs_a']}, API / CLI = {summary['api_vs_cli']}"
     )
     print(
         f"max ulp vs an independent float64 fold: wnconvert {ulps['wnconvert']:.0f}, "
@@ -186,6 +203,9 @@ def _check_same(work: Path) -> dict[str, float]:
     import numpy as np
     from safetensors.numpy import load_file
 
+    api, cli = (work / "api.safetensors").read_bytes(), (work / "w.safetensors").read_bytes()
+    if api != cli:
+        raise SystemExit("wnconvert.fold_checkpoint and wnconvert fold wrote different files")
     src = load_file(str(work / "in.safetensors"))
     ours, theirs = load_file(str(work / "w.safetensors")), load_file(str(work / "b.safetensors"))
     assert ours.keys() == theirs.keys(), "different keys"

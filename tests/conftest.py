@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -113,3 +114,15 @@ def save_sharded(tmp_path: Path) -> Callable[..., Path]:
         return index
 
     return save
+
+
+@pytest.fixture
+def shipped(tmp_path: Path, fixtures_dir: Path) -> Callable[[str], Path]:
+    """Copy a shipped fixture into ``tmp_path`` (outputs land next to inputs)."""
+
+    def copy(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copyfile(fixtures_dir / name, target)
+        return target
+
+    return copy

@@ -11,7 +11,6 @@ click keeps both streams apart; ``result.output`` is the two interleaved).
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,18 +69,6 @@ def strict_cli(cli: Callable[..., Result],
         return result
 
     return invoke
-
-
-@pytest.fixture
-def shipped(tmp_path: Path, fixtures_dir: Path) -> Callable[[str], Path]:
-    """Copy a shipped fixture into ``tmp_path`` (outputs land next to inputs)."""
-
-    def copy(name: str) -> Path:
-        target = tmp_path / name
-        shutil.copyfile(fixtures_dir / name, target)
-        return target
-
-    return copy
 
 
 def _digest(path: Path) -> str:

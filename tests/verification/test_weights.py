@@ -107,7 +107,7 @@ class _Marked(dict):
 def test_an_initializer_the_exporter_marked_derived_is_listed_not_compared(
         tmp_path: Path) -> None:
     from wnconvert.onnx_graph.names import DERIVED_KEY
-    from wnconvert.verify import onnx_initializers
+    from wnconvert.verification import onnx_initializers
 
     w = _linear()
     note = "BatchNorm 'bn' folded by the exporter into the convolution weight 'fc.weight'"
