@@ -91,7 +91,10 @@ USED_BY: dict[str, tuple[frozenset[str], str]] = {
     **{name: (frozenset({"verification"}),
               "verification, which runs with fold --to onnx, fold of an .onnx model and verify")
        for name in ("provider", "seed", "runs", "atol", "rtol", "output_tol", "weights",
-                    "tf32", "report")},
+                    "tf32")},
+    # With --no-verify the library itself refuses reports (reports= needs verification).
+    "report": (frozenset(VERIFYING), "the verification report (fold --to onnx, fold of an "
+               ".onnx model, verify)"),
 }
 
 
