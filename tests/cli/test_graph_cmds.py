@@ -328,3 +328,16 @@ def test_a_fifo_is_refused_without_blocking(command: str, tmp_path: Path) -> Non
     assert result.exit_code == 2
     assert "FIFO" in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_fold_onnx_verifies_on_the_inputs_given(cli, wn_model, assert_ok, assert_input_error):
+    # --input/--dynamic/--inputs reach the verification of an .onnx fold (they were ignored).
+    path, _, _ = wn_model
+    data = json.loads(assert_ok(cli("fold", path, "--input", "x=6x4x3", "--json")).stdout)
+    case = data["verification"]["cases"][0]
+    assert case["source"] and case["inputs"] == {"x": {"shape": [6, 4, 3], "dtype": "float32"}}
+    text = assert_input_error(cli("fold", path, "-o", path.with_name("b.onnx"), "--input",
+                                  "x=6x4x5"), "--input x=6x4x5")
+    assert "fixed size 3 on axis 2" in text
+    assert_input_error(cli("fold", path, "-o", path.with_name("c.onnx"), "--no-verify",
+                           "--input", "6x4x3"), "--no-verify turns verification off")

@@ -140,9 +140,13 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
     check_report_paths(report_paths, force=force,
                        inputs=[*protected_inputs(path, reference), target])
     if verify:
+        from ..verification.orchestrate import check_inputs
+
         options = options if options is not None else VerifyOptions()
-        # A provider that cannot start here fails before anything is written.
+        # A provider that cannot start here, or inputs that do not fit the model, fail before
+        # anything is written (the folded model has the inputs of the original).
         plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
+        check_inputs(path, options)
 
     started = time.perf_counter()
     with FoldJob(path, target, force=force, reference=reference,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,13 @@ def verify_onnx_against_onnx(
                                   options=options)
     info = {"kind": "onnx", "path": str(reference), "provider": CPU}
     return _verify(candidate, signature, ref_runner, info, weights, options, progress)
+
+
+def check_inputs(model: Path, options: VerifyOptions) -> None:
+    """Refuse given input shapes, dtypes or dynamic axes that do not fit ``model``'s inputs,
+    before any work (the checks verification makes first; an ``.npz`` is read then)."""
+    if options.input_specs or options.dynamic_axes:
+        CasePlan(_candidate_signature(model), dataclasses.replace(options, inputs_file=None))
 
 
 def _candidate_signature(candidate: Path) -> list[InputSignature]:
