@@ -159,9 +159,9 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
             prepared = ex.prepare_model(state_dict, model=model,
                                         model_kwargs=dict(model_kwargs or {}), source=name,
                                         need_plain=True, prefix=prefix)
-    notes = [f"note: {prepared.key_change}"] if prepared.key_change else []
+    notes = [prepared.key_change] if prepared.key_change else []
     for note in notes:
-        progress.note(note)
+        progress.note(f"note: {note}")
     args, input_names = _export_inputs(prepared, list(inputs), file_of_inputs,
                                        seed=options.seed)
     axes = list(dynamic) if dynamic else list(prepared.dynamic_axes)

@@ -17,6 +17,7 @@ from ..errors import InputError, InputNotFound
 from .progress import SILENT, Progress
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import TypeAlias
 
     import torch
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     #: What builds the model: an ``nn.Module`` (copied, never changed), a callable returning
     #: one, or ``"MODULE:CALLABLE"`` / ``"path/file.py:CALLABLE"``.
     ModelSource: TypeAlias = "torch.nn.Module | Callable[..., torch.nn.Module] | str"
-    from collections.abc import Callable
 
 
 def verify(candidate: Path | str,
@@ -68,16 +68,16 @@ def verify(candidate: Path | str,
     plan_providers(options.providers, cuda_tf32=options.cuda_tf32)  # fail before loading
     prepared = load_reference(reference, model=model, model_kwargs=model_kwargs, key=key,
                               prefix=prefix, trust_program=trust_program)
-    with progress.step("verifying") as callback:
-        if prepared is None:
-            progress.status(f"verifying {candidate} against {reference} (ONNX Runtime CPU)")
+    if prepared is None:
+        progress.status(f"verifying {candidate} against {reference} (ONNX Runtime CPU)")
+        with progress.step("verifying") as callback:
             report = verify_onnx_against_onnx(candidate, Path(str(reference)), options=options,
                                               progress=callback)
-        else:
-            if prepared.key_change:
-                progress.note(f"note: {prepared.key_change}")
-            progress.status(f"verifying {candidate} against {_name(reference, model)} "
-                            "(PyTorch CPU)")
+    else:
+        if prepared.key_change:
+            progress.note(f"note: {prepared.key_change}")
+        progress.status(f"verifying {candidate} against {_name(reference, model)} (PyTorch CPU)")
+        with progress.step("verifying") as callback:
             report = verify_onnx_against_torch(
                 candidate, prepared.reference, options=options,
                 reference_weights=prepared.weights, reference_info=prepared.description,

@@ -280,17 +280,16 @@ def fold(
         options = verify_options(
             providers=provider or [], seed=seed, runs=runs, atol=atol, rtol=rtol,
             output_tol=output_tol or [], weights=chosen(weights), tf32=tf32, debug=debug,
+            # An .onnx fold verifies on these; an export takes them as its own parameters.
+            input_shapes=specs if job == "fold-onnx" else (),
+            inputs_file=inputs_file if job == "fold-onnx" else None,
+            dynamic=axes if job == "fold-onnx" else (),
         ) if verify else None
         if job == "fold-onnx":
             if to not in (None, "onnx"):
                 from ..errors import InputError
 
                 raise InputError(f"{path}: an .onnx input folds to .onnx; drop --to")
-            if options is not None and (specs or inputs_file or axes):
-                import dataclasses
-
-                options = dataclasses.replace(options, input_specs=tuple(specs),
-                                              inputs_file=inputs_file, dynamic_axes=tuple(axes))
             folded = api.fold_onnx(path, output, verify=verify, options=options,
                                    reports=report or [], reference=reference,
                                    reference_key=key, force=force, progress=progress)
