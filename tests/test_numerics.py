@@ -605,3 +605,38 @@ def test_numpy_to_tensor_round_trips_bfloat16_bits():
     t = numpy_to_tensor(x)
     assert t.dtype == torch.bfloat16
     assert tensor_to_numpy(t).tobytes() == x.tobytes()
+
+
+# --------------------------------------------------------------------------- spectral norm
+
+
+@pytest.mark.parametrize(("make", "dim"), [
+    (lambda: torch.nn.Conv1d(6, 5, 3), 0),
+    (lambda: torch.nn.ConvTranspose1d(6, 5, 3), 1),  # PyTorch's default dim for transposed convs
+    (lambda: torch.nn.Linear(7, 4), 0),
+])
+def test_spectral_fold_is_pytorchs_eval_weight_rounded_once(make, dim) -> None:
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    torch.manual_seed(0)
+    module = spectral_norm(make())
+    shape = (2, 7) if isinstance(module, torch.nn.Linear) else (2, 6, 8)
+    for _ in range(3):  # power iterations: u and v move away from their initial values
+        module(torch.randn(shape))
+    module.eval()
+    param = module.parametrizations.weight
+    w = param.original.detach().numpy()
+    ours, sigma = numerics.spectral_fold(w, param[0]._u.numpy(), param[0]._v.numpy(), dim)
+    exact = w.astype(np.float64) / sigma
+    spacing = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(ours - exact) / spacing) <= 0.5  # float64, rounded once
+    assert np.max(np.abs(ours - module.weight.detach().numpy()) / spacing) <= 2  # PyTorch's own
+
+
+def test_spectral_fold_of_a_1d_weight_normalizes_it() -> None:
+    w = np.array([3.0, 4.0], dtype=np.float32)
+    out, sigma = numerics.spectral_fold(w, None, None)
+    assert sigma == 5.0 and out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.array([0.6, 0.8], dtype=np.float32))
+    with pytest.raises(ValueError, match="do not fit"):
+        numerics.spectral_sigma(np.ones((2, 3), np.float32), np.ones(3), np.ones(2), 0)

@@ -320,3 +320,44 @@ def decompose(w: np.ndarray, dim: int | None) -> tuple[np.ndarray, np.ndarray, i
         raise ValueError(f"weight has shape {list(w.shape)}, no elements; it has no norm")
     norms = np.sqrt(squared_norms(w, dim))
     return round_from_float64(norms, w.dtype), w, int((norms == 0).sum())
+
+
+# --------------------------------------------------------------------------- spectral norm
+
+#: PyTorch's default ``eps`` of spectral norm (``F.normalize`` of a 1-D weight divides by
+#: ``max(‖W‖, eps)``).
+SPECTRAL_EPS = 1e-12
+
+
+def spectral_sigma(weight: np.ndarray, u: np.ndarray, v: np.ndarray, dim: int) -> float:
+    """``σ = uᵀ · W_mat · v`` in float64, ``W_mat`` being ``weight`` with axis ``dim`` moved
+    first and the rest flattened: what PyTorch's eval-mode spectral norm divides by (the
+    stored power-iteration vectors, no new iteration)."""
+    w64 = as_float64(weight)
+    dim = normalize_dim(dim, w64.ndim)
+    mat = np.moveaxis(w64, dim, 0).reshape(w64.shape[dim], -1)
+    u64, v64 = as_float64(u).reshape(-1), as_float64(v).reshape(-1)
+    if u64.shape != (mat.shape[0],) or v64.shape != (mat.shape[1],):
+        raise ValueError(f"spectral norm vectors of lengths {u64.size} and {v64.size} do not fit "
+                         f"a weight of shape {list(w64.shape)} with dim={dim} (want "
+                         f"{mat.shape[0]} and {mat.shape[1]})")
+    return float(u64 @ (mat @ v64))
+
+
+def spectral_fold(weight: np.ndarray, u: np.ndarray | None, v: np.ndarray | None,
+                  dim: int = 0, *, eps: float = SPECTRAL_EPS) -> tuple[np.ndarray, float]:
+    """The weight PyTorch's eval-mode spectral norm computes, in float64 rounded once to
+    ``weight``'s dtype, and the σ it divided by.
+
+    With ``u``/``v``: ``W = W_orig / σ`` (:func:`spectral_sigma`). Without them (a 1-D weight,
+    which PyTorch normalizes instead): ``W = W_orig / max(‖W_orig‖, eps)``.
+    """
+    w64 = as_float64(weight)
+    if u is None and v is None:
+        sigma = max(float(np.sqrt(np.sum(w64 * w64))), eps)
+    elif u is None or v is None:
+        raise ValueError("spectral norm needs both u and v (or neither, for a 1-D weight)")
+    else:
+        sigma = spectral_sigma(weight, u, v, dim)
+    with np.errstate(divide="ignore", invalid="ignore"):  # σ = 0 gives ±inf/NaN, as PyTorch
+        return round_from_float64(w64 / sigma, np.asarray(weight).dtype), sigma
