@@ -95,8 +95,8 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
         raise InputNotFound(f"{source_path}: no such file or directory; check the path")
     if not program_input and model is None:
         raise InputError.template(
-            "{what}: ONNX export needs {-model} (MODULE:CALLABLE, path/to/file.py:CALLABLE, a "
-            "callable or an nn.Module) that builds the network, or a .pt2 program as input",
+            "{what}: ONNX export needs {-model}, what builds the network (MODULE:CALLABLE or "
+            "path/to/file.py:CALLABLE), or a .pt2 program as input",
             what=source_path or "export")
     check_trust(source_path, model, trust_program=trust_program)
     if program_input and key is not None:
