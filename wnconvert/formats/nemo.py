@@ -142,9 +142,9 @@ def _read_member(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo) -> b
 
 def load_weights(archive: NemoArchive) -> Any:
     """The object pickled in ``model_weights.ckpt``, read without running code from it."""
-    from . import torch_pickle as tp
+    from .torch_pickle import load_pickle
 
-    return tp.load_pickle(archive.label, data=archive.read(archive.weights))
+    return load_pickle(archive.label, data=archive.read(archive.weights))
 
 
 def write_nemo(archive: NemoArchive, handle: Any, save_weights: Callable[[Any], None]) -> None:
