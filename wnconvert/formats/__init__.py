@@ -135,6 +135,7 @@ def detect(path: Path) -> Detection:
         return found
     by_name = _kind_of_name(name)
     if by_name is None:
+        _refuse_onnx(path)
         raise InputError(
             f"{path}: unknown checkpoint type: the content is not a PyTorch zip archive or "
             "legacy pickle, safetensors, or a .nemo tar (with model_weights.ckpt); check that "
@@ -176,12 +177,20 @@ def _sniff(path: Path) -> Detection | None:
         return Detection("safetensors", "safetensors header")
     if head[:2] == b"\x1f\x8b" or head[257:262] == b"ustar":
         return Detection("nemo", f"tar archive with {nemo.WEIGHTS}") if nemo.is_nemo(path) else None
-    if len(head) > 2 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in _ONNX_SECOND_FIELDS:
+    return None
+
+
+def _refuse_onnx(path: Path) -> None:
+    """Name an ONNX model given without its ``.onnx``: a protobuf has no magic number, so this
+    weak test (``ir_version`` first, then a later field, as onnx.save writes them) only speaks
+    for a file that no name claims."""
+    with open(path, "rb") as handle:
+        head = handle.read(3)
+    if len(head) == 3 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in _ONNX_SECOND_FIELDS:
         raise InputError(
             f"{path}: is an ONNX model (recognized by its content), not a checkpoint; name it "
             ".onnx to inspect or fold it"
         )
-    return None
 
 
 def _resolve_directory(path: Path) -> Path:
