@@ -203,7 +203,7 @@ def test_member_larger_than_the_archive_is_refused(tmp_path, hifigan_state):
     path = make_nemo(tmp_path / "cut.nemo", hifigan_state, compression="")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # model_weights.ckpt runs past the end
-    with pytest.raises(InputError, match="cut.nemo"):
+    with pytest.raises(InputError, match=r"cut.nemo: not a readable .nemo archive \(unexpected"):
         load_checkpoint(path)
 
 
