@@ -207,6 +207,17 @@ def test_member_larger_than_the_archive_is_refused(tmp_path, hifigan_state):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("where", [0.3, 0.6, 0.9])
+def test_damaged_gzip_is_an_input_error(where, tmp_path, hifigan_state, cli, assert_input_error):
+    path = make_nemo(tmp_path / "damaged.nemo", hifigan_state)
+    data = bytearray(path.read_bytes())
+    at = int(len(data) * where)
+    data[at:at + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+    assert_input_error(cli("fold", path, "-o", tmp_path / "out.nemo"), path)
+    assert not (tmp_path / "out.nemo").exists()
+
+
 def test_without_model_weights(tmp_path):
     path = tmp_path / "config_only.nemo"
     with tarfile.open(path, "w:gz") as tar:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import io
 import tarfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,6 +23,8 @@ from ..errors import InputError
 WEIGHTS = "model_weights.ckpt"
 #: The most a deflate stream expands (1032:1): a gzip'd member that claims more is corrupt.
 _DEFLATE_RATIO = 1032
+#: What tarfile and gzip raise on a damaged archive (zlib.error is no OSError).
+_DAMAGED = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error)
 
 
 @dataclass
@@ -57,7 +60,7 @@ def is_nemo(path: Path) -> bool:
     try:
         with tarfile.open(path, "r:*") as tar:
             return any(_name(m) == WEIGHTS for m in tar)
-    except (tarfile.TarError, OSError, EOFError, ValueError):
+    except _DAMAGED:
         return False
 
 
@@ -67,7 +70,7 @@ def open_nemo(path: Path) -> NemoArchive:
     try:
         with _open_tar(path, compression) as tar:
             members = tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+    except _DAMAGED as exc:
         raise InputError(
             f"{path}: not a readable .nemo archive ({exc}); check that the file is complete"
         ) from None
@@ -131,7 +134,7 @@ def _read_member(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo) -> b
     with handle:
         try:
             data = handle.read(member.size)
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except _DAMAGED as exc:
             raise InputError(f"{path}: cannot read archive member {member.name!r} ({exc}); "
                              "the file is truncated or corrupt (re-download it)") from None
     if len(data) != member.size:
