@@ -142,3 +142,14 @@ def test_onnx_content_is_named(tmp_path, cli, assert_input_error):
     path = tmp_path / "vocoder"
     onnx.save(helper.make_model(graph), str(path))
     assert_input_error(cli("fold", path), path, "ONNX model")
+
+
+def test_hifigan_generator_without_extension_exports_and_verifies(hifigan_run, fixtures_dir,
+                                                                  cli, assert_ok):
+    g, _, _ = hifigan_run
+    out = g.with_name("generator.onnx")
+    result = assert_ok(cli("fold", g, "--to", "onnx", "--model",
+                           f"{fixtures_dir / 'models.py'}:build_generator", "--input", "1x16x64",
+                           "-o", out))
+    assert "verification PASSED" in result.output
+    assert out.is_file()
