@@ -205,6 +205,28 @@ def _generator_pt(name: str) -> Callable[[Path, ModuleType], None]:
     return build
 
 
+def _hifigan_g(folder: Path, models: ModuleType) -> None:
+    # What jik876/hifi-gan's train.py saves: no extension, the generator under "generator".
+    legacy = torch.load(folder / "fixtures" / "tiny_hifigan_legacy.pt", weights_only=True)
+    torch.save({"generator": legacy["generator"]}, folder / "g_02500000")
+
+
+def _hifigan_nemo(folder: Path, models: ModuleType) -> None:
+    # NeMo's layout: a gzip'd tar of ./model_config.yaml and ./model_weights.ckpt (flat keys).
+    import io
+    import tarfile
+
+    legacy = torch.load(folder / "fixtures" / "tiny_hifigan_legacy.pt", weights_only=True)
+    weights = io.BytesIO()
+    torch.save({f"generator.{k}": v for k, v in legacy["generator"].items()}, weights)
+    with tarfile.open(folder / "hifigan.nemo", "w:gz") as tar:
+        for name, data in (("./model_config.yaml", b"target: HifiGanModel\n"),
+                           ("./model_weights.ckpt", weights.getvalue())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
 def _plain_safetensors(folder: Path, models: ModuleType) -> None:
     from safetensors.torch import save_file
 
@@ -279,6 +301,8 @@ USER_FILES: dict[str, Callable[[Path, ModuleType], None]] = {
     "generator.pt": _generator_pt("generator.pt"),
     "checkpoints/generator.pt": _generator_pt("checkpoints/generator.pt"),
     "plain.safetensors": _plain_safetensors,
+    "g_02500000": _hifigan_g,
+    "hifigan.nemo": _hifigan_nemo,
     "template.pt": _template_pt,
     "wav2vec2.pt": _wav2vec2_pt,
     "vocoder.onnx": _vocoder_onnx,

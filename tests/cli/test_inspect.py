@@ -9,7 +9,8 @@ import pytest
 import torch
 
 TOP_KEYS = {"schema", "container", "pairs", "decompose_candidates", "totals"}
-CONTAINER_KEYS = {"format", "path", "state_dict_key", "entries", "metadata", "shards"}
+CONTAINER_KEYS = {"format", "detected", "path", "state_dict_key", "entries", "metadata", "shards",
+                  "members"}
 PAIR_KEYS = {"name", "style", "g_key", "v_key", "dim", "shape", "g_shape", "dtype", "g_min",
              "g_max", "zero_norm_rows", "nonfinite_rows"}
 CANDIDATE_KEYS = {"name", "shape", "dtype"}

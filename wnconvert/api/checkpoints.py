@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 #: Output formats of a checkpoint job.
 CheckpointFormat = Literal["pt", "safetensors"]
+#: What a checkpoint job wrote: a ``.nemo`` input with a ``.nemo`` output gives ``nemo``.
+WrittenFormat = Literal["pt", "safetensors", "nemo"]
 #: Key styles of weight-norm pairs.
 KeyStyle = Literal["parametrize", "legacy"]
 
@@ -57,7 +59,7 @@ class ConversionResult:
     action: str  # fold, decompose, restyle
     input: Path
     output: Path
-    format: CheckpointFormat
+    format: WrittenFormat
     pairs: list[dict[str, Any]]  # the pairs folded, created or renamed
     unchanged: int  # tensors copied as they are
     bytes_in: int  # tensor bytes read

@@ -196,7 +196,8 @@ def fold(
     path: Annotated[
         Path,
         typer.Argument(
-            help="Checkpoint (.pt, .safetensors, sharded index), .onnx model, or .pt2 program."
+            help="Checkpoint (.pt, .safetensors, sharded index, .nemo), .onnx model, or .pt2 "
+            "program."
         ),
     ],
     output: OutputOpt = None,

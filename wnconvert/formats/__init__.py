@@ -1,4 +1,7 @@
-"""Reading and writing checkpoints: PyTorch pickles, safetensors (single and sharded).
+"""Reading and writing checkpoints: PyTorch pickles, safetensors (single and sharded), ``.nemo``.
+
+A file is recognized by its content (:func:`detect`); the name only breaks ties and picks the
+output format.
 
 :func:`load_checkpoint` returns a :class:`Checkpoint` whose ``state_dict`` is lazy for
 safetensors (tensors are read when accessed). Writers take a *plan* (the output tensors' names,
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..dtypes import numpy_to_tensor
 from ..errors import InputError, InputNotFound, WeightNormWarning
+from . import nemo
 from . import safetensors_format as st
 from . import torch_pickle as tp
 from .atomic import atomic_file, atomic_files, check_output, name_write_errors
@@ -45,8 +50,10 @@ __all__ = [
     "require_regular_file",
 ]
 
-Format = Literal["pt", "safetensors"]
+Format = Literal["pt", "safetensors", "nemo"]
+Kind = Literal["pt", "safetensors", "sharded", "nemo"]
 PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+NEMO_SUFFIX = ".nemo"
 INDEX_SUFFIX = ".safetensors.index.json"
 
 
@@ -55,14 +62,21 @@ class Checkpoint:
     """A loaded checkpoint: where its state dict is, and everything needed to write it back."""
 
     path: Path
-    format: Literal["pt", "safetensors", "sharded"]
+    format: Kind
     state_dict: Mapping[str, torch.Tensor]
-    container: Any = None  # pt: the whole loaded object
+    container: Any = None  # pt, nemo: the whole loaded object
     key_path: tuple[str, ...] = ()  # where state_dict sits in container
     metadata: dict[str, str] | None = None  # safetensors __metadata__
     shard_of: dict[str, str] = field(default_factory=dict)  # sharded: key -> shard file name
     index_metadata: dict[str, Any] | None = None
     input_files: list[Path] = field(default_factory=list)
+    detected: str = ""  # what recognized the format: the content, or the name
+    archive: nemo.NemoArchive | None = None  # nemo: the archive the container came from
+
+    @property
+    def is_pickle(self) -> bool:
+        """Whether the state dict sits in a pickled container (``.pt`` or a ``.nemo``'s)."""
+        return self.format in ("pt", "nemo")
 
     @property
     def source(self) -> TensorSource:
@@ -79,26 +93,104 @@ class Checkpoint:
         """A description of the container, for ``inspect``."""
         return {
             "format": self.format,
+            "detected": self.detected,
             "path": str(self.path),
             "state_dict_key": ".".join(self.key_path) if self.key_path else None,
             "entries": tp.describe_layout(self.container, self.key_path),
             "metadata": self.metadata,
             "shards": sorted(set(self.shard_of.values())) if self.shard_of else [],
+            "members": [m.name for m in self.archive.members] if self.archive else [],
         }
 
 
-def detect_format(path: Path) -> Literal["pt", "safetensors", "sharded"]:
+@dataclass(frozen=True)
+class Detection:
+    """A checkpoint file's format, and what told it (``how``, shown by ``inspect``)."""
+
+    format: Kind
+    how: str
+
+
+# torch.save's legacy (non-zip) format starts with a pickled magic number.
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_ONNX_SECOND_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}  # ModelProto fields 2..8
+
+
+def detect_format(path: Path) -> Kind:
+    """The format of the checkpoint at ``path`` (see :func:`detect`)."""
+    return detect(path).format
+
+
+def detect(path: Path) -> Detection:
+    """Recognize a checkpoint file by its content: a zip archive with ``data.pkl`` or a legacy
+    pickle's magic number (PyTorch), a safetensors header, a tar with ``model_weights.ckpt``
+    (``.nemo``). The name decides only when the content is none of these (a damaged file is then
+    refused by its format's reader, which says what is wrong) and for sharded indexes (JSON).
+    Call after :func:`require_regular_file`: this opens the file."""
     name = path.name.lower()
     if name.endswith(INDEX_SUFFIX) or name.endswith(".index.json"):
-        return "sharded"
+        return Detection("sharded", "safetensors index (by its name)")
+    found = _sniff(path)
+    if found is not None:
+        return found
+    by_name = _kind_of_name(name)
+    if by_name is None:
+        _refuse_onnx(path)
+        raise InputError(
+            f"{path}: unknown checkpoint type: the content is not a PyTorch zip archive or "
+            "legacy pickle, safetensors, or a .nemo tar (with model_weights.ckpt); check that "
+            "the file is complete and is a checkpoint"
+        )
+    return Detection(by_name, f"by its name ({_suffix_of(name)}; content not recognized)")
+
+
+def _kind_of_name(name: str) -> Kind | None:
     if name.endswith(".safetensors"):
         return "safetensors"
     if name.endswith(PT_SUFFIXES):
         return "pt"
-    raise InputError(
-        f"{path}: unknown checkpoint type; wnconvert reads {', '.join(PT_SUFFIXES)}, "
-        f".safetensors and *{INDEX_SUFFIX} (rename the file or convert it)"
-    )
+    if name.endswith(NEMO_SUFFIX):
+        return "nemo"
+    return None
+
+
+def _suffix_of(name: str) -> str:
+    return next(s for s in (".safetensors", *PT_SUFFIXES, NEMO_SUFFIX) if name.endswith(s))
+
+
+def _sniff(path: Path) -> Detection | None:
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    size = path.stat().st_size
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            return None
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return Detection("pt", "PyTorch zip archive (data.pkl)")
+        return None
+    if head[:1] == b"\x80" and _LEGACY_MAGIC in head[:32]:
+        return Detection("pt", "legacy PyTorch pickle (magic number)")
+    if len(head) > 8 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return Detection("safetensors", "safetensors header")
+    if head[:2] == b"\x1f\x8b" or head[257:262] == b"ustar":
+        return Detection("nemo", f"tar archive with {nemo.WEIGHTS}") if nemo.is_nemo(path) else None
+    return None
+
+
+def _refuse_onnx(path: Path) -> None:
+    """Name an ONNX model given without its ``.onnx``: a protobuf has no magic number, so this
+    weak test (``ir_version`` first, then a later field, as onnx.save writes them) only speaks
+    for a file that no name claims."""
+    with open(path, "rb") as handle:
+        head = handle.read(3)
+    if len(head) == 3 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in _ONNX_SECOND_FIELDS:
+        raise InputError(
+            f"{path}: is an ONNX model (recognized by its content), not a checkpoint; name it "
+            ".onnx to inspect or fold it"
+        )
 
 
 def _resolve_directory(path: Path) -> Path:
@@ -128,9 +220,16 @@ def load_checkpoint(
         raise InputNotFound(f"{path}: no such file or directory; check the path")
     if path.is_dir():
         path = _resolve_directory(path)
-    fmt = detect_format(path)
     # Before anything is opened: a FIFO would block open(), a device would never end.
     require_regular_file(path, what="checkpoint")
+    detection = detect(path)
+    checkpoint = _load(path, detection.format, key=key, has_pairs=has_pairs)
+    checkpoint.detected = detection.how
+    return checkpoint
+
+
+def _load(path: Path, fmt: Kind, *, key: str | None,
+          has_pairs: Callable[[Any], bool] | None) -> Checkpoint:
     if fmt == "safetensors":
         if key is not None:
             raise InputError.template(
@@ -143,7 +242,8 @@ def load_checkpoint(
         )
     if fmt == "sharded":
         return _load_sharded(path)
-    container = tp.load_pickle(path)
+    archive = nemo.open_nemo(path) if fmt == "nemo" else None
+    container = nemo.load_weights(archive) if archive else tp.load_pickle(path)
     if has_pairs is None:
         from ..keys import find_pair_keys
 
@@ -153,7 +253,8 @@ def load_checkpoint(
     key_path = tp.choose_state_dict(container, path, key=key, has_pairs=has_pairs)
     state_dict = tp.get_path(container, key_path)
     return Checkpoint(
-        path, "pt", state_dict, container=container, key_path=key_path, input_files=[path]
+        path, fmt, state_dict, container=container, key_path=key_path, input_files=[path],
+        archive=archive,
     )
 
 
@@ -276,15 +377,23 @@ def output_format(output: Path | None, to: str | None, checkpoint: Checkpoint) -
             return "safetensors"
         if name.endswith(PT_SUFFIXES):
             return "pt"
+        if name.endswith(NEMO_SUFFIX):
+            if checkpoint.archive is None:
+                raise InputError.template(
+                    "{output}: a .nemo output copies the other members of a .nemo input, and "
+                    "{path} is not one; end the name in .pt or .safetensors",
+                    output=output, path=checkpoint.path)
+            return "nemo"
         raise InputError.template(
             "{output}: cannot tell the output format from this name; end it in .pt or "
             ".safetensors, or pass {-to}", output=output)
-    return "pt" if checkpoint.format == "pt" else "safetensors"
+    # A .nemo input gives a plain .pt (its model_weights.ckpt, converted) unless -o says .nemo.
+    return "pt" if checkpoint.is_pickle else "safetensors"
 
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (INDEX_SUFFIX, ".index.json", ".safetensors", *PT_SUFFIXES):
+    for suffix in (INDEX_SUFFIX, ".index.json", ".safetensors", *PT_SUFFIXES, NEMO_SUFFIX):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
@@ -293,8 +402,12 @@ def _stem(path: Path) -> str:
 def default_output(checkpoint: Checkpoint, action: str, fmt: Format) -> Path:
     """``<stem>.<action>.<ext>`` next to the input (sharded in, sharded out)."""
     stem = f"{_stem(checkpoint.path)}.{action}"
+    if fmt == "nemo":
+        return checkpoint.path.with_name(stem + NEMO_SUFFIX)
     if fmt == "pt":
-        suffix = checkpoint.path.suffix if checkpoint.format == "pt" else ".pt"
+        # An extension-less input (HiFi-GAN's g_02500000) gets .pt, like a .nemo's weights.
+        suffix = checkpoint.path.suffix if checkpoint.format == "pt" else ""
+        suffix = suffix if suffix.lower() in PT_SUFFIXES else ".pt"
         return checkpoint.path.with_name(stem + suffix)
     if checkpoint.format == "sharded":
         return checkpoint.path.with_name(stem + INDEX_SUFFIX)
@@ -321,7 +434,7 @@ def write_checkpoint(
     inputs = [*checkpoint.input_files, *inputs]
     check_output(output, force=force, inputs=inputs)
     source = checkpoint.source
-    if fmt == "pt":
+    if fmt in ("pt", "nemo"):
         state = OrderedDict()
         for item in plan:
             if item.produce is not None:
@@ -337,15 +450,19 @@ def write_checkpoint(
             state._metadata = original._metadata  # type: ignore[attr-defined]  # module versions
         container = (
             tp.replace_at(checkpoint.container, checkpoint.key_path, state)
-            if checkpoint.format == "pt"
+            if checkpoint.is_pickle
             else state
         )
         with atomic_file(output, force=force) as handle:
-            tp.save_pickle(container, handle)
+            if fmt == "nemo" and checkpoint.archive is not None:
+                nemo.write_nemo(checkpoint.archive, handle,
+                                lambda stream: tp.save_pickle(container, stream))
+            else:
+                tp.save_pickle(container, handle)
             size = handle.tell()
         return size
     metadata = checkpoint.metadata
-    if checkpoint.format == "pt":
+    if checkpoint.is_pickle:
         dropped = [
             e["key"]
             for e in tp.describe_layout(checkpoint.container, checkpoint.key_path)

@@ -7,6 +7,7 @@ writes every other entry back unchanged.
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import struct
@@ -22,23 +23,28 @@ _MAX_DEPTH = 4
 _UNSUPPORTED_GLOBAL = re.compile(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
 
 
-def load_pickle(path: Path) -> Any:
+def load_pickle(path: Path, *, data: bytes | None = None) -> Any:
     """``torch.load`` with ``weights_only=True`` (memory-mapped when that is known to be safe).
 
     ``weights_only=True`` is passed explicitly, so no environment variable
-    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) can turn the restricted unpickler off.
+    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) can turn the restricted unpickler off. ``data``: the
+    checkpoint's bytes when it is a member of an archive (``.nemo``); ``path`` then only names it.
     """
     import torch
 
-    require_regular_file(path, what="checkpoint")
+    if data is None:
+        require_regular_file(path, what="checkpoint")
     try:
+        source: Path | io.BytesIO = path if data is None else io.BytesIO(data)
         # mmap needs the zip format (torch >= 1.6 default), and records checked beforehand:
         # torch's mmap path does not compare a record's size with what the pickle declares.
-        is_zip = zipfile.is_zipfile(path)
+        is_zip = zipfile.is_zipfile(source)
         if is_zip:
-            _refuse_directory_records(path)
-        mmap = is_zip and _records_fit(path)
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            _refuse_directory_records(source)
+        mmap = is_zip and data is None and _records_fit(path)  # bytes in memory: no mmap
+        if isinstance(source, io.BytesIO):
+            source.seek(0)  # the zip checks leave it anywhere; torch reads from where it is
+        loaded = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
         _check_tensors(path, loaded)
         return loaded
     except InputError:
@@ -91,7 +97,7 @@ def _check_tensors(path: Path, loaded: Any) -> None:
             stack.extend(obj)
 
 
-def _refuse_directory_records(path: Path) -> None:
+def _refuse_directory_records(path: Path | io.BytesIO) -> None:
     """Refuse records marked as folders (a name ending in ``/`` or the DOS folder attribute).
 
     torch.save never writes one. torch's zip reader (miniz) extracts nothing from a record it

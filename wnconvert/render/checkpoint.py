@@ -26,6 +26,10 @@ def print_inspection(report: dict[str, Any]) -> None:
         f" → state dict at [bold]{escape(c['state_dict_key'])}[/]" if c["state_dict_key"] else ""
     )
     console.print(f"[bold]{escape(c['path'])}[/] ({c['format']}){where}")
+    if c.get("detected"):
+        console.print(f"  detected: {c['detected']}", markup=False)
+    if c.get("members"):
+        console.print(f"  archive members: {visible(', '.join(c['members']))}", markup=False)
     for entry in c["entries"]:
         mark = "▶" if entry["selected"] else " "
         console.print(f"  {mark} {visible(entry['key'])}: {entry['kind']}", markup=False)
