@@ -340,6 +340,17 @@ def write_checkpoint(
             if checkpoint.format == "pt"
             else state
         )
+        # Objects read as placeholders are not the real objects: writing them back would
+        # need their classes (running the file's code) or a byte-for-byte copy of their
+        # pickle, which torch.save cannot splice in. They are left out and named.
+        container, not_loaded = tp.drop_placeholders(container, checkpoint.key_path)
+        if not_loaded:
+            warnings.warn(
+                f"{output}: container entries {', '.join(not_loaded)} hold objects that were "
+                "not loaded (read without running the file's code) and are not written",
+                WeightNormWarning,
+                stacklevel=2,
+            )
         with atomic_file(output, force=force) as handle:
             tp.save_pickle(container, handle)
             size = handle.tell()
