@@ -130,20 +130,39 @@ def _refused(path: Path, name: str) -> InputError:
 # that names one is an attack, refused outright rather than read with a placeholder in its place.
 # (The placeholder would be inert too: this list is a clear answer, not the safety boundary.)
 _HOSTILE_MODULES = frozenset({
-    "builtins", "__builtin__", "os", "posix", "nt", "sys", "subprocess", "shutil", "socket",
-    "importlib", "runpy", "pty", "ctypes", "marshal", "pickle", "_pickle", "code", "codeop",
-    "operator", "functools", "types", "io", "_io", "webbrowser", "multiprocessing", "pathlib",
-    "tempfile", "signal", "asyncio", "threading", "_thread", "pdb", "timeit", "platform",
+    "builtins", "os", "posix", "nt", "sys", "subprocess", "shutil", "socket", "importlib",
+    "runpy", "pty", "ctypes", "marshal", "pickle", "_pickle", "code", "codeop", "io", "_io",
+    "webbrowser", "multiprocessing", "tempfile", "pdb", "timeit",
     "torch.hub", "torch.ops", "torch.jit", "torch.package", "torch.utils.cpp_extension",
     # torch.storage._load_from_bytes (how plain pickle stores a tensor) is a full torch.load.
     "torch.storage", "torch.serialization",
 })
+# Builtins that only make data (pickle names them for empty bytes, slices, classes of objects).
+_DATA_BUILTINS = frozenset({
+    "bytes", "frozenset", "slice", "range", "tuple", "list", "dict", "int", "float", "str",
+    "bool", "object", "type",
+})
 
 
 def is_hostile_global(name: str) -> bool:
-    """Whether ``name`` (``module.qualname``) lies in a module whose functions run code."""
-    parts = name.split(".")
-    return any(".".join(parts[:i]) in _HOSTILE_MODULES for i in range(1, len(parts)))
+    """Whether ``name`` (``module.qualname``) lies in a module whose functions run code.
+
+    Python 2 spellings count as what pickle maps them to (``commands.call`` is
+    ``subprocess.call``), whether or not the reader applies that mapping.
+    """
+    import _compat_pickle
+
+    module, _, attr = name.rpartition(".")
+    mapped = _compat_pickle.NAME_MAPPING.get((module, attr))
+    spellings = [name, ".".join(mapped) if mapped else
+                 f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attr}"]
+    if f"builtins.{attr}" in spellings and attr in _DATA_BUILTINS:
+        return False
+    return any(
+        ".".join(parts[:i]) in _HOSTILE_MODULES
+        for parts in (spelled.split(".") for spelled in spellings)
+        for i in range(1, len(parts))
+    )
 
 
 class Placeholder:
