@@ -346,8 +346,8 @@ def write_checkpoint(
         container, not_loaded = tp.drop_placeholders(container, checkpoint.key_path)
         if not_loaded:
             warnings.warn(
-                f"{output}: container entries {', '.join(not_loaded)} hold objects that were "
-                "not loaded (read without running the file's code) and are not written",
+                f"{output}: container entries {', '.join(not_loaded)} are not written: they "
+                "hold objects that were not loaded (only the file's own code could rebuild them)",
                 WeightNormWarning,
                 stacklevel=2,
             )
