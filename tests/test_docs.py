@@ -249,6 +249,22 @@ def _wav2vec2_pt(folder: Path, models: ModuleType) -> None:
     torch.save(state, folder / "wav2vec2.pt")
 
 
+def _checkpoint_best_pt(folder: Path, models: ModuleType) -> None:
+    # As fairseq saves wav2vec2/HuBERT: its argparse.Namespace beside the model (positional conv
+    # normed over dim 2) and the optimizer history.
+    import argparse
+
+    torch.manual_seed(5)
+    model = {"encoder.pos_conv.0.bias": torch.randn(16),
+             "encoder.pos_conv.0.weight_g": torch.rand(1, 1, 8) + 0.5,
+             "encoder.pos_conv.0.weight_v": torch.randn(16, 4, 8),
+             "encoder.layer_norm.weight": torch.ones(16)}
+    torch.save({"args": argparse.Namespace(arch="wav2vec2", conv_pos=8, conv_pos_groups=4),
+                "model": model,
+                "optimizer_history": [{"optimizer_name": "Adam", "num_updates": 400000}]},
+               folder / "checkpoint_best.pt")
+
+
 class Vocoder(torch.nn.Module):
     """Three weight-normed convolutions: mel (1, 80, frames) -> audio (1, 1, frames * 4)."""
 
@@ -305,6 +321,7 @@ USER_FILES: dict[str, Callable[[Path, ModuleType], None]] = {
     "hifigan.nemo": _hifigan_nemo,
     "template.pt": _template_pt,
     "wav2vec2.pt": _wav2vec2_pt,
+    "checkpoint_best.pt": _checkpoint_best_pt,
     "vocoder.onnx": _vocoder_onnx,
     "bad.onnx": _bad_onnx,
 }

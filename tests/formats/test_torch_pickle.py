@@ -118,11 +118,11 @@ def test_describe_layout():
                  "scale": torch.ones(2)}
     rows = tp.describe_layout(container, ("generator",))
     assert rows == [
-        {"key": "generator", "kind": "state dict (3 tensors)", "selected": True},
-        {"key": "steps", "kind": "int = 12500", "selected": False},
-        {"key": "opt", "kind": "dict (1 entries)", "selected": False},
-        {"key": "hist", "kind": "list (2 items)", "selected": False},
-        {"key": "scale", "kind": "tensor [2]", "selected": False},
+        {"key": "generator", "kind": "state dict (3 tensors)", "selected": True, "not_loaded": []},
+        {"key": "steps", "kind": "int = 12500", "selected": False, "not_loaded": []},
+        {"key": "opt", "kind": "dict (1 entries)", "selected": False, "not_loaded": []},
+        {"key": "hist", "kind": "list (2 items)", "selected": False, "not_loaded": []},
+        {"key": "scale", "kind": "tensor [2]", "selected": False, "not_loaded": []},
     ]
     assert tp.describe_layout(wn_state(), ()) == []
 

@@ -453,6 +453,17 @@ def write_checkpoint(
             if checkpoint.is_pickle
             else state
         )
+        # Objects read as placeholders are not the real objects: writing them back would
+        # need their classes (running the file's code) or a byte-for-byte copy of their
+        # pickle, which torch.save cannot splice in. They are left out and named.
+        container, not_loaded = tp.drop_placeholders(container, checkpoint.key_path)
+        if not_loaded:
+            warnings.warn(
+                f"{output}: container entries {', '.join(not_loaded)} are not written: they "
+                "hold objects that were not loaded (only the file's own code could rebuild them)",
+                WeightNormWarning,
+                stacklevel=2,
+            )
         with atomic_file(output, force=force) as handle:
             if fmt == "nemo" and checkpoint.archive is not None:
                 nemo.write_nemo(checkpoint.archive, handle,

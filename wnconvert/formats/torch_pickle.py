@@ -3,6 +3,12 @@
 A checkpoint is often a container: the state dict sits under ``state_dict`` (Lightning),
 ``generator`` (HiFi-GAN), ``model``, ``ema``... This module finds it when unambiguous and
 writes every other entry back unchanged.
+
+Objects of other classes (fairseq's ``args`` Namespace, omegaconf configs, a training script's
+config class) are read inertly: torch's weights-only unpickler still builds every tensor and
+refuses every opcode it refuses, and each global it would not allow is handed a
+:class:`Placeholder` class that records the name, arguments and state it is given and runs
+nothing else (no import, no ``__reduce__``/``__setstate__``/``__init__`` of the real class).
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ import io
 import pickle
 import re
 import struct
+import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import InputError
 from .files import require_regular_file
@@ -27,44 +34,239 @@ def load_pickle(path: Path, *, data: bytes | None = None) -> Any:
     """``torch.load`` with ``weights_only=True`` (memory-mapped when that is known to be safe).
 
     ``weights_only=True`` is passed explicitly, so no environment variable
-    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) can turn the restricted unpickler off. ``data``: the
-    checkpoint's bytes when it is a member of an archive (``.nemo``); ``path`` then only names it.
+    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) can turn the restricted unpickler off. Globals the
+    restricted unpickler does not allow become :class:`Placeholder` objects (see the module
+    docstring), except those that only an attack needs (:func:`is_hostile_global`): a file
+    naming one is refused. ``data``: the checkpoint's bytes when it is a member of an archive
+    (``.nemo``); ``path`` then only names it.
     """
-    import torch
-
     if data is None:
         require_regular_file(path, what="checkpoint")
+    placeholders: dict[str, type[Placeholder]] = {}
     try:
-        source: Path | io.BytesIO = path if data is None else io.BytesIO(data)
+        for _ in range(_MAX_FOREIGN_GLOBALS + 1):
+            try:
+                return _load_weights_only(path, placeholders, data)
+            except pickle.UnpicklingError as exc:
+                culprit = _culprit(str(exc))
+                if culprit is None:
+                    raise
+                # Refused again with its placeholder allowed: torch blocks that module outright.
+                if culprit in placeholders or "is blocked" in str(exc):
+                    raise _refused(path, culprit) from None
+                names = ([culprit, *_foreign_globals(path, data)] if not placeholders
+                         else [culprit])
+                for name in names:
+                    if is_hostile_global(name):
+                        raise _refused(path, name) from None
+                    placeholders.setdefault(name, placeholder_class(name))
+        raise InputError(
+            f"{path}: refused to load: the file names more than {_MAX_FOREIGN_GLOBALS} classes "
+            "or functions that are not plain data; nothing from it was run"
+        )
+    except InputError:
+        raise
+    except pickle.UnpicklingError as exc:
+        raise _not_a_checkpoint(path, str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: torch's legacy unpickler raises
+        # KeyError, IndexError, RuntimeError... on garbage; each means "not a checkpoint".
+        raise _not_a_checkpoint(path, f"{type(exc).__name__}: {exc}") from None
+
+
+# A real checkpoint names a handful (fairseq's cfg: about ten); each one costs a reload.
+_MAX_FOREIGN_GLOBALS = 64
+# torch's safe_globals list is process-wide: one inert load at a time sets and clears it.
+_PLACEHOLDER_LOCK = threading.Lock()
+
+
+def _load_weights_only(path: Path, placeholders: Mapping[str, type[Placeholder]],
+                       data: bytes | None = None) -> Any:
+    import torch
+
+    with _PLACEHOLDER_LOCK, torch.serialization.safe_globals(
+        [(cls, name) for name, cls in placeholders.items()]
+    ):
         # mmap needs the zip format (torch >= 1.6 default), and records checked beforehand:
         # torch's mmap path does not compare a record's size with what the pickle declares.
+        source: Path | io.BytesIO = path if data is None else io.BytesIO(data)
         is_zip = zipfile.is_zipfile(source)
         if is_zip:
-            _refuse_directory_records(source)
+            _refuse_directory_records(source, name=path)
         mmap = is_zip and data is None and _records_fit(path)  # bytes in memory: no mmap
         if isinstance(source, io.BytesIO):
             source.seek(0)  # the zip checks leave it anywhere; torch reads from where it is
         loaded = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
-        _check_tensors(path, loaded)
-        return loaded
-    except InputError:
-        raise
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        # torch words it "Unsupported global: GLOBAL x.y" or "Trying to load unsupported GLOBAL
-        # x.y"; any other weights-only failure is garbage, not code.
-        culprit = _UNSUPPORTED_GLOBAL.search(text)
-        if culprit:
-            raise InputError(
-                f"{path}: refused to load: the file needs arbitrary code to unpickle "
-                f"(it imports {culprit.group(1)}); nothing from it was run. Re-save the "
-                "checkpoint as a plain state dict (torch.save(model.state_dict())) or as "
-                "safetensors, or load it yourself if you trust it"
-            ) from None
-        raise _not_a_checkpoint(path, text) from None
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes: torch's legacy unpickler raises
-        # KeyError, IndexError, RuntimeError... on garbage; each means "not a checkpoint".
-        raise _not_a_checkpoint(path, f"{type(exc).__name__}: {exc}") from None
+    _check_tensors(path, loaded)
+    return loaded
+
+
+def _culprit(text: str) -> str | None:
+    """The global torch refused, spelled ``module.name``; None when the error is not that.
+
+    torch words it "Unsupported global: GLOBAL x.y" or "Trying to load unsupported GLOBAL
+    x.y", and drops the ``builtins.`` of a builtin; any other weights-only failure is garbage,
+    not code.
+    """
+    found = _UNSUPPORTED_GLOBAL.search(text)
+    if not found:
+        return None
+    name = found.group(1)
+    return name if "." in name else f"builtins.{name}"
+
+
+def _foreign_globals(path: Path, data: bytes | None = None) -> list[str]:
+    """Every global of a zip checkpoint's pickle that torch would refuse, read without running
+    it (saves one reload per name); empty where that cannot be told up front."""
+    import torch
+
+    try:
+        source = path if data is None else io.BytesIO(data)
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(source))
+    except Exception:  # noqa: BLE001 - legacy or damaged files: the reload loop finds them
+        return []
+
+
+def _refused(path: Path, name: str) -> InputError:
+    return InputError(
+        f"{path}: refused to load: the file needs arbitrary code to unpickle "
+        f"(it imports {name}); nothing from it was run. Re-save the "
+        "checkpoint as a plain state dict (torch.save(model.state_dict())) or as "
+        "safetensors, or load it yourself if you trust it"
+    )
+
+
+# Modules whose functions run commands, code or system calls. No checkpoint stores one; a file
+# that names one is an attack, refused outright rather than read with a placeholder in its place.
+# (The placeholder would be inert too: this list is a clear answer, not the safety boundary.)
+_HOSTILE_MODULES = frozenset({
+    "builtins", "os", "posix", "nt", "sys", "subprocess", "shutil", "socket", "importlib",
+    "runpy", "pty", "ctypes", "marshal", "pickle", "_pickle", "code", "codeop", "io", "_io",
+    "webbrowser", "multiprocessing", "tempfile", "pdb", "timeit",
+    "torch.hub", "torch.ops", "torch.jit", "torch.package", "torch.utils.cpp_extension",
+    # torch.storage._load_from_bytes (how plain pickle stores a tensor) is a full torch.load.
+    "torch.storage", "torch.serialization",
+})
+# Builtins that only make data (pickle names them for empty bytes, slices, classes of objects).
+_DATA_BUILTINS = frozenset({
+    "bytes", "frozenset", "slice", "range", "tuple", "list", "dict", "int", "float", "str",
+    "bool", "object", "type",
+})
+
+
+def is_hostile_global(name: str) -> bool:
+    """Whether ``name`` (``module.qualname``) lies in a module whose functions run code.
+
+    Python 2 spellings count as what pickle maps them to (``commands.call`` is
+    ``subprocess.call``), whether or not the reader applies that mapping.
+    """
+    import _compat_pickle
+
+    module, _, attr = name.rpartition(".")
+    mapped = _compat_pickle.NAME_MAPPING.get((module, attr))
+    spellings = [name, ".".join(mapped) if mapped else
+                 f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attr}"]
+    if f"builtins.{attr}" in spellings and attr in _DATA_BUILTINS:
+        return False
+    return any(
+        ".".join(parts[:i]) in _HOSTILE_MODULES
+        for parts in (spelled.split(".") for spelled in spellings)
+        for i in range(1, len(parts))
+    )
+
+
+class Placeholder:
+    """An object of a class wnconvert does not load: its global name and what the pickle gave.
+
+    Made only by the weights-only unpickler, through the per-name subclasses of
+    :func:`placeholder_class`: ``REDUCE`` calls the class (``args``), ``NEWOBJ`` calls
+    ``__new__`` (``args``), ``BUILD`` calls ``__setstate__`` (``state``). Nothing else runs. It
+    refuses to be pickled, so it can never be written back as if it were the real object.
+    """
+
+    __slots__ = ("args", "kwargs", "state")
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    global_name: ClassVar[str] = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Placeholder:
+        inst = object.__new__(cls)
+        inst.args, inst.kwargs, inst.state = args, kwargs, None
+        return inst
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass  # __new__ recorded the arguments; the real class's __init__ never runs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"{self.global_name} was not loaded; it cannot be written back")
+
+    def __repr__(self) -> str:
+        return f"{self.global_name} (not loaded)"
+
+
+def placeholder_class(name: str) -> type[Placeholder]:
+    """A fresh :class:`Placeholder` subclass standing for the global ``name``."""
+    return type(
+        f"{name} (not loaded)",
+        (Placeholder,),
+        {"__slots__": (), "global_name": name, "__module__": __name__},
+    )
+
+
+def is_placeholder_class(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, Placeholder)
+
+
+def placeholder_names(obj: Any) -> list[str]:
+    """The global names of every placeholder (object or bare class) inside ``obj``, sorted."""
+    return sorted({p.global_name for p in _walk(obj) if isinstance(p, Placeholder)
+                   or is_placeholder_class(p)})
+
+
+def _walk(root: Any) -> Iterator[Any]:
+    """Every object reachable from ``root`` through containers and placeholders' records."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        yield obj
+        if isinstance(obj, Mapping):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif isinstance(obj, Placeholder):
+            stack.extend((obj.args, obj.kwargs, obj.state))
+
+
+def drop_placeholders(container: Any, path: tuple[str, ...]) -> tuple[Any, list[str]]:
+    """``container`` without the entries that hold placeholders, and their dotted names.
+
+    Entries beside the state dict are looked at on every level of ``path``; one that holds a
+    placeholder anywhere inside is left out whole (the input is untouched).
+    """
+    if not path or not isinstance(container, Mapping):
+        return container, []
+    head, rest = path[0], path[1:]
+    kept = type(container)() if isinstance(container, dict) else {}
+    dropped: list[str] = []
+    for key, value in container.items():
+        if key == head:
+            kept[key], inner = drop_placeholders(value, rest)
+            dropped.extend(f"{key}.{name}" for name in inner)
+        elif placeholder_names(key) or placeholder_names(value):
+            dropped.append(str(key))
+        else:
+            kept[key] = value
+    if hasattr(container, "_metadata"):
+        kept._metadata = container._metadata  # type: ignore[attr-defined]
+    return kept, dropped
 
 
 def _check_tensors(path: Path, loaded: Any) -> None:
@@ -76,13 +278,7 @@ def _check_tensors(path: Path, loaded: Any) -> None:
     """
     import torch
 
-    seen: set[int] = set()
-    stack = [loaded]
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
+    for obj in _walk(loaded):
         if isinstance(obj, torch.Tensor):
             hooks = getattr(obj, "_backward_hooks", None)
             if hooks is not None and not (isinstance(hooks, Mapping) and len(hooks) == 0):
@@ -91,24 +287,21 @@ def _check_tensors(path: Path, loaded: Any) -> None:
                     f"({type(hooks).__name__}), which torch.save never writes; the file is "
                     "corrupt (re-save it)"
                 )
-        elif isinstance(obj, Mapping):
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
 
 
-def _refuse_directory_records(path: Path | io.BytesIO) -> None:
+def _refuse_directory_records(path: Path | io.BytesIO, *, name: Path | None = None) -> None:
     """Refuse records marked as folders (a name ending in ``/`` or the DOS folder attribute).
 
     torch.save never writes one. torch's zip reader (miniz) extracts nothing from a record it
     takes for a folder, and torch then parses the buffer it allocated for the record's bytes
     without filling it: whether such a file loads depends on leftover memory.
+    ``name`` names the file in messages when ``path`` is bytes in memory.
     """
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if info.is_dir() or info.external_attr & _DOS_FOLDER:
                 raise InputError(
-                    f"{path}: not a readable PyTorch checkpoint: record {info.filename} is "
+                    f"{name or path}: not a readable PyTorch checkpoint: record {info.filename} is "
                     "marked as a folder, which torch.save never writes; the file is corrupt "
                     "(re-save it)"
                 )
@@ -317,14 +510,19 @@ def replace_at(container: Any, path: tuple[str, ...], value: Any) -> Any:
 
 
 def describe_layout(container: Any, path: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The top-level entries of a container, for ``inspect``."""
+    """The top-level entries of a container, for ``inspect``.
+
+    ``not_loaded`` lists the classes and functions read as placeholders inside each entry.
+    """
     import torch
 
     if not isinstance(container, Mapping) or not path:
         return []
     rows = []
     for key, value in container.items():
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, Placeholder) or is_placeholder_class(value):
+            kind = f"{value.global_name} (not loaded)"
+        elif isinstance(value, torch.Tensor):
             kind = f"tensor {list(value.shape)}"
         elif is_tensor_mapping(value):
             kind = f"state dict ({len(value)} tensors)"
@@ -334,7 +532,8 @@ def describe_layout(container: Any, path: tuple[str, ...]) -> list[dict[str, Any
             kind = f"{type(value).__name__} ({len(value)} items)"
         else:
             kind = f"{type(value).__name__} = {str(value)[:40]}"
-        rows.append({"key": str(key), "kind": kind, "selected": str(key) == path[0]})
+        rows.append({"key": str(key), "kind": kind, "selected": str(key) == path[0],
+                     "not_loaded": placeholder_names(value)})
     return rows
 
 

@@ -32,7 +32,12 @@ def print_inspection(report: dict[str, Any]) -> None:
         console.print(f"  archive members: {visible(', '.join(c['members']))}", markup=False)
     for entry in c["entries"]:
         mark = "▶" if entry["selected"] else " "
-        console.print(f"  {mark} {visible(entry['key'])}: {entry['kind']}", markup=False)
+        inside = entry.get("not_loaded", [])
+        # A placeholder entry's kind already names its class; a container says what it holds.
+        held = (f"; not loaded inside: {', '.join(inside)}"
+                if inside and not entry["kind"].endswith("(not loaded)") else "")
+        console.print(f"  {mark} {visible(entry['key'])}: {visible(entry['kind'] + held)}",
+                      markup=False)
     if c["shards"]:
         console.print(f"  shards: {visible(', '.join(c['shards']))}", markup=False)
     if c["metadata"]:
