@@ -65,8 +65,9 @@ def test_check_json_schema(cli, wn_model, clean_model):
                          "inlined_functions"}
     assert data["clean"] is False and data["inlined_functions"] == []
     [site] = data["weight_norm"]
-    assert set(site) == {"value", "parameter", "v", "g", "shape", "dim", "dtype", "nodes", "ops",
-                         "foldable", "reason"}
+    assert set(site) == {"kind", "value", "parameter", "v", "g", "shape", "dim", "dtype", "nodes",
+                         "ops", "foldable", "reason"}
+    assert site["kind"] == "weight_norm"
     assert (site["parameter"], site["shape"], site["dim"], site["dtype"]) == (
         "layer.weight", [6, 4, 3], 0, "float32")
     assert sorted(site["ops"]) == ["Div", "Mul", "ReduceL2"]

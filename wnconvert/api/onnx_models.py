@@ -62,8 +62,17 @@ def check_failure(result: CheckResult) -> CheckFailed | None:
         stuck = sum(not site.foldable for site in result.sites)
         how = (f"fold it with wnconvert fold {model}" if not stuck else
                f"{stuck} of them cannot be folded, see wnconvert inspect {model}")
-        return CheckFailed(f"{model}: computes weight norm at run time in {count} place(s); {how}")
+        return CheckFailed(f"{model}: computes {_kinds(result.sites)} at run time in {count} "
+                           f"place(s); {how}")
     return None
+
+
+def _kinds(sites: list[Any]) -> str:
+    """"weight norm", "spectral norm" or both, as the sites found say."""
+    kinds = {site.kind for site in sites}
+    named = [text for kind, text in (("weight_norm", "weight norm"),
+                                     ("spectral_norm", "spectral norm")) if kind in kinds]
+    return " and ".join(named) or "weight norm"
 
 
 @dataclass

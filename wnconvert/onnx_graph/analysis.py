@@ -939,12 +939,11 @@ def spectral_parameter_name(original: str, u: str, v: str) -> str | None:
         candidate = original[: -len("_orig")]
         if candidate and (u == f"{candidate}_u" or v == f"{candidate}_v"):
             return candidate
+    # ``.original`` alone (weight norm's are original0/original1) says spectral norm: the
+    # dynamo exporter may have renamed u and v (``clone``, ``clone_1``) by folding a copy.
     head, mark, param = original.removesuffix(".original").rpartition("parametrizations.")
     if original.endswith(".original") and mark and param and "." not in param:
-        prefix = f"{head}parametrizations.{param}."
-        if any(name.startswith(prefix) and name.endswith(end)
-               for name, end in ((u, "._u"), (v, "._v"))):
-            return f"{head}{param}"
+        return f"{head}{param}"
     return None
 
 

@@ -145,12 +145,17 @@ def print_inspection(info: dict[str, Any]) -> None:
         f"{format_bytes(info['tensor_bytes'])} of tensors, {layout})"
     )
     _print_inlined(console, info, "to find it")
-    sites = info["weight_norm"]
+    found = info["weight_norm"]
+    sites = [site for site in found if site.get("kind") != "spectral_norm"]
+    spectral = [site for site in found if site.get("kind") == "spectral_norm"]
     if sites:
         console.print(_sites_table(
             f"weight norm computed at run time: {len(sites)}", sites))
-    else:
+    elif not spectral:
         console.print("weight norm computed at run time: none")
+    if spectral:
+        console.print(_sites_table(
+            f"spectral norm computed at run time: {len(spectral)}", spectral))
     pairs = info["pairs"]
     if pairs:
         table = Table(title="initializers named like g/v pairs", title_justify="left")
@@ -208,8 +213,9 @@ def print_check(result: dict[str, Any]) -> None:
         return
     for site in sites:
         label = site["parameter"] or site["value"]
+        kind = "spectral norm" if site.get("kind") == "spectral_norm" else "weight norm"
         console.print(
-            f"[red]weight norm at run time[/]: {escape(label)} "
+            f"[red]{kind} at run time[/]: {escape(label)} "
             f"({_shape(site['shape'])}, dim {_dim(site['dim'])}): "
             f"{escape(' → '.join(site['ops']))} "
             f"[dim]nodes {escape(', '.join(site['nodes']))}[/]"
