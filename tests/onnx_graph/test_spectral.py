@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 from tests.onnx_graph.builders import (
@@ -28,6 +29,7 @@ from tests.onnx_graph.builders import (
     wn_arrays,
 )
 from wnconvert.api import check_failure
+from wnconvert.errors import WeightNormWarning
 from wnconvert.onnx_graph import check_file, fold_file, inspect_file
 
 SHAPES_DIMS = [((6, 4), 0), ((6, 4, 3), 0), ((4, 6, 3), 1), ((3, 4, 5), 2), ((5, 7), 1)]
@@ -217,3 +219,16 @@ def test_fold_through_the_cli_verifies_on_onnx_runtime(cli, tmp_path, assert_ok)
         "spectral_norm", "layer.weight", "layer.parametrizations.weight.original", None)
     assert layer["sigma"] > 0
     assert_ok(cli("check", out))
+
+
+def test_zero_sigma_folds_as_the_graph_computes_with_a_warning(tmp_path):
+    """u = 0 gives σ = 0: the graph computes ±inf/NaN, and so does the fold, saying so."""
+    model, weight, u, v = spectral_norm_model((6, 4), 0, style="legacy")
+    [tensor] = [t for t in model.graph.initializer if t.name == "layer.weight_u"]
+    tensor.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(u), "layer.weight_u"))
+    src = save(model, tmp_path / "model.onnx")
+    with pytest.warns(WeightNormWarning, match="σ = uᵀ·W·v is 0.0"):
+        outcome = fold_file(src, tmp_path / "out.onnx", force=False)
+    [layer] = outcome.result.layers
+    assert layer.sigma == 0 and layer.nonfinite_rows == 1
+    assert not np.isfinite(initializer(tmp_path / "out.onnx", "layer.weight")).any()
