@@ -232,3 +232,26 @@ def test_zero_sigma_folds_as_the_graph_computes_with_a_warning(tmp_path):
     [layer] = outcome.result.layers
     assert layer.sigma == 0 and layer.nonfinite_rows == 1
     assert not np.isfinite(initializer(tmp_path / "out.onnx", "layer.weight")).any()
+
+
+@pytest.mark.parametrize("style", ["legacy", "parametrize"])
+def test_spectral_norm_the_analysis_cannot_follow_is_not_clean(cli, tmp_path, style):
+    """σ through an Einsum: not recognized, but W_orig and u read at run time are reported."""
+    original, u_name, v_name = {"legacy": ("a.weight_orig", "a.weight_u", "a.weight_v"),
+                                "parametrize": ("a.parametrizations.weight.original",
+                                                "a.parametrizations.weight.0._u",
+                                                "a.parametrizations.weight.0._v")}[style]
+    weight, u, v = spectral_norm_model((6, 4), 0)[1:]
+    b = Graph()
+    for name, array in ((original, weight), (u_name, u), (v_name, v)):
+        b.init(name, array)
+    sigma = b.op("Einsum", u_name, original, v_name, equation="i,ij,j->")
+    src = save(b.model(b.op("Div", original, sigma), (6, 4)), tmp_path / "model.onnx")
+    result = check_file(src)
+    assert (result.sites, result.unrecognized_spectral, result.clean) == ([], ["a.weight"], False)
+    failure = check_failure(result)
+    assert failure is not None and "cannot analyze (a.weight)" in str(failure)
+    shown = cli("check", src)
+    assert shown.exit_code == 1 and "spectral-norm weight read at run time" in shown.stdout
+    folded = save(spectral_norm_model((6, 4), 0, style=style)[0], tmp_path / "ok.onnx")
+    assert check_file(folded).unrecognized_spectral == []  # recognized: reported as a site

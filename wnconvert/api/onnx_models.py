@@ -57,6 +57,13 @@ def check_failure(result: CheckResult) -> CheckFailed | None:
             f"time in a way wnconvert cannot analyze ({names}); export the model with weight "
             "norm removed (wnconvert fold CHECKPOINT --to onnx)"
         )
+    if result.unrecognized_spectral and not result.sites:
+        names = ", ".join(result.unrecognized_spectral[:3])
+        return CheckFailed(
+            f"{model}: reads the spectral-norm weights and u of "
+            f"{len(result.unrecognized_spectral)} parameter(s) at run time in a way wnconvert "
+            f"cannot analyze ({names}); export the model with spectral norm removed"
+        )
     if not result.clean:
         count = len(result.sites)
         stuck = sum(not site.foldable for site in result.sites)

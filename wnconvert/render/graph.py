@@ -207,7 +207,14 @@ def print_check(result: dict[str, Any]) -> None:
             "does not recognize as weight norm (e.g. through a Transpose); it likely computes "
             "weight norm at run time"
         )
-    if not sites and not result.get("unrecognized_pairs"):
+    for name in result.get("unrecognized_spectral_norm", []):
+        console.print(
+            f"[red]spectral-norm weight read at run time[/]: {escape(name)} (its original weight "
+            "and u) is used by the graph in a way wnconvert does not recognize as spectral norm; "
+            "it likely computes spectral norm at run time"
+        )
+    if not sites and not result.get("unrecognized_pairs") and not result.get(
+            "unrecognized_spectral_norm"):
         console.print(f"[green]clean[/]: {escape(result['model'])} computes no weight norm at "
                       "run time")
         return
