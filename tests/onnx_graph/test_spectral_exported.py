@@ -131,6 +131,7 @@ def test_fold_through_the_cli_verifies_on_onnx_runtime(exported, cli, assert_ok,
     out = tmp_path / "net.clean.onnx"
     result = assert_ok(cli("fold", path, "-o", out))
     assert "verification PASSED" in result.stdout
+    assert f"folded {len(chain_layers(dynamo))} spectral-norm computation(s)" in result.stdout
     assert_ok(cli("check", out))
     dirty = cli("check", path)
     assert dirty.exit_code == 1 and "spectral norm at run time: up.weight" in dirty.stdout

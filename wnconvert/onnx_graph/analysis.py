@@ -1007,7 +1007,8 @@ def parameter_name(v: str, g: str) -> str | None:
 
 
 def find_weight_norm(index: GraphIndex) -> list[WeightNormSite]:
-    """Every weight-norm computation from constants in the main graph, in graph order."""
+    """Every weight-norm and spectral-norm computation from constants in the main graph, in
+    graph order (spectral-norm sites have ``spectral`` set)."""
     analyzer = _Analyzer(index)
     sites: list[WeightNormSite] = []
     covered: set[int] = set()

@@ -116,9 +116,17 @@ def _renamed_table(renamed: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _fold_kinds(layers: list[dict[str, Any]]) -> str:
+    """"weight-norm", "spectral-norm" or both (weight norm alone reads as it always did)."""
+    kinds = {layer.get("kind", "weight_norm") for layer in layers}
+    if kinds == {"spectral_norm"}:
+        return "spectral-norm"
+    return "weight-norm and spectral-norm" if "spectral_norm" in kinds else "weight-norm"
+
+
 def _print_layers(console: Any, layers: list[dict[str, Any]]) -> None:
     table = Table(
-        title=f"folded {len(layers)} weight-norm computation(s)", title_justify="left"
+        title=f"folded {len(layers)} {_fold_kinds(layers)} computation(s)", title_justify="left"
     )
     for col, justify in (("name", "left"), ("replaces", "left"), ("shape", "left"),
                          ("dim", "left"), ("dtype", "left"), ("nodes removed", "right")):
