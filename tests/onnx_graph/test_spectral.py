@@ -255,3 +255,21 @@ def test_spectral_norm_the_analysis_cannot_follow_is_not_clean(cli, tmp_path, st
     assert shown.exit_code == 1 and "spectral-norm weight read at run time" in shown.stdout
     folded = save(spectral_norm_model((6, 4), 0, style=style)[0], tmp_path / "ok.onnx")
     assert check_file(folded).unrecognized_spectral == []  # recognized: reported as a site
+
+
+def test_fold_leaves_spectral_norm_it_cannot_follow_and_says_so(tmp_path):
+    """Only an unrecognized spectral norm in the graph: the fold reports it, and the library
+    fold refuses (nothing can be folded) naming it."""
+    from wnconvert import InputError, fold_onnx
+
+    b = Graph()
+    weight, u, v = spectral_norm_model((6, 4), 0)[1:]
+    for name, array in (("a.weight_orig", weight), ("a.weight_u", u), ("a.weight_v", v)):
+        b.init(name, array)
+    sigma = b.op("Einsum", "a.weight_u", "a.weight_orig", "a.weight_v", equation="i,ij,j->")
+    src = save(b.model(b.op("Div", "a.weight_orig", sigma), (6, 4)), tmp_path / "model.onnx")
+    outcome = fold_file(src, tmp_path / "out.onnx", force=False)
+    assert outcome.result.unrecognized_spectral == ["a.weight"]
+    assert outcome.to_dict()["unrecognized_spectral_norm"] == ["a.weight"]
+    with pytest.raises(InputError, match="a.weight: its spectral-norm weight and u are read"):
+        fold_onnx(src, tmp_path / "api.onnx", verify=False)

@@ -23,7 +23,11 @@ from .analysis import (
     find_weight_norm,
     op_counts,
 )
-from .hidden import find_weight_norm_in_subgraphs, pairs_read_at_run_time
+from .hidden import (
+    find_weight_norm_in_subgraphs,
+    pairs_read_at_run_time,
+    spectral_read_at_run_time,
+)
 from .names import Renamed, names_in_use
 from .protoio import Computed, FileRange, LazyModel, read_initializer
 from .walk import outer_references, rename_references
@@ -76,6 +80,8 @@ class FoldResult:
     skipped: list[WeightNormSite] = field(default_factory=list)  # found, left in place
     # g/v pairs read at run time by something not recognized as weight norm: left in place.
     unrecognized: list[str] = field(default_factory=list)
+    # Spectral-norm weights (parameter names) read at run time by something not recognized.
+    unrecognized_spectral: list[str] = field(default_factory=list)
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
     initializers_removed: list[str] = field(default_factory=list)
@@ -93,6 +99,7 @@ class FoldResult:
             "renamed": [entry.to_dict() for entry in self.renamed],
             "skipped": [site.to_dict() for site in self.skipped],
             "unrecognized_pairs": self.unrecognized,
+            "unrecognized_spectral_norm": self.unrecognized_spectral,
             "initializers_removed": self.initializers_removed,
             "op_counts": {"before": self.ops_before, "after": self.ops_after},
         }
@@ -113,6 +120,7 @@ def fold_model(model: LazyModel) -> FoldResult:
     result.skipped += find_weight_norm_in_subgraphs(model)
     result.unrecognized = [keys.weight_key for keys in
                            pairs_read_at_run_time(index, sites + result.skipped)]
+    result.unrecognized_spectral = spectral_read_at_run_time(index, sites + result.skipped)
     foldable = [site for site in sites if site.foldable]
     if not foldable:
         result.ops_after = dict(result.ops_before)
