@@ -1,6 +1,6 @@
 """Finding weight norm (and spectral norm) that an ONNX graph computes from constant tensors.
 
-(Why one module of ~870 lines: it is one algebra. The op handlers, the term/factor
+(Why one module of ~1,100 lines: it is one algebra. The op handlers, the term/factor
 representation and the classifier only make sense together, and splitting them would export the
 private representation across files.)
 
