@@ -62,11 +62,12 @@ def test_check_json_schema(cli, wn_model, clean_model):
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert set(data) == {"model", "clean", "weight_norm", "unrecognized_pairs",
-                         "inlined_functions"}
+                         "unrecognized_spectral_norm", "inlined_functions"}
     assert data["clean"] is False and data["inlined_functions"] == []
     [site] = data["weight_norm"]
-    assert set(site) == {"value", "parameter", "v", "g", "shape", "dim", "dtype", "nodes", "ops",
-                         "foldable", "reason"}
+    assert set(site) == {"kind", "value", "parameter", "v", "g", "shape", "dim", "dtype", "nodes",
+                         "ops", "foldable", "reason"}
+    assert site["kind"] == "weight_norm"
     assert (site["parameter"], site["shape"], site["dim"], site["dtype"]) == (
         "layer.weight", [6, 4, 3], 0, "float32")
     assert sorted(site["ops"]) == ["Div", "Mul", "ReduceL2"]
@@ -74,7 +75,8 @@ def test_check_json_schema(cli, wn_model, clean_model):
     ok = cli("check", clean_model, "--json")
     assert ok.exit_code == 0
     assert json.loads(ok.stdout) == {"model": str(clean_model), "clean": True, "weight_norm": [],
-                                     "unrecognized_pairs": [], "inlined_functions": []}
+                                     "unrecognized_pairs": [], "unrecognized_spectral_norm": [],
+                                     "inlined_functions": []}
 
 
 def test_check_quiet_prints_only_the_error(cli, wn_model):

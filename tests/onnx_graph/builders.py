@@ -489,3 +489,85 @@ def subgraph_external_model(location: str, *, length: int, dims: Sequence[int] =
                               producer_name="wnconvert-tests")
     model.ir_version = 10
     return model
+
+
+# -- spectral norm: W / σ, σ = uᵀ·W_mat·v, as PyTorch's eval mode computes it -----------------
+
+SN_NAMES = {
+    "parametrize": ("layer.parametrizations.weight.original", "layer.parametrizations.weight.0._u",
+                    "layer.parametrizations.weight.0._v"),
+    "legacy": ("layer.weight_orig", "layer.weight_u", "layer.weight_v"),
+}
+SN_ORDERS = ("W/dot(u,mv)", "W/dot(mv,u)", "W*recip(σ)", "recip(σ)*W")
+
+
+def sn_arrays(shape: Sequence[int], dim: int, dtype: np.dtype | type = np.float32,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random ``(W, u, v)``: u and v one power-iteration step from random unit vectors (not
+    PyTorch's initial values, not exactly the singular vectors)."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal(tuple(shape))
+    mat = np.moveaxis(weight, dim, 0).reshape(shape[dim], -1)
+    u = rng.standard_normal(mat.shape[0])
+    v = mat.T @ (u / np.linalg.norm(u))
+    v /= np.linalg.norm(v)
+    u = mat @ v
+    u /= np.linalg.norm(u)
+    return weight.astype(dtype), u.astype(dtype), v.astype(dtype)
+
+
+def spectral_norm_model(shape: Sequence[int], dim: int = 0, *, style: str = "parametrize",
+                        order: str = "W/dot(u,mv)", shape_by: str = "initializer",
+                        copy: bool = False, perm: Sequence[int] | None = None,
+                        rows: int | None = None, dtype: np.dtype | type = np.float32,
+                        seed: int = 0, bias: bool = False,
+                        ) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray,
+                                                np.ndarray]:
+    """One spectral-normed weight feeding ``y = x + w``; returns (model, W, u, v).
+
+    ``shape_by``: the matrix shape as an initializer, or as the dynamo exporter writes it
+    (``Concat`` of ``Constant`` nodes). ``copy``: σ reads a reshaped copy of W (what the
+    TorchScript exporter's constant folding leaves). ``perm``/``rows`` override the Transpose
+    and the matrix's row count (look-alikes). ``bias``: a plain ``layer.bias`` added too (a
+    weight verification can match by name: the reference's W/u/v are not folded there)."""
+    weight, u, v = sn_arrays(shape, dim, dtype, seed)
+    b = Graph()
+    w_name, u_name, v_name = SN_NAMES[style]
+    b.init(w_name, weight)
+    b.init(u_name, u)
+    b.init(v_name, v)
+    rank = len(shape)
+    dim %= rank
+    perm = list(perm) if perm is not None else [dim] + [a for a in range(rank) if a != dim]
+    rows = rows if rows is not None else shape[perm[0]]
+    if copy:
+        mat = b.init("onnx::MatMul_7", np.ascontiguousarray(
+            np.transpose(weight, perm)).reshape(rows, -1))
+    else:
+        mat = w_name if perm == list(range(rank)) else b.op("Transpose", w_name, perm=perm)
+        if rank != 2 or rows != shape[perm[0]]:
+            if shape_by == "concat":
+                target = b.op("Concat", b.const(np.array([rows], dtype=np.int64)),
+                              b.const(np.array([-1], dtype=np.int64)), axis=0)
+            else:
+                target = b.ints([rows, -1])
+            mat = b.op("Reshape", mat, target)
+    mv = b.op("MatMul", mat, v_name)
+    operands = (mv, u_name) if order == "W/dot(mv,u)" else (u_name, mv)
+    sigma = b.op("MatMul", *operands)
+    if order in ("W/dot(u,mv)", "W/dot(mv,u)"):
+        w = b.op("Div", w_name, sigma)
+    elif order == "W*recip(σ)":
+        w = b.op("Mul", w_name, b.op("Reciprocal", sigma))
+    elif order == "recip(σ)*W":
+        w = b.op("Mul", b.op("Reciprocal", sigma), w_name)
+    else:
+        raise ValueError(order)
+    if bias:
+        w = b.op("Add", w, b.init("layer.bias", np.full(tuple(shape), 0.5, dtype=dtype)))
+    return b.model(w, shape, dtype), weight, u, v
+
+
+def expected_spectral(weight: np.ndarray, u: np.ndarray, v: np.ndarray, dim: int) -> np.ndarray:
+    """PyTorch's eval-mode spectral norm in float64, rounded once (what every fold gives)."""
+    return numerics.spectral_fold(weight, u, v, dim)[0]

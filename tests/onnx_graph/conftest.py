@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tests.cli.conftest import (  # noqa: F401 - re-exported as fixtures of this folder
     app_command,
+    assert_ok,
     cli,
     runner,
     strict_cli,

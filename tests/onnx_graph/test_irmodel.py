@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from tests.onnx_graph.builders import Graph, weight_norm_model
+from tests.onnx_graph.builders import Graph, spectral_norm_model, weight_norm_model
 from wnconvert.export import find_runtime_weight_norm
 from wnconvert.onnx_graph.irmodel import find_weight_norm_in_ir, runtime_weight_norm
 
@@ -29,3 +29,12 @@ def test_a_norm_that_is_not_weight_norm_is_not_reported():
     w = b.init("w", np.ones((2, 3), dtype=np.float32))
     model = b.model(b.op("Expand", b.reduce("ReduceL2", w, [0, 1]), b.ints([2, 3])), (2, 3))
     assert runtime_weight_norm(ir.serde.deserialize_model(model)) == []
+
+
+def test_finds_spectral_norm_in_an_ir_model():
+    """The exporter's leftover check sees spectral norm too: an export that keeps it warns."""
+    model, *_ = spectral_norm_model((96, 32, 4), 1, style="legacy")  # W: 12288 elements
+    ir_model = ir.serde.deserialize_model(model)
+    [site] = find_weight_norm_in_ir(ir_model)
+    assert (site.kind, site.parameter, site.dim) == ("spectral_norm", "layer.weight", 1)
+    assert find_runtime_weight_norm(ir_model) == ["layer.weight"]

@@ -57,13 +57,29 @@ def check_failure(result: CheckResult) -> CheckFailed | None:
             f"time in a way wnconvert cannot analyze ({names}); export the model with weight "
             "norm removed (wnconvert fold CHECKPOINT --to onnx)"
         )
+    if result.unrecognized_spectral and not result.sites:
+        names = ", ".join(result.unrecognized_spectral[:3])
+        return CheckFailed(
+            f"{model}: reads the spectral-norm weights and u of "
+            f"{len(result.unrecognized_spectral)} parameter(s) at run time in a way wnconvert "
+            f"cannot analyze ({names}); export the model with spectral norm removed"
+        )
     if not result.clean:
         count = len(result.sites)
         stuck = sum(not site.foldable for site in result.sites)
         how = (f"fold it with wnconvert fold {model}" if not stuck else
                f"{stuck} of them cannot be folded, see wnconvert inspect {model}")
-        return CheckFailed(f"{model}: computes weight norm at run time in {count} place(s); {how}")
+        return CheckFailed(f"{model}: computes {_kinds(result.sites)} at run time in {count} "
+                           f"place(s); {how}")
     return None
+
+
+def _kinds(sites: list[Any]) -> str:
+    """"weight norm", "spectral norm" or both, as the sites found say."""
+    kinds = {site.kind for site in sites}
+    named = [text for kind, text in (("weight_norm", "weight norm"),
+                                     ("spectral_norm", "spectral norm")) if kind in kinds]
+    return " and ".join(named) or "weight norm"
 
 
 @dataclass
@@ -152,8 +168,12 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
     with FoldJob(path, target, force=force, reference=reference,
                  reference_key=reference_key) as job:
         result = job.result
-        if not result.changed and (result.skipped or result.unrecognized):
-            raise InputError(_nothing_to_fold(path, result.skipped, result.unrecognized))
+        unrecognized = [f"{name}: its g/v pair is read in a way wnconvert cannot analyze"
+                        for name in result.unrecognized] + [
+            f"{name}: its spectral-norm weight and u are read in a way wnconvert cannot analyze"
+            for name in result.unrecognized_spectral]
+        if not result.changed and (result.skipped or unrecognized):
+            raise InputError(_nothing_to_fold(path, result.skipped, unrecognized))
         if not result.changed:
             progress.note(f"already clean: {path} computes no weight norm and its initializers "
                           f"have their names; writing an unchanged copy to {target}")
@@ -163,6 +183,10 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
         for name in result.unrecognized:
             warnings.warn(f"{name}: its g/v pair is read at run time in a way wnconvert cannot "
                           "analyze; left in place", WeightNormWarning, stacklevel=2)
+        for name in result.unrecognized_spectral:
+            warnings.warn(f"{name}: its spectral-norm weight and u are read at run time in a way "
+                          "wnconvert cannot analyze; left in place", WeightNormWarning,
+                          stacklevel=2)
         with progress.step(f"folding → {target.name}") as bar:
             staged = job.write(on_tensor=bar)
         report = None
@@ -189,9 +213,7 @@ def verification_failure(report: VerificationReport, *, suffix: str = "") -> Che
 
 
 def _nothing_to_fold(path: Path, skipped: list[Any], unrecognized: list[str]) -> str:
-    reasons = "; ".join([f"{site.root}: {site.reason}" for site in skipped] + [
-        f"{name}: its g/v pair is read in a way wnconvert cannot analyze"
-        for name in unrecognized][:3])
+    reasons = "; ".join(([f"{site.root}: {site.reason}" for site in skipped] + unrecognized)[:3])
     return (f"{path}: weight norm found but none can be folded ({reasons}); see "
             f"wnconvert inspect {path}")
 

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..keys import find_pair_keys
 from .analysis import GraphIndex, WeightNormSite, find_weight_norm, op_counts
 from .fold import FoldResult, LayerFold, fold_model
-from .hidden import find_all_weight_norm, pairs_read_at_run_time
+from .hidden import find_all_weight_norm, pairs_read_at_run_time, spectral_read_at_run_time
 from .names import LostName, Renamed, lost_names, restore_names
 from .protoio import LazyModel, load_model
 from .protowrite import StagedOutput, WrittenFiles, data_file_name, plan_external, write_model
@@ -128,10 +128,12 @@ class CheckResult:
     inlined_functions: tuple[str, ...] = ()
     # g/v pairs read at run time by something not recognized as weight norm: not clean either.
     unrecognized_pairs: list[GvPair] = field(default_factory=list)
+    # Spectral-norm weights (parameter names) read at run time with no recognized spectral norm.
+    unrecognized_spectral: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not self.sites and not self.unrecognized_pairs
+        return not self.sites and not self.unrecognized_pairs and not self.unrecognized_spectral
 
     def to_dict(self) -> dict:
         return {
@@ -139,6 +141,7 @@ class CheckResult:
             "clean": self.clean,
             "weight_norm": [site.to_dict() for site in self.sites],
             "unrecognized_pairs": [pair.to_dict() for pair in self.unrecognized_pairs],
+            "unrecognized_spectral_norm": self.unrecognized_spectral,
             "inlined_functions": list(self.inlined_functions),
         }
 
@@ -174,7 +177,8 @@ def check_file(path: Path) -> CheckResult:
     index = GraphIndex.build(model)
     sites = find_all_weight_norm(index)
     return CheckResult(path=Path(path), sites=sites, inlined_functions=model.inlined_functions,
-                       unrecognized_pairs=[p for p in _pairs(index, sites) if p.unrecognized])
+                       unrecognized_pairs=[p for p in _pairs(index, sites) if p.unrecognized],
+                       unrecognized_spectral=spectral_read_at_run_time(index, sites))
 
 
 def inspect_file(path: Path) -> Inspection:

@@ -1,6 +1,6 @@
-"""Finding weight norm that an ONNX graph computes from constant tensors.
+"""Finding weight norm (and spectral norm) that an ONNX graph computes from constant tensors.
 
-(Why one module of ~870 lines: it is one algebra. The op handlers, the term/factor
+(Why one module of ~1,100 lines: it is one algebra. The op handlers, the term/factor
 representation and the classifier only make sense together, and splitting them would export the
 private representation across files.)
 
@@ -14,6 +14,13 @@ exactly ``v^1 * g^1 * ss(v)^(-1/2)`` with the norm taken over every axis but one
 and ``g`` broadcast along that one axis: ``ReduceL2 -> Div -> Mul`` in any operand order,
 ``g / ||v|| * v``, ``Sqrt(ReduceSumSquare)``, ``Pow/ReduceSum/Sqrt``, ``Reciprocal``, ... all
 reduce to the same description.
+
+Spectral norm is the same algebra with one more factor: ``MatMul(M, v)`` of a constant matrix
+(a leaf, possibly through one ``Transpose`` that moves an axis first, as PyTorch's ``permute``
+does, and a ``Reshape`` to 2-D) and a constant vector, then ``MatMul(u, ·)`` with a constant
+vector, is the scalar ``σ = uᵀ·M·v`` (a ``sigma`` factor). An expression is spectral norm when
+it is exactly ``W^1 * σ^(-1)`` with ``W`` the weight ``M`` is a view of (or a copy of it of the
+same size, as the TorchScript exporter's constant folding leaves).
 
 Layouts are tracked without touching tensor data: all the shape ops allowed keep the flat
 (C-order) element order, so "which element of the source sits at flat position q" is always
@@ -45,10 +52,9 @@ FLOAT, FLOAT16, DOUBLE, BFLOAT16 = 1, 10, 11, 16  # TensorProto codes, as in dty
 _PRECISION = {DOUBLE: 3, FLOAT: 2, FLOAT16: 1, BFLOAT16: 1}
 
 # Op types whose chains the analysis understands (default ONNX domain).
-_WRAPS = {"Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand"}
-_ARITH = {"Mul", "Div", "Reciprocal", "Sqrt", "Pow"}
-_REDUCE = {"ReduceL2", "ReduceSumSquare", "ReduceSum"}
 ROOT_OPS = {"Mul", "Div", "LpNormalization"}
+# Ops read only as shapes of constants (:meth:`_Analyzer.const_ints`), never as terms.
+_SHAPE_OPS = {"Concat"}
 _SMALL_CONSTANT = 4096  # elements: larger constants are never read during analysis
 _MAX_DEPTH = 64
 
@@ -83,18 +89,35 @@ class Keyed:
 
 
 @dataclass(frozen=True)
-class Factor:
-    """One factor of a product: a constant leaf, or a leaf's sum of squares over groups."""
+class Bilinear:
+    """The rest of a spectral-norm product ``uᵀ·M·v`` (``source`` of the factor is ``M``)."""
 
-    kind: str  # "leaf" or "ss"
+    matrix_dim: int  # axis of M that is the matrix's rows (moved first, the rest flattened)
+    v: str
+    v_casts: tuple[int, ...]
+    u: str = ""  # empty for the matrix-vector product ``M·v`` before the dot with u
+    u_casts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One factor of a product: a constant leaf, a leaf's sum of squares over groups, or
+    (spectral norm) a matrix-vector product ``M·v`` and the scalar ``uᵀ·M·v``."""
+
+    kind: str  # "leaf", "ss", "mv" or "sigma"
     source: str  # name of the constant (initializer or Constant output)
     exponent: Fraction
     layout: Keyed  # which element of the base (leaf, or the per-group sums) sits where
     group: Keyed | None = None  # ss: elements of the source sharing one sum, as a partition
     casts: tuple[int, ...] = ()  # float types the leaf is cast to before any arithmetic
+    # leaf: the source seen through a Transpose (its flat order is no longer the source's:
+    # only a MatMul may use it); mv/sigma: the vectors of the product.
+    perm: tuple[int, ...] = ()
+    bilinear: Bilinear | None = None
 
     def merge_key(self) -> tuple:
-        return (self.kind, self.source, self.layout, self.group, self.casts)
+        return (self.kind, self.source, self.layout, self.group, self.casts, self.perm,
+                self.bilinear)
 
 
 @dataclass(frozen=True)
@@ -135,21 +158,34 @@ class WeightNormSite:
     parameter: str | None  # parameter name read from g/v names (m.parametrizations.weight...)
     foldable: bool = True
     reason: str | None = None
+    # Spectral norm (``w = v / σ``, ``v`` being the original weight, ``g`` empty): how σ is
+    # computed. None for weight norm.
+    spectral: SpectralParts | None = None
+
+    @property
+    def kind(self) -> str:
+        return "weight_norm" if self.spectral is None else "spectral_norm"
 
     @property
     def dim_label(self) -> str:
         if self.dim is not None:
             return str(self.dim)
+        if self.spectral is not None:
+            return "unknown"
         if self.group.size == 1:
             return "all"
         return f"groups of {self.group.size}x{self.group.stride}"
 
     def to_dict(self) -> dict:
+        leaves: dict[str, str | None] = {"v": self.v, "g": self.g}
+        if self.spectral is not None:
+            leaves = {"original": self.v, "matrix": self.spectral.matrix, "u": self.spectral.u,
+                      "v": self.spectral.vector, "g": None}
         return {
+            "kind": self.kind,
             "value": self.root,
             "parameter": self.parameter,
-            "v": self.v,
-            "g": self.g,
+            **leaves,
             "shape": list(self.shape),
             "dim": self.dim,
             "dtype": dtype_name(self.dtype),
@@ -158,6 +194,19 @@ class WeightNormSite:
             "foldable": self.foldable,
             "reason": self.reason,
         }
+
+
+@dataclass(frozen=True)
+class SpectralParts:
+    """Where a spectral-norm site's ``σ = uᵀ·M·v`` comes from."""
+
+    matrix: str  # M: the original weight itself, or a same-sized copy of it
+    matrix_dim: int  # the axis of M moved first before flattening it to a matrix
+    matrix_casts: tuple[int, ...]
+    u: str
+    u_casts: tuple[int, ...]
+    vector: str
+    vector_casts: tuple[int, ...]
 
 
 @dataclass
@@ -215,7 +264,7 @@ class GraphIndex:
         for node in index.nodes:
             if (
                 node.domain in ("", "ai.onnx")
-                and node.op_type in _HANDLERS
+                and (node.op_type in _HANDLERS or node.op_type in _SHAPE_OPS)
                 and all(not name or name in index.constant_values for name in node.input)
             ):
                 index.constant_values.update(name for name in node.output if name)
@@ -337,13 +386,47 @@ class _Analyzer:
         result = handler(self, node, inputs)
         if result is None:
             return None
-        return replace(result, nodes=result.nodes | {position} | _union_nodes(inputs))
+        shapes = frozenset(p for i in node.input[1:] for p in self._shape_nodes(i))
+        return replace(result, nodes=result.nodes | {position} | _union_nodes(inputs) | shapes)
 
-    def const_ints(self, name: str) -> list[int] | None:
+    def _shape_nodes(self, name: str, depth: int = 0) -> set[int]:
+        """The Concat nodes (and their Constant inputs) that build a shape input."""
+        position = self.index.producer.get(name) if name else None
+        if position is None or depth > _MAX_DEPTH or name not in self.index.constant_values:
+            return set()
+        node = self.index.nodes[position]
+        if node.op_type not in _SHAPE_OPS:
+            return {position} if depth and name in self.index.constants else set()
+        found = {position}
+        for part in node.input:
+            found |= self._shape_nodes(part, depth + 1)
+        return found
+
+    def const_ints(self, name: str, depth: int = 0) -> list[int] | None:
         array = self.index.constant_array(name) if name else None
-        if array is None or array.dtype.kind not in "iu":
+        if array is None:
+            return self._concat_ints(name, depth)
+        if array.dtype.kind not in "iu":
             return None
         return [int(x) for x in array.reshape(-1)]
+
+    def _concat_ints(self, name: str, depth: int) -> list[int] | None:
+        """A shape the dynamo exporter builds with ``Concat`` of 1-D integer constants."""
+        position = self.index.producer.get(name) if name else None
+        if position is None or depth > _MAX_DEPTH:
+            return None
+        node = self.index.nodes[position]
+        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or not node.input:
+            return None
+        if _attr(node, "axis") not in (0, -1):
+            return None
+        values: list[int] = []
+        for part in node.input:
+            ints = self.const_ints(part, depth + 1)
+            if ints is None:
+                return None
+            values += ints
+        return values
 
     def const_scalar(self, name: str) -> float | None:
         array = self.index.constant_array(name) if name else None
@@ -589,6 +672,7 @@ def _identity_leaf(term: Term, power: int) -> Factor | None:
     factor = term.factors[0]
     if (
         factor.kind != "leaf"
+        or factor.perm
         or factor.exponent != power
         or factor.layout != Keyed.of(term.numel, 1)
     ):
@@ -653,6 +737,89 @@ def _h_lpnorm(an: _Analyzer, node: onnx.NodeProto, inputs: list[Term | None]) ->
     return _arith(term, (leaf, ss), term.shape, term.dtype)
 
 
+def _h_transpose(an: _Analyzer, node: onnx.NodeProto, inputs: list[Term | None]) -> Term | None:
+    """Only a constant weight's own axes permuted (PyTorch's ``permute`` before spectral
+    norm's matrix): the flat order changes, which only :func:`_h_matmul` reads (``perm``)."""
+    term = inputs[0]
+    assert term is not None
+    leaf = _identity_leaf(term, 1)
+    info = an.index.constant_info(leaf.source) if leaf is not None else None
+    if leaf is None or info is None or not term.leaf or term.shape != info[0]:
+        return None
+    rank = len(term.shape)
+    perm = list(_attr(node, "perm", None) or range(rank - 1, -1, -1))
+    if sorted(perm) != list(range(rank)):
+        return None
+    if perm == list(range(rank)):
+        return term
+    shape = tuple(term.shape[axis] for axis in perm)
+    return replace(term, shape=shape, factors=(replace(leaf, perm=tuple(perm)),))
+
+
+def _vector_leaf(term: Term, length: int) -> Factor | None:
+    """The constant behind ``term`` when it is a bare 1-D constant of ``length`` elements."""
+    factor = _identity_leaf(term, 1) if term.leaf else None
+    if factor is None or term.shape != (length,):
+        return None
+    return factor
+
+
+def _matrix_leaf(an: _Analyzer, term: Term) -> tuple[Factor, int] | None:
+    """(constant, dim) when the 2-D ``term`` is a constant with axis ``dim`` moved first and
+    the rest flattened, in order: spectral norm's ``weight_mat``."""
+    if not term.leaf or len(term.factors) != 1 or len(term.shape) != 2:
+        return None
+    factor = term.factors[0]
+    info = an.index.constant_info(factor.source)
+    if (
+        factor.kind != "leaf"
+        or factor.exponent != 1
+        or factor.layout != Keyed.of(term.numel, 1)
+        or info is None
+        or _numel(info[0]) != term.numel
+        or not info[0]
+    ):
+        return None
+    shape = info[0]
+    dim = factor.perm[0] if factor.perm else 0
+    if factor.perm and list(factor.perm[1:]) != [a for a in range(len(shape)) if a != dim]:
+        return None
+    if term.shape[0] != shape[dim]:
+        return None
+    return replace(factor, perm=()), dim
+
+
+def _h_matmul(an: _Analyzer, node: onnx.NodeProto, inputs: list[Term | None]) -> Term | None:
+    """``M·v`` (matrix times vector) and ``u·(M·v)`` (dot product): spectral norm's σ."""
+    if len(inputs) != 2 or inputs[0] is None or inputs[1] is None:
+        return None
+    a, b = inputs[0], inputs[1]
+    if a.dtype not in FLOAT_TYPES or a.dtype != b.dtype:
+        return None
+    if len(a.shape) == 2 and len(b.shape) == 1:
+        matrix = _matrix_leaf(an, a)
+        vector = _vector_leaf(b, a.shape[1])
+        if matrix is None or vector is None:
+            return None
+        leaf, dim = matrix
+        product = Factor("mv", leaf.source, Fraction(1), Keyed.of(a.shape[0], 1),
+                         casts=leaf.casts, bilinear=Bilinear(dim, vector.source, vector.casts))
+        return _arith(a, (product,), (a.shape[0],), a.dtype, b)
+    if len(a.shape) == 1 and a.shape == b.shape:
+        for mv, other in ((b, a), (a, b)):
+            first = mv.factors[0] if len(mv.factors) == 1 else None
+            u = _vector_leaf(other, a.shape[0])
+            if (
+                first is None or u is None or first.kind != "mv" or first.exponent != 1
+                or first.bilinear is None or first.bilinear.u
+            ):
+                continue
+            sigma = replace(first, kind="sigma", layout=Keyed(1, 1),
+                            bilinear=replace(first.bilinear, u=u.source, u_casts=u.casts))
+            return _arith(mv, (sigma,), (), a.dtype, other)
+    return None
+
+
 _HANDLERS = {
     "Identity": _h_identity,
     "Cast": _h_cast,
@@ -670,6 +837,8 @@ _HANDLERS = {
     "ReduceSumSquare": _h_reduce,
     "ReduceSum": _h_reduce,
     "LpNormalization": _h_lpnorm,
+    "Transpose": _h_transpose,
+    "MatMul": _h_matmul,
 }
 
 
@@ -689,8 +858,13 @@ def _classify(term: Term, index: GraphIndex) -> _Match | None:
         return None
     factors = _merge(term.factors)
     sums = [f for f in factors if f.kind == "ss"]
-    leaves = [f for f in factors if f.kind == "leaf"]
-    if len(sums) != 1 or len(leaves) != 2 or sums[0].exponent != Fraction(-1, 2):
+    leaves = [f for f in factors if f.kind == "leaf" and not f.perm]
+    if (
+        len(factors) != 3
+        or len(sums) != 1
+        or len(leaves) != 2
+        or sums[0].exponent != Fraction(-1, 2)
+    ):
         return None
     ss = sums[0]
     identity = Keyed.of(term.numel, 1)
@@ -718,6 +892,59 @@ def _classify(term: Term, index: GraphIndex) -> _Match | None:
     ):
         return None
     return _Match(v=v, g=g, ss=ss)
+
+
+@dataclass(frozen=True)
+class _SpectralMatch:
+    weight: Factor
+    sigma: Factor
+
+
+def _classify_spectral(term: Term, index: GraphIndex) -> _SpectralMatch | None:
+    """``W / σ`` with ``σ = uᵀ·M·v``, ``M`` being ``W`` (or a same-sized copy) as a matrix."""
+    if term.dtype not in FLOAT_TYPES:
+        return None
+    factors = _merge(term.factors)
+    leaves = [f for f in factors if f.kind == "leaf"]
+    sigmas = [f for f in factors if f.kind == "sigma"]
+    if len(factors) != 2 or len(leaves) != 1 or len(sigmas) != 1:
+        return None
+    weight, sigma = leaves[0], sigmas[0]
+    bilinear = sigma.bilinear
+    w_info, m_info = index.constant_info(weight.source), index.constant_info(sigma.source)
+    if (
+        bilinear is None
+        or not bilinear.u
+        or weight.perm
+        or weight.exponent != 1
+        or weight.layout != Keyed.of(term.numel, 1)
+        or sigma.exponent != -1
+        or sigma.layout.size != 1
+        or w_info is None
+        or m_info is None
+        or _numel(w_info[0]) != term.numel
+        or _numel(m_info[0]) != term.numel
+        or w_info[1] not in FLOAT_TYPES
+        or m_info[1] not in FLOAT_TYPES
+    ):
+        return None
+    return _SpectralMatch(weight, sigma)
+
+
+def spectral_parameter_name(original: str, u: str, v: str) -> str | None:
+    """The folded parameter's name when the original weight and ``u``/``v`` are named like
+    PyTorch's spectral-norm keys (``x.weight_orig``/``_u``/``_v``, or
+    ``x.parametrizations.weight.original`` and ``x.parametrizations.weight.0._u``/``._v``)."""
+    if original.endswith("_orig"):
+        candidate = original[: -len("_orig")]
+        if candidate and (u == f"{candidate}_u" or v == f"{candidate}_v"):
+            return candidate
+    # ``.original`` alone (weight norm's are original0/original1) says spectral norm: the
+    # dynamo exporter may have renamed u and v (``clone``, ``clone_1``) by folding a copy.
+    head, mark, param = original.removesuffix(".original").rpartition("parametrizations.")
+    if original.endswith(".original") and mark and param and "." not in param:
+        return f"{head}{param}"
+    return None
 
 
 def _narrowest(dtypes: set[int] | frozenset[int]) -> int | None:
@@ -780,7 +1007,8 @@ def parameter_name(v: str, g: str) -> str | None:
 
 
 def find_weight_norm(index: GraphIndex) -> list[WeightNormSite]:
-    """Every weight-norm computation from constants in the main graph, in graph order."""
+    """Every weight-norm and spectral-norm computation from constants in the main graph, in
+    graph order (spectral-norm sites have ``spectral`` set)."""
     analyzer = _Analyzer(index)
     sites: list[WeightNormSite] = []
     covered: set[int] = set()
@@ -797,10 +1025,15 @@ def find_weight_norm(index: GraphIndex) -> list[WeightNormSite]:
         if term is None:
             continue
         match = _classify(term, index)
-        if match is None:
+        spectral = _classify_spectral(term, index) if match is None else None
+        if match is None and spectral is None:
             continue
         root, term = _extend_root(analyzer, index, root, term)
-        site = _site(index, root, term, match)
+        if match is not None:
+            site = _site(index, root, term, match)
+        else:
+            assert spectral is not None
+            site = _spectral_site(index, root, term, spectral)
         covered.update(site.node_indices)
         sites.append(site)
     return sites
@@ -858,6 +1091,61 @@ def _site(index: GraphIndex, root: str, term: Term, match: _Match) -> WeightNorm
         foldable=foldable,
         reason=reason,
     )
+
+
+def _spectral_site(index: GraphIndex, root: str, term: Term,
+                   match: _SpectralMatch) -> WeightNormSite:
+    weight, sigma, bilinear = match.weight, match.sigma, match.sigma.bilinear
+    assert bilinear is not None
+    w_shape, w_type = index.constant_info(weight.source) or ((), 0)
+    m_shape, m_type = index.constant_info(sigma.source) or ((), 0)
+    rows = m_shape[bilinear.matrix_dim]
+    if sigma.source == weight.source:
+        dim: int | None = bilinear.matrix_dim
+    else:  # a copy of the weight: the axis is only known when one axis fits
+        fits = [axis for axis, size in enumerate(w_shape) if size == rows]
+        dim = fits[0] if len(fits) == 1 else None
+    positions = tuple(sorted(term.nodes))
+    foldable, reason = True, None
+    round_dtype = _narrowest(term.arith_dtypes | {term.dtype})
+    if round_dtype is None:
+        foldable, reason = False, "mixes float16 and bfloat16 arithmetic"
+        round_dtype = term.dtype
+    parts = SpectralParts(
+        matrix=sigma.source,
+        matrix_dim=bilinear.matrix_dim,
+        matrix_casts=_effective_casts(m_type, sigma.casts),
+        u=bilinear.u,
+        u_casts=_effective_casts(_type_of(index, bilinear.u), bilinear.u_casts),
+        vector=bilinear.v,
+        vector_casts=_effective_casts(_type_of(index, bilinear.v), bilinear.v_casts),
+    )
+    return WeightNormSite(
+        root=root,
+        v=weight.source,
+        g="",
+        shape=term.shape,
+        v_shape=w_shape,
+        g_shape=(),
+        group=Keyed(1, 1),
+        dim=dim,
+        dtype=term.dtype,
+        round_dtype=round_dtype,
+        v_casts=_effective_casts(w_type, weight.casts),
+        g_casts=(),
+        node_indices=positions,
+        node_names=tuple(index.node_label(p) for p in positions),
+        op_types=tuple(index.nodes[p].op_type for p in positions),
+        parameter=spectral_parameter_name(weight.source, bilinear.u, bilinear.v),
+        foldable=foldable,
+        reason=reason,
+        spectral=parts,
+    )
+
+
+def _type_of(index: GraphIndex, name: str) -> int:
+    info = index.constant_info(name)
+    return info[1] if info is not None else 0
 
 
 def op_counts(graph: onnx.GraphProto) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""Replacing weight-norm computations in an ONNX graph by one folded initializer each.
+"""Replacing weight-norm (and spectral-norm) computations in an ONNX graph by one folded
+initializer each.
 
 The graph edit is cheap and happens at once; the folded data is computed when the output is
 written (:class:`~wnconvert.onnx_graph.protoio.Computed`), one tensor at a time, so the model is
@@ -22,7 +23,11 @@ from .analysis import (
     find_weight_norm,
     op_counts,
 )
-from .hidden import find_weight_norm_in_subgraphs, pairs_read_at_run_time
+from .hidden import (
+    find_weight_norm_in_subgraphs,
+    pairs_read_at_run_time,
+    spectral_read_at_run_time,
+)
 from .names import Renamed, names_in_use
 from .protoio import Computed, FileRange, LazyModel, read_initializer
 from .walk import outer_references, rename_references
@@ -48,13 +53,17 @@ class LayerFold:
     ops_removed: tuple[str, ...]
     zero_norm_rows: int = 0  # filled in when the data is computed (on write)
     nonfinite_rows: int = 0
+    kind: str = "weight_norm"  # or "spectral_norm": v is the original weight, g is empty
+    sigma: float | None = None  # spectral norm: the σ divided by (filled in on write)
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
+            "kind": self.kind,
             "replaces": self.value,
             "v": self.v,
-            "g": self.g,
+            "g": self.g or None,
+            "sigma": self.sigma,
             "shape": list(self.shape),
             "dim": self.dim,
             "dtype": self.dtype,
@@ -71,6 +80,8 @@ class FoldResult:
     skipped: list[WeightNormSite] = field(default_factory=list)  # found, left in place
     # g/v pairs read at run time by something not recognized as weight norm: left in place.
     unrecognized: list[str] = field(default_factory=list)
+    # Spectral-norm weights (parameter names) read at run time by something not recognized.
+    unrecognized_spectral: list[str] = field(default_factory=list)
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
     initializers_removed: list[str] = field(default_factory=list)
@@ -88,6 +99,7 @@ class FoldResult:
             "renamed": [entry.to_dict() for entry in self.renamed],
             "skipped": [site.to_dict() for site in self.skipped],
             "unrecognized_pairs": self.unrecognized,
+            "unrecognized_spectral_norm": self.unrecognized_spectral,
             "initializers_removed": self.initializers_removed,
             "op_counts": {"before": self.ops_before, "after": self.ops_after},
         }
@@ -108,6 +120,7 @@ def fold_model(model: LazyModel) -> FoldResult:
     result.skipped += find_weight_norm_in_subgraphs(model)
     result.unrecognized = [keys.weight_key for keys in
                            pairs_read_at_run_time(index, sites + result.skipped)]
+    result.unrecognized_spectral = spectral_read_at_run_time(index, sites + result.skipped)
     foldable = [site for site in sites if site.foldable]
     if not foldable:
         result.ops_after = dict(result.ops_before)
@@ -120,7 +133,7 @@ def fold_model(model: LazyModel) -> FoldResult:
     reuse: dict[tuple, str] = {}
     for site in foldable:
         key = (site.v, site.g, site.group, site.v_casts, site.g_casts, site.round_dtype,
-               site.dtype, site.shape)
+               site.dtype, site.shape, site.spectral)
         if key in reuse and site.root not in index.graph_outputs:
             renames[site.root] = reuse[key]  # the same weight computed twice: share it
             continue
@@ -140,6 +153,7 @@ def fold_model(model: LazyModel) -> FoldResult:
             dtype=dtype_name(site.dtype),
             nodes_removed=0,
             ops_removed=(),
+            kind=site.kind,
         )
         layers[site.root] = layer
         new_tensors[name] = (
@@ -147,13 +161,7 @@ def fold_model(model: LazyModel) -> FoldResult:
             Computed(
                 nbytes=_numel(site.shape) * _itemsize(site.dtype),
                 external=_is_external(model, site.v),
-                compute=partial(
-                    _compute,
-                    _leaf_loader(model, index, site.v),
-                    _leaf_loader(model, index, site.g),
-                    site,
-                    layer,
-                ),
+                compute=_computation(model, index, site, layer),
             ),
             site.v if site.v in index.initializers else site.g,
         )
@@ -169,7 +177,9 @@ def fold_model(model: LazyModel) -> FoldResult:
             folded.nodes_removed = len(removed)
             folded.ops_removed = tuple(graph.node[p].op_type for p in removed)
     removed_values = {out for p in dead for out in graph.node[p].output if out}
-    leaves = {site.v for site in foldable} | {site.g for site in foldable}
+    leaves = {site.v for site in foldable} | {site.g for site in foldable if site.g}
+    leaves |= {name for site in foldable if site.spectral is not None
+               for name in (site.spectral.matrix, site.spectral.u, site.spectral.vector)}
     leaves |= {name for p in dead for name in graph.node[p].input}
     _remove_nodes(graph, dead)
     result.initializers_removed = _rebuild_initializers(model, new_tensors, leaves)
@@ -363,6 +373,68 @@ def _apply_casts(x: np.ndarray, casts: tuple[int, ...]) -> np.ndarray:
     for to in casts:
         x = round_from_float64(as_float64(x), _numpy_type(to))
     return x
+
+
+def _computation(model: LazyModel, index: GraphIndex, site: WeightNormSite,
+                 layer: LayerFold) -> Callable[[], np.ndarray]:
+    if site.spectral is None:
+        return partial(_compute, _leaf_loader(model, index, site.v),
+                       _leaf_loader(model, index, site.g), site, layer)
+    parts = site.spectral
+    return partial(
+        _compute_spectral,
+        _leaf_loader(model, index, site.v),
+        _leaf_loader(model, index, parts.matrix),
+        _leaf_loader(model, index, parts.u),
+        _leaf_loader(model, index, parts.vector),
+        site,
+        layer,
+    )
+
+
+def _compute_spectral(
+    load_weight: Callable[[], np.ndarray],
+    load_matrix: Callable[[], np.ndarray],
+    load_u: Callable[[], np.ndarray],
+    load_v: Callable[[], np.ndarray],
+    site: WeightNormSite,
+    layer: LayerFold,
+) -> np.ndarray:
+    """``W / σ``, ``σ = uᵀ·W_mat·v``, for one site: PyTorch's eval-mode spectral norm in
+    float64, rounded once (:func:`~wnconvert.numerics.spectral_fold`)."""
+    import math
+
+    import numpy as np
+
+    from ..numerics import as_float64, round_from_float64, spectral_fold, spectral_sigma
+
+    parts = site.spectral
+    assert parts is not None
+    weight = _apply_casts(load_weight(), site.v_casts)
+    u = _apply_casts(load_u(), parts.u_casts)
+    v = _apply_casts(load_v(), parts.vector_casts)
+    round_type = _numpy_type(site.round_dtype)
+    if parts.matrix == site.v and parts.matrix_casts == site.v_casts and (
+            weight.dtype == round_type):
+        w, sigma = spectral_fold(weight, u, v, parts.matrix_dim)
+    else:  # σ from a copy of the weight (or cast differently), or rounded to another type
+        sigma = spectral_sigma(_apply_casts(load_matrix(), parts.matrix_casts), u, v,
+                               parts.matrix_dim)
+        with np.errstate(divide="ignore", invalid="ignore"):  # σ = 0: ±inf/NaN, as the graph
+            w = round_from_float64(as_float64(weight) / sigma, round_type)
+    del weight, u, v
+    out_type = _numpy_type(site.dtype)
+    w = (w if w.dtype == out_type else w.astype(out_type)).reshape(site.shape)
+    layer.sigma = sigma
+    if sigma == 0 or not math.isfinite(sigma):
+        layer.nonfinite_rows = 1
+        warnings.warn(
+            f"{layer.name}: spectral norm's σ = uᵀ·W·v is {sigma} for {site.v}; the folded "
+            "weight is not finite, as the original graph computes it",
+            WeightNormWarning,
+            stacklevel=2,
+        )
+    return np.ascontiguousarray(w)
 
 
 def _compute(

@@ -9,7 +9,8 @@
 * **If/Loop/Scan bodies**: searched with the main graph's initializers in scope; reported, never
   folded (fold rewrites the main graph only);
 * **ops the analysis does not follow** (a ``Transpose`` around the norm): a g/v pair (by name)
-  that the graph reads at run time with no recognized weight norm is reported as such.
+  that the graph reads at run time with no recognized weight norm is reported as such, and so
+  is a spectral-norm original weight with its ``u`` (:func:`spectral_read_at_run_time`).
 
 Before anything inlines or checks the functions (``onnx.checker`` infers shapes through every
 call site, so it inlines too), :func:`refuse_function_bombs` counts the nodes the inlined model
@@ -186,6 +187,32 @@ def pairs_read_at_run_time(index: GraphIndex, sites: list[WeightNormSite]) -> li
         if (keys.g_key, keys.v_key) not in computed
         and index.consumers.get(keys.g_key) and index.consumers.get(keys.v_key)
     ]
+
+
+def spectral_read_at_run_time(index: GraphIndex, sites: list[WeightNormSite]) -> list[str]:
+    """Parameters whose spectral-norm original weight and ``u`` (named as PyTorch names them:
+    ``x.weight_orig``/``x.weight_u``, ``x.parametrizations.weight.original``/``...0._u``) are
+    both read at run time with no recognized spectral norm computing from them: spectral norm
+    the analysis cannot see (an ``Einsum``, a ``Gemm``), not something to call clean."""
+    computed = {site.v for site in sites if site.spectral is not None}
+    found = []
+    for name in index.initializers:
+        if name.endswith("_orig"):
+            parameter, u = name[: -len("_orig")], f"{name[: -len('_orig')]}_u"
+        elif name.endswith(".original") and "parametrizations." in name:
+            head, _, param = name.removesuffix(".original").rpartition("parametrizations.")
+            parameter, u = f"{head}{param}", name.removesuffix(".original") + ".0._u"
+        else:
+            continue
+        if (
+            parameter
+            and u in index.initializers
+            and name not in computed
+            and index.consumers.get(name)
+            and index.consumers.get(u)
+        ):
+            found.append(parameter)
+    return found
 
 
 def find_weight_norm_in_subgraphs(model: LazyModel) -> list[WeightNormSite]:

@@ -116,9 +116,17 @@ def _renamed_table(renamed: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _fold_kinds(layers: list[dict[str, Any]]) -> str:
+    """"weight-norm", "spectral-norm" or both (weight norm alone reads as it always did)."""
+    kinds = {layer.get("kind", "weight_norm") for layer in layers}
+    if kinds == {"spectral_norm"}:
+        return "spectral-norm"
+    return "weight-norm and spectral-norm" if "spectral_norm" in kinds else "weight-norm"
+
+
 def _print_layers(console: Any, layers: list[dict[str, Any]]) -> None:
     table = Table(
-        title=f"folded {len(layers)} weight-norm computation(s)", title_justify="left"
+        title=f"folded {len(layers)} {_fold_kinds(layers)} computation(s)", title_justify="left"
     )
     for col, justify in (("name", "left"), ("replaces", "left"), ("shape", "left"),
                          ("dim", "left"), ("dtype", "left"), ("nodes removed", "right")):
@@ -145,12 +153,17 @@ def print_inspection(info: dict[str, Any]) -> None:
         f"{format_bytes(info['tensor_bytes'])} of tensors, {layout})"
     )
     _print_inlined(console, info, "to find it")
-    sites = info["weight_norm"]
+    found = info["weight_norm"]
+    sites = [site for site in found if site.get("kind") != "spectral_norm"]
+    spectral = [site for site in found if site.get("kind") == "spectral_norm"]
     if sites:
         console.print(_sites_table(
             f"weight norm computed at run time: {len(sites)}", sites))
-    else:
+    elif not spectral:
         console.print("weight norm computed at run time: none")
+    if spectral:
+        console.print(_sites_table(
+            f"spectral norm computed at run time: {len(spectral)}", spectral))
     pairs = info["pairs"]
     if pairs:
         table = Table(title="initializers named like g/v pairs", title_justify="left")
@@ -202,14 +215,22 @@ def print_check(result: dict[str, Any]) -> None:
             "does not recognize as weight norm (e.g. through a Transpose); it likely computes "
             "weight norm at run time"
         )
-    if not sites and not result.get("unrecognized_pairs"):
+    for name in result.get("unrecognized_spectral_norm", []):
+        console.print(
+            f"[red]spectral-norm weight read at run time[/]: {escape(name)} (its original weight "
+            "and u) is used by the graph in a way wnconvert does not recognize as spectral norm; "
+            "it likely computes spectral norm at run time"
+        )
+    if not sites and not result.get("unrecognized_pairs") and not result.get(
+            "unrecognized_spectral_norm"):
         console.print(f"[green]clean[/]: {escape(result['model'])} computes no weight norm at "
                       "run time")
         return
     for site in sites:
         label = site["parameter"] or site["value"]
+        kind = "spectral norm" if site.get("kind") == "spectral_norm" else "weight norm"
         console.print(
-            f"[red]weight norm at run time[/]: {escape(label)} "
+            f"[red]{kind} at run time[/]: {escape(label)} "
             f"({_shape(site['shape'])}, dim {_dim(site['dim'])}): "
             f"{escape(' → '.join(site['ops']))} "
             f"[dim]nodes {escape(', '.join(site['nodes']))}[/]"
