@@ -194,9 +194,23 @@ def _remove(site: _Site) -> torch.nn.Parameter:
         remove_weight_norm(sub, site.param)
     else:
         remove_spectral_norm(sub, site.param)
+        _drop_spectral_load_hook(sub, site.param)
     param = sub._parameters[site.param]
     assert param is not None
     return param
+
+
+def _drop_spectral_load_hook(sub: torch.nn.Module, param: str) -> None:
+    """Remove legacy spectral norm's load_state_dict pre-hook, which ``remove_spectral_norm``
+    leaves behind (it looks for the hook itself, but PyTorch stores it wrapped): left there, the
+    folded module refuses its own plain state dict (``weight_orig``/``weight_u`` missing)."""
+    from torch.nn.utils.spectral_norm import SpectralNormLoadStateDictPreHook
+
+    for key, hook in list(sub._load_state_dict_pre_hooks.items()):
+        inner = getattr(hook, "hook", hook)
+        if (isinstance(inner, SpectralNormLoadStateDictPreHook)
+                and getattr(inner.fn, "name", None) == param):
+            del sub._load_state_dict_pre_hooks[key]
 
 
 def fold_sites(module: torch.nn.Module) -> tuple[list[FoldedParameter], list[LeftInPlace]]:
