@@ -163,6 +163,8 @@ def test_find_spectral_keys_both_styles_and_legacy_without_v() -> None:
             "old.weight_orig", "old.weight_u", "old.weight",  # before weight_v existed
             "c.weight_orig",  # no u: not spectral norm
             "d.parametrizations.weight.original",  # 1-D or another parametrization: left
+            "f.parametrizations.weight.original", "f.parametrizations.weight.0._u",
+            "f.parametrizations.weight.0._v", "f.parametrizations.weight.1.base",  # a chain
             "e.weight_g", "e.weight_v"]  # weight norm
     assert find_spectral_keys(keys) == [
         SpectralKeys("a.weight", "a.weight_orig", "a.weight_u", "a.weight_v", "legacy"),

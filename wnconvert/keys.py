@@ -237,7 +237,16 @@ class SpectralKeys:
         return tuple(k for k in (self.orig_key, self.u_key, self.v_key) if k is not None)
 
 
-def _parametrize_spectral(key: str, present: set[str]) -> SpectralKeys | None:
+def _parametrize_head(key: str) -> str | None:
+    """``<mod>.parametrizations.<name>`` for a key below it, else None."""
+    module_part, mark, rest = key.rpartition(_PARAMETRIZE_MARK)
+    if not mark or (module_part and not module_part.endswith(".")):
+        return None
+    return f"{module_part}{mark}{rest.partition('.')[0]}"
+
+
+def _parametrize_spectral(key: str, present: set[str],
+                          per_head: dict[str, int]) -> SpectralKeys | None:
     if not key.endswith(".original"):
         return None
     head = key[: -len(".original")]  # <mod>.parametrizations.<name>
@@ -245,20 +254,26 @@ def _parametrize_spectral(key: str, present: set[str]) -> SpectralKeys | None:
     if not mark or not param or "." in param or (module_part and not module_part.endswith(".")):
         return None
     u_key, v_key = f"{head}.0._u", f"{head}.0._v"
-    if u_key not in present or v_key not in present:
-        return None
+    if u_key not in present or v_key not in present or per_head.get(head) != 3:
+        return None  # not spectral norm alone (a chain of parametrizations stays as it is)
     return SpectralKeys(f"{module_part}{param}", key, u_key, v_key, "parametrize")
 
 
 def find_spectral_keys(keys: Iterable[str]) -> list[SpectralKeys]:
     """Every spectral-norm site among ``keys`` (both styles), in the order their first key
     appears. A legacy ``<w>_orig`` without ``<w>_u`` is not a site; one with a weight-norm
-    ``<w>_g`` too is refused (the checkpoint is inconsistent)."""
+    ``<w>_g`` too is refused (the checkpoint is inconsistent). A parametrized ``<name>`` with
+    more than spectral norm's three tensors (a chain) is not a site."""
     keys = list(keys)
     present = set(keys)
+    per_head: dict[str, int] = {}
+    for key in keys:
+        head = _parametrize_head(key)
+        if head is not None:
+            per_head[head] = per_head.get(head, 0) + 1
     sites: list[SpectralKeys] = []
     for key in keys:
-        site = _parametrize_spectral(key, present)
+        site = _parametrize_spectral(key, present, per_head)
         if site is None and key.endswith("_orig") and len(key) > len("_orig"):
             base = key[: -len("_orig")]
             if f"{base}_u" not in present:
