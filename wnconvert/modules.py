@@ -119,11 +119,6 @@ def _sites_of(sub: torch.nn.Module, path: str, left: list[LeftInPlace]) -> Itera
             yield _Site(sub, path, hook.name, "spectral_norm", "legacy", hook)
 
 
-def has_reparametrization(module: torch.nn.Module) -> bool:
-    """True when ``module`` has any weight norm or spectral norm (either API)."""
-    return bool(find_sites(module)[0])
-
-
 def in_training_mode(module: torch.nn.Module) -> list[str]:
     """The spectral-norm parameters that would run a power iteration on the next call."""
     names = []
