@@ -139,3 +139,24 @@ def test_inconsistent_spectral_keys_are_refused(save_pt) -> None:
             "a.weight_g": torch.ones(2, 1), "a.weight_v": torch.ones(2, 3)}
     with pytest.raises(InputError, match="inconsistent"):
         wnconvert.fold_checkpoint(save_pt(both, "both.pt"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_spectral_norm_is_rounded_once(dtype, save_st, tmp_path) -> None:
+    model = gan_generator("parametrize").to(dtype)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    result = wnconvert.fold_checkpoint(save_st(state), tmp_path / "o.safetensors")
+    folded = wnconvert.load_checkpoint(tmp_path / "o.safetensors").state_dict
+    for site in (p for p in result.pairs if p["kind"] == "spectral_norm"):
+        base = site["name"].replace(".weight", ".parametrizations.weight")
+        w, u, v = (state[base + s].double().numpy() for s in (".original", ".0._u", ".0._v"))
+        mat = np.moveaxis(w, site["dim"], 0).reshape(w.shape[site["dim"]], -1)
+        exact = w / (u @ mat @ v)
+        ours = folded[site["name"]]
+        assert ours.dtype == dtype
+        err = np.abs(ours.double().numpy() - exact)
+        # One unit in the last place of the exact value in ``dtype`` (subnormals included).
+        bits, smallest = {torch.float16: (10, -24), torch.bfloat16: (7, -133)}[dtype]
+        exponent = np.floor(np.log2(np.maximum(np.abs(exact), 2.0 ** -200)))
+        ulp = 2.0 ** np.maximum(exponent - bits, smallest)
+        assert np.max(err / ulp) <= 0.5, site["name"]  # float64, rounded once
