@@ -389,7 +389,7 @@ def test_the_python_api_page_has_an_example_per_job() -> None:
     for job in ("load_checkpoint", "save_checkpoint", "fold_state_dict", "decompose_state_dict",
                 "restyle_state_dict", "export_onnx", "verify(", "fold_onnx", "check_onnx",
                 "inspect_checkpoint", "fold_checkpoint", "decompose_checkpoint",
-                "restyle_checkpoint", "model=net"):
+                "restyle_checkpoint", "model=net", "fold_module"):
         assert job in code, job
 
 

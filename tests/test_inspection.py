@@ -64,8 +64,10 @@ def test_inspect_reports_pairs_candidates_and_totals(save_pt):
         "pairs": 3,
         "pairs_by_style": {"parametrize": 1, "legacy": 2},
         "zero_norm_rows": 1,
+        "spectral_norm": 0,
         "decompose_candidates": 1,
     }
+    assert report["spectral_norm"] == []
     container = report["container"]
     assert container["format"] == "pt" and container["state_dict_key"] == "model"
     assert [e["key"] for e in container["entries"]] == ["model", "step"]

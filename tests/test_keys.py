@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from wnconvert.errors import InputError
 from wnconvert.keys import PairKeys, find_pair_keys, pair_keys, restyle_key_map
 
 
@@ -148,3 +149,30 @@ def test_detect_key_prefix_strips_or_adds_a_wrapper_prefix():
     assert detect_key_prefix(ref, ref) is None  # names already match
     assert detect_key_prefix(["x.y"], ["a.b"]) is None  # no prefix change helps
     assert detect_key_prefix([], ref) is None
+
+
+# --------------------------------------------------------------------------- spectral norm
+
+
+def test_find_spectral_keys_both_styles_and_legacy_without_v() -> None:
+    from wnconvert.keys import SpectralKeys, find_spectral_keys
+
+    keys = ["a.weight_orig", "a.weight_u", "a.weight_v", "a.bias",
+            "b.parametrizations.weight.original", "b.parametrizations.weight.0._u",
+            "b.parametrizations.weight.0._v",
+            "old.weight_orig", "old.weight_u", "old.weight",  # before weight_v existed
+            "c.weight_orig",  # no u: not spectral norm
+            "d.parametrizations.weight.original",  # 1-D or another parametrization: left
+            "f.parametrizations.weight.original", "f.parametrizations.weight.0._u",
+            "f.parametrizations.weight.0._v", "f.parametrizations.weight.1.base",  # a chain
+            "e.weight_g", "e.weight_v"]  # weight norm
+    assert find_spectral_keys(keys) == [
+        SpectralKeys("a.weight", "a.weight_orig", "a.weight_u", "a.weight_v", "legacy"),
+        SpectralKeys("b.weight", "b.parametrizations.weight.original",
+                     "b.parametrizations.weight.0._u", "b.parametrizations.weight.0._v",
+                     "parametrize"),
+        SpectralKeys("old.weight", "old.weight_orig", "old.weight_u", None, "legacy",
+                     stored_key="old.weight"),
+    ]
+    with pytest.raises(InputError, match="inconsistent"):
+        find_spectral_keys(["x.weight_orig", "x.weight_u", "x.weight_g", "x.weight_v"])

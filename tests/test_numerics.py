@@ -640,3 +640,28 @@ def test_spectral_fold_of_a_1d_weight_normalizes_it() -> None:
     np.testing.assert_array_equal(out, np.array([0.6, 0.8], dtype=np.float32))
     with pytest.raises(ValueError, match="do not fit"):
         numerics.spectral_sigma(np.ones((2, 3), np.float32), np.ones(3), np.ones(2), 0)
+
+
+def test_spectral_dims_lists_every_axis_u_and_v_fit() -> None:
+    assert numerics.spectral_dims((5, 6, 3), 5, 18) == [0]
+    assert numerics.spectral_dims((6, 5, 3), 5, 18) == [1]
+    assert numerics.spectral_dims((4, 4, 3), 4, 12) == [0, 1]  # a square weight
+    assert numerics.spectral_dims((3, 8, 3, 3), 3, 72) == [0, 2, 3]  # a kernel as long
+    assert numerics.spectral_dims((2, 3), 5, 3) == []
+
+
+def test_spectral_dim_from_vectors_reads_the_power_iteration() -> None:
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    torch.manual_seed(0)
+    for make, dim in ((lambda: torch.nn.ConvTranspose1d(16, 16, 3), 1),
+                      (lambda: torch.nn.Conv1d(16, 16, 5), 0),
+                      (lambda: torch.nn.Conv2d(8, 3, 3), 0)):
+        sn = spectral_norm(make()).parametrizations.weight
+        w, u, v = sn.original.detach().numpy(), sn[0]._u.numpy(), sn[0]._v.numpy()
+        dims = numerics.spectral_dims(w.shape, u.size, v.size)
+        assert len(dims) > 1 and numerics.spectral_dim_from_vectors(w, u, v, dims) == dim
+    rng = np.random.default_rng(0)  # vectors never iterated: nothing to tell
+    w = rng.standard_normal((4, 4, 3))
+    u, v = rng.standard_normal(4), rng.standard_normal(12)
+    assert numerics.spectral_dim_from_vectors(w, u, v, [0, 1]) is None

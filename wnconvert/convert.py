@@ -34,8 +34,10 @@ from .keys import (
     STYLES,
     PairKeys,
     PrefixChange,
+    SpectralKeys,
     Style,
     find_pair_keys,
+    find_spectral_keys,
     pair_keys,
     prefix_to_match,
     restyle_key_map,
@@ -117,6 +119,84 @@ def find_pairs(state: Mapping[str, Any] | TensorSource) -> list[Pair]:
     return pairs
 
 
+@dataclass(frozen=True)
+class SpectralSite:
+    """One spectral-normed parameter: its keys, ``dim`` (read from the lengths of ``u`` and
+    ``v``; ``None`` while several axes fit, see ``dims``), shape and dtype of the weight."""
+
+    keys: SpectralKeys
+    dim: int | None
+    dims: tuple[int, ...]  # every axis u and v fit
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def weight_key(self) -> str:
+        return self.keys.weight_key
+
+    @property
+    def style(self) -> Style:
+        return self.keys.style
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.weight_key, "kind": "spectral_norm", "style": self.style,
+                "orig_key": self.keys.orig_key, "u_key": self.keys.u_key,
+                "v_key": self.keys.v_key, "dim": self.dim, "shape": list(self.shape),
+                "dtype": self.dtype}
+
+
+def find_spectral_sites(state: Mapping[str, Any] | TensorSource, *,
+                        sn_dim: int | None = None) -> list[SpectralSite]:
+    """Every spectral-norm site of a state dict (both key styles), ``dim`` read from the lengths
+    of ``u`` (the size of ``dim``) and ``v`` (the product of the other sizes).
+
+    Where several axes fit (a square weight, or a kernel as long as the output channels),
+    ``sn_dim`` picks one when it is among them; else the stored vectors decide when they tell
+    clearly (:func:`wnconvert.numerics.spectral_dim_from_vectors`, which reads those tensors);
+    else ``dim`` stays None and :func:`plan_fold` refuses. Raises :class:`InputError` if
+    ``u``/``v`` fit no axis of the weight.
+    """
+    source = _as_source(state)
+    sites = []
+    for keys in find_spectral_keys(source.keys()):
+        weight = source.info(keys.orig_key)
+        if not is_floating(weight.dtype) or weight.numel == 0:
+            raise InputError(f"spectral-norm weight {keys.orig_key!r} has shape "
+                             f"{list(weight.shape)} and dtype {weight.dtype}; spectral norm needs "
+                             "a floating tensor with elements (the checkpoint is inconsistent)")
+        if keys.v_key is None:  # legacy, before weight_v: the stored weight is kept
+            sites.append(SpectralSite(keys, None, (), weight.shape, weight.dtype))
+            continue
+        u, v = source.info(keys.u_key), source.info(keys.v_key)
+        dims = numerics.spectral_dims(weight.shape, u.numel, v.numel)
+        if not dims:
+            raise InputError(f"spectral norm of {keys.weight_key!r}: u ({u.numel}) and v "
+                             f"({v.numel}) fit no axis of the weight {list(weight.shape)}; the "
+                             "checkpoint is inconsistent")
+        if len(dims) == 1:
+            dim: int | None = dims[0]
+        elif sn_dim in dims:
+            dim = sn_dim
+        else:
+            dim = numerics.spectral_dim_from_vectors(
+                read_view(source, keys.orig_key), read_view(source, keys.u_key),
+                read_view(source, keys.v_key), dims)
+        sites.append(SpectralSite(keys, dim, tuple(dims), weight.shape, weight.dtype))
+    return sites
+
+
+def _check_sn_dim(site: SpectralSite, sn_dim: int | None) -> int:
+    if site.dim is not None:
+        return site.dim
+    axes = " and ".join(str(d) for d in site.dims)
+    why = "" if sn_dim is None else " ({-sn_dim=sn_dim} is not one of them)"
+    raise InputError.template(
+        "spectral norm of {name}: u and v fit axes {axes} of its weight {shape} and its "
+        "power-iteration vectors do not tell which" + why + "; give {-sn_dim} (PyTorch's "
+        "default: 0, 1 for ConvTranspose), or fold the module itself (fold_module)",
+        name=site.weight_key, axes=axes, shape=list(site.shape), sn_dim=sn_dim)
+
+
 @dataclass
 class Conversion:
     """What a job will write: the output plan and the pairs it touched."""
@@ -126,6 +206,7 @@ class Conversion:
     pairs: list[Pair]  # folded / created / renamed pairs
     source: TensorSource  # where pass-through and input tensors are read from
     notes: list[str] = field(default_factory=list)
+    spectral: list[SpectralSite] = field(default_factory=list)  # spectral norm folded (fold)
 
     @property
     def unchanged(self) -> int:
@@ -233,32 +314,68 @@ def _decompose_producers(source: TensorSource, key: str, dim: int | None, g_shap
 # --------------------------------------------------------------------------- fold
 
 
-def _plan_fold(state: Mapping[str, Any] | TensorSource) -> Conversion:
-    """Fold every pair (both styles): ``w`` takes the place of the pair's first key."""
+def _planned_spectral(source: TensorSource, site: SpectralSite, dim: int) -> PlannedTensor:
+    """The plan entry that folds spectral-norm ``site``: ``W_orig / σ`` as eval mode computes
+    it (one tensor at a time: σ needs the whole weight)."""
+    keys = site.keys
+    assert keys.v_key is not None
+
+    def produce() -> np.ndarray:
+        w, _ = numerics.spectral_fold(read_view(source, keys.orig_key),
+                                      read_view(source, keys.u_key),
+                                      read_view(source, keys.v_key), dim)  # type: ignore[arg-type]
+        return w
+
+    return PlannedTensor(site.weight_key, TensorInfo(site.shape, site.dtype), keys.orig_key,
+                         produce)
+
+
+def _plan_fold(state: Mapping[str, Any] | TensorSource, *, spectral: bool = False,
+               sn_dim: int | None = None) -> Conversion:
+    """Fold every pair (both styles) and, with ``spectral``, every spectral-norm site: the
+    plain weight takes the place of the first key."""
     source = _as_source(state)
     pairs = find_pairs(source)
-    by_key: dict[str, Pair] = {}
+    sites = find_spectral_sites(source, sn_dim=sn_dim) if spectral else []
+    by_key: dict[str, Pair | SpectralSite] = {}
     for found in pairs:
         by_key[found.keys.g_key] = found
         by_key[found.keys.v_key] = found
+    notes: list[str] = []
+    for site in sites:
+        if site.keys.stored_key is not None:
+            notes.append(f"{site.weight_key}: legacy spectral norm saved without "
+                         f"{site.weight_key}_v (before PyTorch 1.1); kept its stored weight "
+                         f"(PyTorch's normalized weight when it was saved)")
+        for key in site.keys.members:
+            if key in by_key:
+                raise InputError(f"{key!r} belongs both to a weight-norm pair and to spectral "
+                                 "norm; the checkpoint is inconsistent")
+            by_key[key] = site
     plan: list[PlannedTensor] = []
     emitted: set[str] = set()
     taken_names = set(source.keys())
     for key in source.keys():
-        pair = by_key.get(key)
-        if pair is None:
+        item = by_key.get(key)
+        if item is None:
             plan.append(PlannedTensor(key, source.info(key), key))
             continue
-        if pair.weight_key in emitted:
+        if item.weight_key in emitted:
             continue
-        if pair.weight_key in taken_names:
+        emitted.add(item.weight_key)
+        if isinstance(item, SpectralSite) and item.keys.stored_key is not None:
+            continue  # the stored weight is planned as it is, in its own place
+        if item.weight_key in taken_names:
+            kind = "a weight-norm pair" if isinstance(item, Pair) else "spectral norm"
             raise InputError(
-                f"{pair.weight_key!r} exists both as a plain tensor and as a weight-norm pair; "
-                "the checkpoint is inconsistent (remove one of them)"
+                f"{item.weight_key!r} exists both as a plain tensor and as {kind}; the "
+                "checkpoint is inconsistent (remove one of them)"
             )
-        emitted.add(pair.weight_key)
-        plan.append(_planned_fold(source, pair))
-    return _conversion("fold", plan, pairs, source)
+        if isinstance(item, Pair):
+            plan.append(_planned_fold(source, item))
+        else:
+            plan.append(_planned_spectral(source, item, _check_sn_dim(item, sn_dim)))
+    return Conversion("fold", plan, pairs, source, notes, spectral=sites)
 
 
 # --------------------------------------------------------------------------- decompose
@@ -507,7 +624,7 @@ def _over_original(conversion: Conversion, renamed: RenamedSource, why: str) -> 
             for item in conversion.plan]
     note = renamed.change.note(renamed.source.keys(), why=why)
     return Conversion(conversion.action, plan, conversion.pairs, renamed.source,
-                      [*conversion.notes, note])
+                      [*conversion.notes, note], spectral=conversion.spectral)
 
 
 def _with_prefix(state: Mapping[str, Any] | TensorSource, prefix: PrefixChange | None,
@@ -533,11 +650,19 @@ def _plan_like_any_prefix(source: TensorSource, template: TensorSource) -> Conve
 
 
 def plan_fold(state: Mapping[str, Any] | TensorSource, *,
-              prefix: PrefixChange | None = None) -> Conversion:
-    """Fold every pair (both styles): ``w`` takes the place of the pair's first key.
+              prefix: PrefixChange | None = None, spectral: bool = False,
+              sn_dim: int | None = None) -> Conversion:
+    """Fold every weight-norm pair (both styles) and, with ``spectral``, every spectral-norm
+    site (both styles): the plain weight takes the place of the first key. (``spectral`` is off
+    by default: callers that map keys onto a model which keeps spectral norm need it off.)
 
-    ``prefix`` renames the output's keys (keys without its ``strip`` part are left out)."""
-    return _with_prefix(state, prefix, _plan_fold)
+    Spectral norm is folded as PyTorch's eval mode computes it, ``W_orig / σ`` with
+    ``σ = uᵀ · W_mat · v`` from the stored vectors; its ``dim`` is read from the lengths of
+    ``u`` and ``v``, and ``sn_dim`` picks it where several axes fit (refused otherwise). A
+    legacy site saved without ``v`` keeps its stored weight (said in a note). ``prefix`` renames
+    the output's keys (keys without its ``strip`` part are left out)."""
+    return _with_prefix(state, prefix,
+                        lambda source: _plan_fold(source, spectral=spectral, sn_dim=sn_dim))
 
 
 def plan_decompose(state: Mapping[str, Any] | TensorSource, *, dim: int | None = 0,
@@ -570,13 +695,15 @@ def plan_restyle(state: Mapping[str, Any] | TensorSource, *, style: Style,
 # --------------------------------------------------------------------------- in-memory API
 
 
-def fold_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Fold every weight-norm pair (both key styles) into its plain weight.
+def fold_state_dict(state_dict: Mapping[str, torch.Tensor], *, spectral: bool = True,
+                    sn_dim: int | None = None) -> dict[str, torch.Tensor]:
+    """Fold every weight-norm pair (both key styles) into its plain weight, and with
+    ``spectral`` every spectral-norm site (see :func:`plan_fold`).
 
     ``w = g * v / ||v||`` in float64, rounded once to ``v``'s dtype; zero-norm rows become
     zeros with a :class:`WeightNormWarning`. Other tensors are passed through (same objects).
     """
-    return plan_fold(state_dict).to_state_dict()
+    return plan_fold(state_dict, spectral=spectral, sn_dim=sn_dim).to_state_dict()
 
 
 def decompose_state_dict(

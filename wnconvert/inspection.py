@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import numerics
-from .convert import find_pairs, select_for_decompose
+from .convert import find_pairs, find_spectral_sites, select_for_decompose
 from .formats import Checkpoint
 from .formats.source import read_view
 
@@ -22,7 +22,8 @@ SCHEMA_VERSION = 1
 def inspect_checkpoint(
     checkpoint: Checkpoint, *, on_pair: Callable[[str, int, int], None] | None = None
 ) -> dict[str, Any]:
-    """Layout, every weight-norm pair with statistics, what decompose would pick, and totals.
+    """Layout, every weight-norm pair with statistics, every spectral-norm site (kind, dim,
+    σ), what decompose would pick, and totals.
 
     Reads each pair's ``g`` and ``v`` once (streaming) to report ``g``'s range and zero-norm rows.
     """
@@ -44,6 +45,7 @@ def inspect_checkpoint(
         )
         if on_pair:
             on_pair(pair.weight_key, i + 1, len(pairs))
+    spectral_rows = [_spectral_row(source, site) for site in find_spectral_sites(source)]
     picked = select_for_decompose(source)
     keys = source.keys()
     infos = {k: source.info(k) for k in keys}
@@ -51,6 +53,7 @@ def inspect_checkpoint(
         "schema": SCHEMA_VERSION,
         "container": checkpoint.layout(),
         "pairs": pair_rows,
+        "spectral_norm": spectral_rows,
         "decompose_candidates": [
             {"name": k, "shape": list(infos[k].shape), "dtype": infos[k].dtype} for k in picked
         ],
@@ -63,6 +66,18 @@ def inspect_checkpoint(
                 s: sum(1 for p in pairs if p.style == s) for s in ("parametrize", "legacy")
             },
             "zero_norm_rows": sum(r["zero_norm_rows"] for r in pair_rows),
+            "spectral_norm": len(spectral_rows),
             "decompose_candidates": len(picked),
         },
     }
+
+
+def _spectral_row(source: Any, site: Any) -> dict[str, Any]:
+    """A spectral-norm site with σ (None where its dim is ambiguous, listed in ``dims``, or
+    where a legacy checkpoint has no ``v``)."""
+    sigma = None
+    if site.dim is not None and site.keys.v_key is not None:
+        sigma = numerics.spectral_sigma(read_view(source, site.keys.orig_key),
+                                        read_view(source, site.keys.u_key),
+                                        read_view(source, site.keys.v_key), site.dim)
+    return {**site.to_dict(), "dims": list(site.dims), "sigma": sigma}

@@ -206,3 +206,86 @@ def prefix_to_match(source_keys: Iterable[str],
     change = PrefixChange(*found)
     renamed = {change.apply(k) for k in source} - {None}
     return change if len(set(target) & renamed) > len(set(target) & set(source)) else None
+
+
+# --------------------------------------------------------------------------- spectral norm
+
+
+@dataclass(frozen=True)
+class SpectralKeys:
+    """Where one spectral-normed parameter lives in a state dict.
+
+    * ``legacy`` (``torch.nn.utils.spectral_norm``): ``<w>_orig``, ``<w>_u``, ``<w>_v``.
+      Checkpoints written before ``weight_v`` existed store ``<w>_orig``, ``<w>_u`` and the
+      normalized ``<w>`` itself: ``v_key`` is None and ``stored_key`` names that weight.
+    * ``parametrize`` (``torch.nn.utils.parametrizations.spectral_norm``):
+      ``<mod>.parametrizations.<name>.original``, ``.0._u`` and ``.0._v``.
+
+    ``weight_key`` is the key the plain (folded) parameter has: ``<mod>.<name>``.
+    """
+
+    weight_key: str
+    orig_key: str
+    u_key: str
+    v_key: str | None
+    style: Style
+    stored_key: str | None = None
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The keys a fold replaces by ``weight_key`` (the stored weight, if any, stays)."""
+        return tuple(k for k in (self.orig_key, self.u_key, self.v_key) if k is not None)
+
+
+def _parametrize_head(key: str) -> str | None:
+    """``<mod>.parametrizations.<name>`` for a key below it, else None."""
+    module_part, mark, rest = key.rpartition(_PARAMETRIZE_MARK)
+    if not mark or (module_part and not module_part.endswith(".")):
+        return None
+    return f"{module_part}{mark}{rest.partition('.')[0]}"
+
+
+def _parametrize_spectral(key: str, present: set[str],
+                          per_head: dict[str, int]) -> SpectralKeys | None:
+    if not key.endswith(".original"):
+        return None
+    head = key[: -len(".original")]  # <mod>.parametrizations.<name>
+    module_part, mark, param = head.rpartition(_PARAMETRIZE_MARK)
+    if not mark or not param or "." in param or (module_part and not module_part.endswith(".")):
+        return None
+    u_key, v_key = f"{head}.0._u", f"{head}.0._v"
+    if u_key not in present or v_key not in present or per_head.get(head) != 3:
+        return None  # not spectral norm alone (a chain of parametrizations stays as it is)
+    return SpectralKeys(f"{module_part}{param}", key, u_key, v_key, "parametrize")
+
+
+def find_spectral_keys(keys: Iterable[str]) -> list[SpectralKeys]:
+    """Every spectral-norm site among ``keys`` (both styles), in the order their first key
+    appears. A legacy ``<w>_orig`` without ``<w>_u`` is not a site; one with a weight-norm
+    ``<w>_g`` too is refused (the checkpoint is inconsistent). A parametrized ``<name>`` with
+    more than spectral norm's three tensors (a chain) is not a site."""
+    keys = list(keys)
+    present = set(keys)
+    per_head: dict[str, int] = {}
+    for key in keys:
+        head = _parametrize_head(key)
+        if head is not None:
+            per_head[head] = per_head.get(head, 0) + 1
+    sites: list[SpectralKeys] = []
+    for key in keys:
+        site = _parametrize_spectral(key, present, per_head)
+        if site is None and key.endswith("_orig") and len(key) > len("_orig"):
+            base = key[: -len("_orig")]
+            if f"{base}_u" not in present:
+                continue
+            if f"{base}_g" in present:
+                raise InputError(f"{base!r} is stored both as a weight-norm pair ({base}_g/_v) "
+                                 f"and as spectral norm ({base}_orig/_u); the checkpoint is "
+                                 "inconsistent (remove one)")
+            if f"{base}_v" in present:
+                site = SpectralKeys(base, key, f"{base}_u", f"{base}_v", "legacy")
+            elif base in present:
+                site = SpectralKeys(base, key, f"{base}_u", None, "legacy", stored_key=base)
+        if site is not None:
+            sites.append(site)
+    return sites

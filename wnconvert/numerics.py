@@ -361,3 +361,39 @@ def spectral_fold(weight: np.ndarray, u: np.ndarray | None, v: np.ndarray | None
         sigma = spectral_sigma(weight, u, v, dim)
     with np.errstate(divide="ignore", invalid="ignore"):  # σ = 0 gives ±inf/NaN, as PyTorch
         return round_from_float64(w64 / sigma, np.asarray(weight).dtype), sigma
+
+
+def spectral_dims(shape: tuple[int, ...], u_size: int, v_size: int) -> list[int]:
+    """The axes ``dim`` of a weight of ``shape`` that spectral norm's stored vectors fit: ``u``
+    has the size of ``dim``, ``v`` the product of the other sizes. Several axes fit a square
+    weight (a ConvTranspose with as many inputs as outputs), where only the model can tell."""
+    total = 1
+    for size in shape:
+        total *= size
+    return [d for d, size in enumerate(shape)
+            if size == u_size and size and total // size == v_size]
+
+
+def spectral_dim_from_vectors(weight: np.ndarray, u: np.ndarray, v: np.ndarray,
+                              dims: list[int]) -> int | None:
+    """Of ``dims`` (axes that ``u``/``v`` fit by size), the one the stored vectors were computed
+    for, or None when they do not tell clearly.
+
+    PyTorch's power iteration ends with ``v = normalize(W_matᵀ · u)``: for the right axis ``v``
+    is (nearly, once the optimizer moved the weight) parallel to ``W_matᵀ · u``; for a wrong
+    one the two are unrelated. Decided only with a clear margin: cosine >= 0.9 for one axis,
+    <= 0.5 for every other.
+    """
+    w64 = as_float64(weight)
+    u64, v64 = as_float64(u).reshape(-1), as_float64(v).reshape(-1)
+    v_norm = float(np.linalg.norm(v64))
+    cosines = []
+    for dim in dims:
+        t = np.moveaxis(w64, dim, 0).reshape(w64.shape[dim], -1).T @ u64
+        denominator = float(np.linalg.norm(t)) * v_norm
+        cosines.append(abs(float(t @ v64)) / denominator if denominator > 0 else 0.0)
+    if not all(np.isfinite(cosines)):
+        return None
+    best = int(np.argmax(cosines))
+    others = [c for i, c in enumerate(cosines) if i != best]
+    return dims[best] if cosines[best] >= 0.9 and all(c <= 0.5 for c in others) else None

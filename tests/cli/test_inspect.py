@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-TOP_KEYS = {"schema", "container", "pairs", "decompose_candidates", "totals"}
+TOP_KEYS = {"schema", "container", "pairs", "spectral_norm", "decompose_candidates", "totals"}
 CONTAINER_KEYS = {"format", "detected", "path", "state_dict_key", "entries", "metadata", "shards",
                   "members"}
 PAIR_KEYS = {"name", "style", "g_key", "v_key", "dim", "shape", "g_shape", "dtype", "g_min",
              "g_max", "zero_norm_rows", "nonfinite_rows"}
 CANDIDATE_KEYS = {"name", "shape", "dtype"}
 TOTALS_KEYS = {"tensors", "parameters", "bytes", "pairs", "pairs_by_style", "zero_norm_rows",
-               "decompose_candidates"}
+               "spectral_norm", "decompose_candidates"}
 
 
 def mixed_state_dict() -> dict[str, torch.Tensor]:

@@ -105,27 +105,33 @@ def inspect_checkpoint(source: Path | str | Checkpoint, *, key: str | None = Non
 
 def fold_checkpoint(source: Path | str | Checkpoint, output: Path | str | None = None, *,
                     key: str | None = None, to: CheckpointFormat | None = None,
-                    prefix: PrefixChange | None = None, force: bool = False,
-                    progress: Progress = SILENT) -> ConversionResult:
-    """Fold every weight-norm pair (both key styles) into its plain weight and write the
-    checkpoint to ``output`` (default ``<stem>.folded.<ext>`` beside the input).
+                    prefix: PrefixChange | None = None, sn_dim: int | None = None,
+                    force: bool = False, progress: Progress = SILENT) -> ConversionResult:
+    """Fold every weight-norm pair and every spectral-norm site (both key styles) into its
+    plain weight and write the checkpoint to ``output`` (default ``<stem>.folded.<ext>`` beside
+    the input).
 
-    ``w = g · v / ‖v‖`` in float64, rounded once to ``v``'s dtype; everything else in the file
-    (other tensors, container entries, metadata, shards) is written back unchanged. ``to``
-    picks the format (default: ``output``'s suffix, else the input's). ``prefix`` renames the
-    keys. For ONNX, see :func:`wnconvert.export_onnx`.
+    ``w = g · v / ‖v‖`` in float64, rounded once to ``v``'s dtype; spectral norm as PyTorch's
+    eval mode computes it, ``W_orig / σ`` with ``σ = uᵀ · W_mat · v`` from the stored vectors,
+    its ``dim`` read from the lengths of ``u`` and ``v`` (``sn_dim`` picks it where several axes
+    fit, a square weight; refused otherwise). Everything else in the file (other tensors,
+    container entries, metadata, shards) is written back unchanged. ``to`` picks the format
+    (default: ``output``'s suffix, else the input's). ``prefix`` renames the keys. For ONNX,
+    see :func:`wnconvert.export_onnx`.
     """
     from ..convert import plan_fold
 
     _check_to(to)
     checkpoint = open_checkpoint(source, key=key)
     with _about(checkpoint.path):
-        conversion = plan_fold(checkpoint.state_dict, prefix=prefix)
-    if not conversion.pairs:
+        conversion = plan_fold(checkpoint.state_dict, prefix=prefix, spectral=True,
+                               sn_dim=sn_dim)
+    if not conversion.pairs and not conversion.spectral:
         raise InputError(
             f"{checkpoint.path}: no weight-norm pairs (*_g/*_v or "
-            "parametrizations.*.original0/1) found; nothing to fold (is it already folded? see "
-            "wnconvert inspect)"
+            "parametrizations.*.original0/1) and no spectral norm (*_orig/_u/_v or "
+            "parametrizations.*.original with .0._u/_v) found; nothing to fold (is it already "
+            "folded? see wnconvert inspect)"
         )
     return _write(checkpoint, conversion, output=output, to=to, force=force,
                   progress=progress, action="folded")
@@ -264,7 +270,9 @@ def _write(checkpoint: Checkpoint, conversion: Conversion, *, output: Path | str
     source = checkpoint.source
     return ConversionResult(
         action=conversion.action, input=checkpoint.path, output=target, format=fmt,
-        pairs=[pair.to_dict() for pair in conversion.pairs], unchanged=conversion.unchanged,
+        pairs=[*(pair.to_dict() for pair in conversion.pairs),
+               *(site.to_dict() for site in conversion.spectral)],
+        unchanged=conversion.unchanged,
         bytes_in=sum(source.info(k).nbytes for k in source.keys()),
         bytes_out=sum(item.info.nbytes for item in conversion.plan), file_bytes=written,
         seconds=time.perf_counter() - started, notes=list(conversion.notes),

@@ -219,6 +219,14 @@ def fold(
     ] = None,
     strip_prefix: StripPrefixOpt = None,
     add_prefix: AddPrefixOpt = None,
+    sn_dim: Annotated[
+        int | None,
+        typer.Option(
+            "--sn-dim",
+            help="Spectral norm's dim where its u/v fit several axes of a square weight (0 for "
+            "Conv/Linear, 1 for ConvTranspose); read from u/v elsewhere.",
+        ),
+    ] = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -254,7 +262,8 @@ def fold(
     tf32: Tf32Opt = False,
     report: ReportOpt = None,
 ) -> None:
-    """Fold every weight-norm pair into plain weights (w = g·v/‖v‖, float64, rounded once).
+    """Fold every weight-norm pair and spectral norm into plain weights (w = g·v/‖v‖, W/σ;
+    float64, rounded once).
 
     From a checkpoint to a checkpoint; to ONNX with --to onnx --model; or inside an existing
     .onnx graph."""
@@ -273,7 +282,7 @@ def fold(
         if job == "fold":
             result = api.fold_checkpoint(path, output, key=key, to=to,  # type: ignore[arg-type]
                                          prefix=parse_prefix(strip_prefix, add_prefix),
-                                         force=force, progress=progress)
+                                         sn_dim=sn_dim, force=force, progress=progress)
             _print_conversion(result, json_out=json_out, quiet=quiet)
             return
         specs = [parse_input_spec(text) for text in input_shapes or []]

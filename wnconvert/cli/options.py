@@ -34,7 +34,7 @@ FLAGS: dict[str, str] = {
     "no_verify": "--no-verify", "verify": "--verify", "options": "the verification flags",
     "providers": "--provider", "seed": "--seed", "runs": "--runs", "atol": "--atol",
     "rtol": "--rtol", "output_tolerances": "--tol", "weights": "--weights",
-    "cuda_tf32": "--tf32", "reports": "--report", "report": "--report",
+    "cuda_tf32": "--tf32", "reports": "--report", "report": "--report", "sn_dim": "--sn-dim",
 }
 
 # --------------------------------------------------------------------------------------------
@@ -68,6 +68,7 @@ USED_BY: dict[str, tuple[frozenset[str], str]] = {
     "include": (frozenset({"decompose"}), "choosing what decompose splits"),
     "exclude": (frozenset({"decompose"}), "choosing what decompose splits"),
     "like": (frozenset({"decompose"}), "choosing what decompose splits"),
+    "sn_dim": (frozenset({"fold"}), "the dim of spectral norm in a checkpoint fold"),
     "style": (frozenset({"decompose", "restyle"}), "the key style written"),
     "reference": (frozenset({"fold-onnx", "verify"}),
                   "naming the initializers of an .onnx input from a checkpoint"),

@@ -223,10 +223,12 @@ def match_state_dict(source: Mapping[str, torch.Tensor], template: Mapping[str, 
 
 
 def fold_all(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every weight-norm pair (both styles) replaced by its exactly folded weight."""
+    """Every weight-norm pair (both styles) replaced by its exactly folded weight.
+
+    Spectral norm stays: the plain module keeps it (:func:`strip_weight_norm`)."""
     from ..convert import fold_state_dict
 
-    return fold_state_dict(state_dict)
+    return fold_state_dict(state_dict, spectral=False)
 
 
 def load_strict(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,

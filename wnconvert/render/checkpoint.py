@@ -63,6 +63,22 @@ def print_inspection(report: dict[str, Any]) -> None:
         console.print(table)
     else:
         console.print("no weight-norm pairs")
+    spectral = report.get("spectral_norm", [])
+    if spectral:
+        table = Table(title="spectral norm", title_justify="left")
+        for col in ("name", "style", "dim", "shape", "dtype", "σ"):
+            table.add_column(col, justify="right" if col == "σ" else "left")
+        for site in spectral[:_MAX_ROWS]:
+            if site["v_key"] is None:
+                dim = "— (no v: stored weight kept)"
+            elif site["dim"] is None:
+                dim = " or ".join(str(d) for d in site["dims"]) + " (ambiguous)"
+            else:
+                dim = str(site["dim"])
+            table.add_row(escape(site["name"]), site["style"], dim, _shape(site["shape"]),
+                          site["dtype"], _num(site["sigma"]))
+        _more(table, len(spectral))
+        console.print(table)
     cands = report["decompose_candidates"]
     if cands:
         names = visible(", ".join(c["name"] for c in cands[:12]))
@@ -74,7 +90,8 @@ def print_inspection(report: dict[str, Any]) -> None:
     console.print(
         f"{t['tensors']} tensors, {t['parameters']:,} parameters, {format_bytes(t['bytes'])}; "
         f"{t['pairs']} pairs ({t['pairs_by_style']['parametrize']} parametrize, "
-        f"{t['pairs_by_style']['legacy']} legacy); {t['zero_norm_rows']} zero-norm rows",
+        f"{t['pairs_by_style']['legacy']} legacy); {t['zero_norm_rows']} zero-norm rows"
+        + (f"; {t['spectral_norm']} spectral norm" if t.get("spectral_norm") else ""),
         markup=False,
     )
 
@@ -94,20 +111,24 @@ def print_conversion(summary: dict[str, Any]) -> None:
     console = stdout()
     verb = {"fold": "folded", "decompose": "decomposed", "restyle": "restyled"}[summary["action"]]
     pairs = summary["pairs"]
+    kinds = any("kind" in p for p in pairs)
     if pairs:
         table = Table(title=f"{verb} {len(pairs)} parameter(s)", title_justify="left")
-        for col in ("name", "style", "dim", "shape", "dtype"):
+        for col in ("name", *(("kind",) if kinds else ()), "style", "dim", "shape", "dtype"):
             table.add_column(col)
         for p in pairs[:_MAX_ROWS]:
+            kind = (p.get("kind", "weight_norm").replace("_", " "),) if kinds else ()
             table.add_row(
-                escape(p["name"]), p["style"], _dim(p["dim"]), _shape(p["shape"]), p["dtype"]
+                escape(p["name"]), *kind, p["style"], _dim(p["dim"]), _shape(p["shape"]),
+                p["dtype"]
             )
         _more(table, len(pairs))
         console.print(table)
     dims = sorted({_dim(p["dim"]) for p in pairs})
     dtypes = sorted({p["dtype"] for p in pairs})
     console.print(
-        f"{verb} {len(pairs)} pair(s) (dims {', '.join(dims) or '—'}; dtypes "
+        f"{verb} {len(pairs)} {'parameter' if kinds else 'pair'}(s) (dims "
+        f"{', '.join(dims) or '—'}; dtypes "
         f"{', '.join(dtypes) or '—'}), {summary['unchanged']} tensor(s) unchanged; "
         f"{format_bytes(summary['bytes_in'])} → {format_bytes(summary['bytes_out'])} "
         f"in {summary['seconds']:.2f} s",
