@@ -150,9 +150,17 @@ def independent_copy(module: torch.nn.Module) -> torch.nn.Module:
     """
     import copy
 
+    import torch
     from torch.nn.utils import parametrize
 
-    clone = copy.deepcopy(module)
+    # The legacy weight_norm/spectral_norm hooks keep the weight they computed on the last call
+    # as a plain attribute, a non-leaf tensor deepcopy refuses: copy those values detached.
+    memo: dict[int, Any] = {
+        id(value): value.detach().clone()
+        for sub in module.modules() for value in vars(sub).values()
+        if isinstance(value, torch.Tensor) and not value.is_leaf
+    }
+    clone = copy.deepcopy(module, memo)
     for sub in clone.modules():
         if parametrize.is_parametrized(sub):
             cls = type(sub)
@@ -324,13 +332,18 @@ def prepare_model(state_dict: Mapping[str, torch.Tensor], *, model: Any,
     load_strict(reference, state_dict, source=source, model=model)
     weights = dict(reference.state_dict())
     if plain is None:
-        if need_plain and has_weight_norm(reference):
-            # A second instance, not a deepcopy: removing weight norm on a deepcopy of a
-            # parametrized module breaks the original's parametrization.
-            plain = strip_weight_norm(build_model(model, model_kwargs))
-            load_strict(plain, fold_all(weights), source=source, model=model)
-            notes.append("weight norm removed from the exported module; weights folded in "
-                         "float64")
+        from ..modules import find_sites, fold_sites
+
+        if need_plain and find_sites(reference)[0]:
+            # A second instance with the reference's own weights, then every weight norm and
+            # spectral norm folded in place (float64, rounded once): nothing of either is left
+            # for the exporter. (A deepcopy would share a parametrized module's class.)
+            plain = build_model(model, model_kwargs)
+            load_strict(plain, weights, source=source, model=model)
+            folded, _ = fold_sites(plain)
+            kinds = sorted({site.kind.replace("_", " ") for site in folded})
+            notes.append(f"{' and '.join(kinds)} removed from the exported module; weights "
+                         "folded in float64")
         else:
             plain = reference
     description = {"model": model_label(model), "model_kwargs": dict(model_kwargs),

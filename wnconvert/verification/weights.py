@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import InputError
 from .compare import compare_arrays, dtype_name
 from .results import WeightComparison, WeightsReport
 from .tolerance import VerifyOptions
@@ -126,7 +127,8 @@ _Loader = tuple[tuple[int, ...], str, Callable[[], "np.ndarray"]]
 
 
 def _weight_loaders(tensors: Mapping[str, np.ndarray]) -> dict[str, _Loader]:
-    """name -> (shape, dtype, load) for the floating tensors, weight-norm pairs folded.
+    """name -> (shape, dtype, load) for the floating tensors, weight-norm pairs and spectral
+    norm (where its axis is clear) folded.
 
     Integer tensors are shape constants or counters (num_batches_tracked), not weights.
     Shapes and dtypes come from the mapping's metadata when it has some (no data is read).
@@ -146,8 +148,13 @@ def _weight_loaders(tensors: Mapping[str, np.ndarray]) -> dict[str, _Loader]:
         except ValueError:
             continue  # not a real pair; compare the tensors as they are
         pairs[pair.g_key] = pairs[pair.v_key] = (pair, dim)
+    spectral = _spectral_loaders(tensors, meta)
     out: dict[str, _Loader] = {}
     for key, (shape, dtype) in meta.items():
+        if key in spectral:
+            if spectral[key][0] not in out:
+                out[spectral[key][0]] = spectral[key][1]
+            continue
         if key not in pairs:
             out[key] = (shape, dtype, functools.partial(tensors.__getitem__, key))
             continue
@@ -161,6 +168,44 @@ def _weight_loaders(tensors: Mapping[str, np.ndarray]) -> dict[str, _Loader]:
 
         out[pair.weight_key] = (v_shape, v_dtype, load_folded)
     return out
+
+
+def _spectral_loaders(tensors: Mapping[str, np.ndarray],
+                      meta: Mapping[str, tuple[tuple[int, ...], str]]
+                      ) -> dict[str, tuple[str, _Loader]]:
+    """member key -> (plain weight key, loader of PyTorch's eval-mode weight) for each
+    spectral-norm site whose axis ``u``/``v`` fit by size alone (others are compared as they
+    are, so a candidate without them shows as unmatched rather than wrongly folded)."""
+    from ..keys import find_spectral_keys
+    from ..numerics import spectral_dims, spectral_fold
+
+    found: dict[str, tuple[str, _Loader]] = {}
+    try:
+        sites = find_spectral_keys(meta)
+    except InputError:
+        return found  # an inconsistent reference: compare its tensors as they are
+    for site in sites:
+        if site.v_key is None or not {site.orig_key, site.u_key, site.v_key} <= set(meta):
+            continue
+        shape, dtype = meta[site.orig_key]
+        dims = spectral_dims(shape, _numel(meta[site.u_key][0]), _numel(meta[site.v_key][0]))
+        if len(dims) != 1:
+            continue
+
+        def load_folded(site=site, dim=dims[0]) -> np.ndarray:
+            return spectral_fold(tensors[site.orig_key], tensors[site.u_key],
+                                 tensors[site.v_key], dim)[0]
+
+        for member in site.members:
+            found[member] = (site.weight_key, (shape, dtype, load_folded))
+    return found
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
 
 
 def _shape_dtype(tensors: Mapping[str, np.ndarray], key: str) -> tuple[tuple[int, ...], str]:
