@@ -23,9 +23,8 @@ from ..errors import WeightNormWarning, WnConvertError
 from .options import FLAGS
 
 if TYPE_CHECKING:
+    from .. import DynamicAxis, InputSpec, VerificationReport, VerifyOptions
     from ..api import StepCallback
-    from ..export import DynamicAxis, InputSpec
-    from ..verification import VerificationReport, VerifyOptions
 
 
 class CliProgress:
