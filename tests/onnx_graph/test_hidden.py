@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner  # patched below: not imported by `import onnx`
 import pytest
 
 from tests.onnx_graph.builders import (

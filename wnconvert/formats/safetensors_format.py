@@ -31,7 +31,7 @@ from ..dtypes import (
     safetensors_code,
 )
 from ..errors import InputError
-from .atomic import copy_range, write_at
+from .byteio import copy_range, write_at
 from .files import require_regular_file
 from .source import PlannedTensor, TensorInfo, TensorSource
 

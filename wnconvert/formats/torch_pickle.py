@@ -540,7 +540,7 @@ def describe_layout(container: Any, path: tuple[str, ...]) -> list[dict[str, Any
 def save_pickle(obj: Any, handle: Any) -> None:
     import torch
 
-    from .atomic import keep_write_errors
+    from .byteio import keep_write_errors
 
     # torch's C++ writer turns a failed write (full disk, Ctrl-C) into an "enforce fail".
     with keep_write_errors(handle) as out:

@@ -88,7 +88,7 @@ class _Sink:
         self._handle.flush()
 
     def copy(self, source: FileRange) -> None:
-        from ..formats.atomic import copy_range
+        from ..formats.byteio import copy_range
 
         self.flush()
         start = self._handle.tell()
