@@ -14,6 +14,7 @@ one call; partial sums are combined in a fixed order).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -367,9 +368,7 @@ def spectral_dims(shape: tuple[int, ...], u_size: int, v_size: int) -> list[int]
     """The axes ``dim`` of a weight of ``shape`` that spectral norm's stored vectors fit: ``u``
     has the size of ``dim``, ``v`` the product of the other sizes. Several axes fit a square
     weight (a ConvTranspose with as many inputs as outputs), where only the model can tell."""
-    total = 1
-    for size in shape:
-        total *= size
+    total = math.prod(shape)
     return [d for d, size in enumerate(shape)
             if size == u_size and size and total // size == v_size]
 

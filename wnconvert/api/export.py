@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckFailed, InputError, InputNotFound, WeightNormWarning
+from ..errors import CheckFailed, InputError, WeightNormWarning
 from .progress import SILENT, Progress
 from .verification import check_trust, is_program, protected_inputs, reference_state_dict
 
@@ -86,13 +86,14 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
     from ..export.onnx_export import DEFAULT_OPSET, check_opset
     from ..formats import Checkpoint, check_output
     from ..formats.atomic import check_not_input
+    from ..formats.files import require_exists
     from ..verification import VerifyOptions, plan_providers
     from ..verification.report import check_report_paths, write_reports
 
     source_path = Path(checkpoint) if isinstance(checkpoint, (str, Path)) else None
     program_input = is_program(source_path)
-    if source_path is not None and not source_path.exists():
-        raise InputNotFound(f"{source_path}: no such file or directory; check the path")
+    if source_path is not None:
+        require_exists(source_path)
     if not program_input and model is None:
         raise InputError.template(
             "{what}: ONNX export needs {-model}, what builds the network (MODULE:CALLABLE or "

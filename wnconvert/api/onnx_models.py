@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckFailed, InputError, InputNotFound, WeightNormWarning
+from ..errors import CheckFailed, InputError, WeightNormWarning
 from .progress import SILENT, Progress
 
 if TYPE_CHECKING:
@@ -21,30 +21,24 @@ if TYPE_CHECKING:
     from ..verification import VerificationReport, VerifyOptions
 
 
-def require_file(path: Path | str) -> Path:
-    """``path`` as a Path, or :class:`InputNotFound` naming it as the caller wrote it."""
-    path = Path(path)
-    if not path.exists():
-        raise InputNotFound(f"{path}: no such file or directory; check the path")
-    return path
-
-
 def inspect_onnx(path: Path | str) -> Inspection:
     """What the ONNX model at ``path`` holds: weight norm still computed at run time (where,
     foldable or not), g/v-like initializers, opsets, op counts, lost parameter names.
     ``.to_dict()`` is the JSON of ``wnconvert inspect MODEL.onnx --json``."""
+    from ..formats.files import require_exists
     from ..onnx_graph import inspect_file
 
-    return inspect_file(require_file(path))
+    return inspect_file(require_exists(path))
 
 
 def check_onnx(path: Path | str) -> CheckResult:
     """Where the ONNX model at ``path`` still computes weight norm (``.clean`` when nowhere).
     Reads the graph only. A model that ``onnx.checker`` refuses raises
     :class:`wnconvert.InputError`; :meth:`CheckResult.failure` says why a model is not clean."""
+    from ..formats.files import require_exists
     from ..onnx_graph import check_file
 
-    return check_file(require_file(path))
+    return check_file(require_exists(path))
 
 
 def check_failure(result: CheckResult) -> CheckFailed | None:
@@ -132,14 +126,15 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
     its state dict). A graph with nothing to fold is "already clean": an unchanged copy is
     written. Weight norm that cannot be folded is left in place with a warning.
     """
+    from ..formats.files import require_exists
     from ..onnx_graph import FoldJob, default_output
     from ..verification import VerifyOptions, plan_providers
     from ..verification.report import check_report_paths, write_reports
     from .verification import protected_inputs
 
-    path = require_file(source)
+    path = require_exists(source)
     if reference is not None:
-        reference = require_file(reference)
+        reference = require_exists(reference)
     elif reference_key is not None:
         raise InputError.template(
             "{path}: {-reference_key} picks the state dict of {-reference}; an .onnx input has "

@@ -13,7 +13,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError, InputNotFound
+from ..errors import InputError
 from .progress import SILENT, Progress
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ def verify(candidate: Path | str,
     ``.xml`` JUnit) are written whether the check passed or not (``force`` replaces existing
     ones). Returns the report: ``.passed``, ``.failures()``, ``.to_dict()``.
     """
+    from ..formats.files import require_exists
     from ..verification import (
         VerifyOptions,
         plan_providers,
@@ -58,8 +59,8 @@ def verify(candidate: Path | str,
 
     options = options if options is not None else VerifyOptions()
     candidate = check_candidate(candidate)
-    if isinstance(reference, (str, Path)) and not Path(reference).exists():
-        raise InputNotFound(f"{reference}: no such file or directory; check the path")
+    if isinstance(reference, (str, Path)):
+        require_exists(reference)
     check_trust(reference, model, trust_program=trust_program)
     report_paths = [Path(p) for p in reports]
     check_report_paths(report_paths, force=force, inputs=protected_inputs(
@@ -90,11 +91,10 @@ def check_candidate(candidate: Path | str) -> Path:
     """The ONNX model :func:`verify` checks, refused (:class:`InputError`) when it is missing,
     not ``.onnx``, or a model ``onnx.checker`` refuses: the files ``check_onnx``, ``inspect``
     and ``fold_onnx`` refuse, with the same message (a gate on a broken file is no gate)."""
+    from ..formats.files import require_exists
     from ..onnx_graph import open_model
 
-    path = Path(candidate)
-    if not path.exists():
-        raise InputNotFound(f"{path}: no such file or directory; check the path")
+    path = require_exists(candidate)
     if path.suffix.lower() != ".onnx":
         raise InputError(f"{path}: expected an .onnx model to verify")
     open_model(path)

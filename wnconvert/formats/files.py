@@ -17,6 +17,14 @@ _KINDS = (
 )
 
 
+def require_exists(path: Path | str) -> Path:
+    """``path`` as a Path, or :class:`InputNotFound` naming it as the caller wrote it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFound(f"{path}: no such file or directory; check the path")
+    return path
+
+
 def require_regular_file(path: Path | str, *, what: str = "input") -> os.stat_result:
     """Refuse anything but an existing regular file (symlinks to one are fine); return its stat.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -188,7 +189,8 @@ def _spectral_loaders(tensors: Mapping[str, np.ndarray],
         if site.v_key is None or not {site.orig_key, site.u_key, site.v_key} <= set(meta):
             continue
         shape, dtype = meta[site.orig_key]
-        dims = spectral_dims(shape, _numel(meta[site.u_key][0]), _numel(meta[site.v_key][0]))
+        dims = spectral_dims(shape, math.prod(meta[site.u_key][0]),
+                             math.prod(meta[site.v_key][0]))
         if len(dims) != 1:
             continue
 
@@ -199,13 +201,6 @@ def _spectral_loaders(tensors: Mapping[str, np.ndarray],
         for member in site.members:
             found[member] = (site.weight_key, (shape, dtype, load_folded))
     return found
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def _shape_dtype(tensors: Mapping[str, np.ndarray], key: str) -> tuple[tuple[int, ...], str]:
