@@ -27,21 +27,20 @@ from .formats.source import (
     RenamedSource,
     TensorInfo,
     TensorSource,
+    as_source,
     read_view,
-    source_of,
 )
 from .keys import (
     STYLES,
     PairKeys,
     PrefixChange,
-    SpectralKeys,
     Style,
     find_pair_keys,
-    find_spectral_keys,
     pair_keys,
     prefix_to_match,
     restyle_key_map,
 )
+from .spectral import SpectralSite, check_sn_dim, find_spectral_sites, planned_spectral
 
 if TYPE_CHECKING:
     import numpy as np
@@ -81,23 +80,12 @@ class Pair:
         }
 
 
-def _as_source(state: Mapping[str, Any] | TensorSource) -> TensorSource:
-    if (
-        hasattr(state, "info")
-        and hasattr(state, "load")
-        and hasattr(state, "keys")
-        and not isinstance(state, Mapping)
-    ):
-        return state  # type: ignore[return-value]
-    return source_of(state)  # type: ignore[arg-type]
-
-
 def find_pairs(state: Mapping[str, Any] | TensorSource) -> list[Pair]:
     """Every weight-norm pair in a state dict, both key styles, with ``dim`` read from ``g``.
 
     Raises :class:`InputError` if a pair's ``g`` and ``v`` shapes do not fit.
     """
-    source = _as_source(state)
+    source = as_source(state)
     pairs = []
     for keys in find_pair_keys(source.keys()):
         g, v = source.info(keys.g_key), source.info(keys.v_key)
@@ -117,84 +105,6 @@ def find_pairs(state: Mapping[str, Any] | TensorSource) -> list[Pair]:
             )
         pairs.append(Pair(keys, dim, v.shape, g.shape, v.dtype))
     return pairs
-
-
-@dataclass(frozen=True)
-class SpectralSite:
-    """One spectral-normed parameter: its keys, ``dim`` (read from the lengths of ``u`` and
-    ``v``; ``None`` while several axes fit, see ``dims``), shape and dtype of the weight."""
-
-    keys: SpectralKeys
-    dim: int | None
-    dims: tuple[int, ...]  # every axis u and v fit
-    shape: tuple[int, ...]
-    dtype: str
-
-    @property
-    def weight_key(self) -> str:
-        return self.keys.weight_key
-
-    @property
-    def style(self) -> Style:
-        return self.keys.style
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.weight_key, "kind": "spectral_norm", "style": self.style,
-                "orig_key": self.keys.orig_key, "u_key": self.keys.u_key,
-                "v_key": self.keys.v_key, "dim": self.dim, "shape": list(self.shape),
-                "dtype": self.dtype}
-
-
-def find_spectral_sites(state: Mapping[str, Any] | TensorSource, *,
-                        sn_dim: int | None = None) -> list[SpectralSite]:
-    """Every spectral-norm site of a state dict (both key styles), ``dim`` read from the lengths
-    of ``u`` (the size of ``dim``) and ``v`` (the product of the other sizes).
-
-    Where several axes fit (a square weight, or a kernel as long as the output channels),
-    ``sn_dim`` picks one when it is among them; else the stored vectors decide when they tell
-    clearly (:func:`wnconvert.numerics.spectral_dim_from_vectors`, which reads those tensors);
-    else ``dim`` stays None and :func:`plan_fold` refuses. Raises :class:`InputError` if
-    ``u``/``v`` fit no axis of the weight.
-    """
-    source = _as_source(state)
-    sites = []
-    for keys in find_spectral_keys(source.keys()):
-        weight = source.info(keys.orig_key)
-        if not is_floating(weight.dtype) or weight.numel == 0:
-            raise InputError(f"spectral-norm weight {keys.orig_key!r} has shape "
-                             f"{list(weight.shape)} and dtype {weight.dtype}; spectral norm needs "
-                             "a floating tensor with elements (the checkpoint is inconsistent)")
-        if keys.v_key is None:  # legacy, before weight_v: the stored weight is kept
-            sites.append(SpectralSite(keys, None, (), weight.shape, weight.dtype))
-            continue
-        u, v = source.info(keys.u_key), source.info(keys.v_key)
-        dims = numerics.spectral_dims(weight.shape, u.numel, v.numel)
-        if not dims:
-            raise InputError(f"spectral norm of {keys.weight_key!r}: u ({u.numel}) and v "
-                             f"({v.numel}) fit no axis of the weight {list(weight.shape)}; the "
-                             "checkpoint is inconsistent")
-        if len(dims) == 1:
-            dim: int | None = dims[0]
-        elif sn_dim in dims:
-            dim = sn_dim
-        else:
-            dim = numerics.spectral_dim_from_vectors(
-                read_view(source, keys.orig_key), read_view(source, keys.u_key),
-                read_view(source, keys.v_key), dims)
-        sites.append(SpectralSite(keys, dim, tuple(dims), weight.shape, weight.dtype))
-    return sites
-
-
-def _check_sn_dim(site: SpectralSite, sn_dim: int | None) -> int:
-    if site.dim is not None:
-        return site.dim
-    axes = " and ".join(str(d) for d in site.dims)
-    why = "" if sn_dim is None else " ({-sn_dim=sn_dim} is not one of them)"
-    raise InputError.template(
-        "spectral norm of {name}: u and v fit axes {axes} of its weight {shape} and its "
-        "power-iteration vectors do not tell which" + why + "; give {-sn_dim} (PyTorch's "
-        "default: 0, 1 for ConvTranspose), or fold the module itself (fold_module)",
-        name=site.weight_key, axes=axes, shape=list(site.shape), sn_dim=sn_dim)
 
 
 @dataclass
@@ -314,27 +224,11 @@ def _decompose_producers(source: TensorSource, key: str, dim: int | None, g_shap
 # --------------------------------------------------------------------------- fold
 
 
-def _planned_spectral(source: TensorSource, site: SpectralSite, dim: int) -> PlannedTensor:
-    """The plan entry that folds spectral-norm ``site``: ``W_orig / σ`` as eval mode computes
-    it (one tensor at a time: σ needs the whole weight)."""
-    keys = site.keys
-    assert keys.v_key is not None
-
-    def produce() -> np.ndarray:
-        w, _ = numerics.spectral_fold(read_view(source, keys.orig_key),
-                                      read_view(source, keys.u_key),
-                                      read_view(source, keys.v_key), dim)  # type: ignore[arg-type]
-        return w
-
-    return PlannedTensor(site.weight_key, TensorInfo(site.shape, site.dtype), keys.orig_key,
-                         produce)
-
-
 def _plan_fold(state: Mapping[str, Any] | TensorSource, *, spectral: bool = False,
                sn_dim: int | None = None) -> Conversion:
     """Fold every pair (both styles) and, with ``spectral``, every spectral-norm site: the
     plain weight takes the place of the first key."""
-    source = _as_source(state)
+    source = as_source(state)
     pairs = find_pairs(source)
     sites = find_spectral_sites(source, sn_dim=sn_dim) if spectral else []
     by_key: dict[str, Pair | SpectralSite] = {}
@@ -374,7 +268,7 @@ def _plan_fold(state: Mapping[str, Any] | TensorSource, *, spectral: bool = Fals
         if isinstance(item, Pair):
             plan.append(_planned_fold(source, item))
         else:
-            plan.append(_planned_spectral(source, item, _check_sn_dim(item, sn_dim)))
+            plan.append(planned_spectral(source, item, check_sn_dim(item, sn_dim)))
     return Conversion("fold", plan, pairs, source, notes, spectral=sites)
 
 
@@ -393,7 +287,7 @@ def select_for_decompose(
 ) -> list[str]:
     """Plain tensors decompose would pick: floating, not already in a pair, and by default
     ``*weight`` of rank >= 2 (``include`` replaces that default; ``exclude`` removes)."""
-    source = _as_source(state)
+    source = as_source(state)
     in_pairs = {k for p in find_pair_keys(source.keys()) for k in (p.g_key, p.v_key)}
     picked = []
     for key in source.keys():
@@ -432,9 +326,9 @@ def _plan_decompose(
     if style not in STYLES:
         raise InputError.template("{-style=style}: use one of {choices}", style=style,
                                   choices=", ".join(STYLES))
-    source = _as_source(state)
+    source = as_source(state)
     if like is not None:
-        return _plan_like_any_prefix(source, _as_source(like))
+        return _plan_like_any_prefix(source, as_source(like))
     existing = {p.weight_key for p in find_pairs(source)}  # also checks every pair's shapes
     if dim is not None and dim < 0:
         # PyTorch's weight_norm(dim=-1) means the whole tensor, not the last axis; refuse the
@@ -598,7 +492,7 @@ def _plan_restyle(state: Mapping[str, Any] | TensorSource, *, style: Style) -> C
     if style not in STYLES:
         raise InputError.template("{-style=style}: use one of {choices}", style=style,
                                   choices=", ".join(STYLES))
-    source = _as_source(state)
+    source = as_source(state)
     pairs = find_pairs(source)
     rename = restyle_key_map([p.keys for p in pairs], style)
     moved = [
@@ -631,7 +525,7 @@ def _with_prefix(state: Mapping[str, Any] | TensorSource, prefix: PrefixChange |
                  plan: Callable[[Mapping[str, Any] | TensorSource], Conversion]) -> Conversion:
     if not prefix:
         return plan(state)
-    renamed = RenamedSource(_as_source(state), prefix)
+    renamed = RenamedSource(as_source(state), prefix)
     return _over_original(plan(renamed), renamed, "keys renamed as asked")
 
 

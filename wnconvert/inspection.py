@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 
 from . import numerics
-from .convert import find_pairs, find_spectral_sites, select_for_decompose
+from .convert import find_pairs, select_for_decompose
 from .formats import Checkpoint
 from .formats.source import read_view
+from .spectral import find_spectral_sites
 
 SCHEMA_VERSION = 1
 

@@ -149,3 +149,15 @@ class PlannedTensor:
     source_key: str
     produce: Callable[[], np.ndarray] | None = None
     write_into: Callable[[Callable[[int, np.ndarray], None]], None] | None = None
+
+
+def as_source(state: Mapping[str, Any] | TensorSource) -> TensorSource:
+    """``state`` as a TensorSource: itself when it is one, else its state dict's source."""
+    if (
+        hasattr(state, "info")
+        and hasattr(state, "load")
+        and hasattr(state, "keys")
+        and not isinstance(state, Mapping)
+    ):
+        return state  # type: ignore[return-value]
+    return source_of(state)  # type: ignore[arg-type]
