@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[dev,cpu]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,torch,cpu]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -39,7 +39,7 @@ fixtures: $(STAMP)
 	$(BIN)/python fixtures/make_fixtures.py
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,cpu,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,torch,cpu,bench]"
 	$(BIN)/python benchmarks/bench_checkpoint_fold.py
 	$(BIN)/python benchmarks/bench_onnx_fold.py
 	$(BIN)/python benchmarks/bench_fold_to_onnx.py

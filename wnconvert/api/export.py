@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._requires import require_torch
 from ..errors import CheckFailed, InputError, WeightNormWarning
 from .progress import SILENT, Progress
 from .verification import check_trust, is_program, protected_inputs, reference_state_dict
@@ -94,6 +95,7 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
     program_input = is_program(source_path)
     if source_path is not None:
         require_exists(source_path)
+    require_torch(f"exporting {source_path or 'a model'} to ONNX")
     if not program_input and model is None:
         raise InputError.template(
             "{what}: ONNX export needs {-model}, what builds the network (MODULE:CALLABLE or "

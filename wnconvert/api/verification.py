@@ -13,6 +13,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._requires import require_torch
 from ..errors import InputError
 from .progress import SILENT, Progress
 
@@ -119,6 +120,7 @@ def load_reference(reference: Path | str | Checkpoint | Mapping[str, torch.Tenso
                                       "{-model}/{-key}", reference=reference)
         open_model(Path(str(reference)))  # refused like any ONNX input (onnx.checker)
         return None
+    require_torch(f"verifying against {_name(reference, model)} (a PyTorch reference)")
     if suffix == ".pt2":
         if model is not None:
             raise InputError.template("{reference}: a .pt2 program is the model itself; drop "

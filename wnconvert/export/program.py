@@ -58,8 +58,9 @@ def load_program(path: Path, *, trust_program: bool = False) -> Any:
 
     require_regular_file(path, what=".pt2 program")
     require_trust(path, trust_program=trust_program)
-    import torch
+    from .._requires import require_torch
 
+    torch = require_torch(f"reading {path}")
     check_program_archive(path)
     try:
         with _safe_unpickling(), _torch_export_log() as logged:

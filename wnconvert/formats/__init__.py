@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
+from .._requires import require_torch
 from ..dtypes import numpy_to_tensor
 from ..errors import InputError, InputNotFound, WeightNormWarning
 from . import nemo
@@ -435,6 +436,7 @@ def write_checkpoint(
     check_output(output, force=force, inputs=inputs)
     source = checkpoint.source
     if fmt in ("pt", "nemo"):
+        require_torch(f"writing {output}")
         state = OrderedDict()
         for item in plan:
             if item.produce is not None:

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .._requires import require_torch
 from ..errors import InputError
 from .files import require_regular_file
 
@@ -42,6 +43,7 @@ def load_pickle(path: Path, *, data: bytes | None = None) -> Any:
     """
     if data is None:
         require_regular_file(path, what="checkpoint")
+    require_torch(f"reading {path}")
     placeholders: dict[str, type[Placeholder]] = {}
     try:
         for _ in range(_MAX_FOREIGN_GLOBALS + 1):
@@ -514,10 +516,10 @@ def describe_layout(container: Any, path: tuple[str, ...]) -> list[dict[str, Any
 
     ``not_loaded`` lists the classes and functions read as placeholders inside each entry.
     """
+    if not isinstance(container, Mapping) or not path:
+        return []  # safetensors (no container): nothing here needs torch
     import torch
 
-    if not isinstance(container, Mapping) or not path:
-        return []
     rows = []
     for key, value in container.items():
         if isinstance(value, Placeholder) or is_placeholder_class(value):
