@@ -1,7 +1,7 @@
 # Set-up is idempotent: `make demo` or `make test` on a fresh clone creates .venv,
 # installs the CPU build of torch first (a plain `torch` requirement would pull a
-# multi-GB CUDA build), then the package with its dev extras and the CPU build of ONNX Runtime
-# (`[cpu]`; on a GPU machine use `[dev,gpu]` instead, never both).
+# multi-GB CUDA build), then the package with its dev and torch extras and the CPU build of ONNX
+# Runtime (`[cpu]`; on a GPU machine use `[dev,torch,gpu]` instead, never both).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
