@@ -120,7 +120,10 @@ def load_reference(reference: Path | str | Checkpoint | Mapping[str, torch.Tenso
                                       "{-model}/{-key}", reference=reference)
         open_model(Path(str(reference)))  # refused like any ONNX input (onnx.checker)
         return None
-    require_torch(f"verifying against {_name(reference, model)} (a PyTorch reference)")
+    # Files and MODULE:CALLABLE names only: tensors or a module in hand mean torch is there.
+    named = reference if isinstance(reference, (str, Path)) else model
+    if isinstance(named, (str, Path)):
+        require_torch(f"verifying against {named} (a PyTorch reference)")
     if suffix == ".pt2":
         if model is not None:
             raise InputError.template("{reference}: a .pt2 program is the model itself; drop "
