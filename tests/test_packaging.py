@@ -10,6 +10,7 @@ check of the same jobs without torch, in this environment.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -46,12 +47,18 @@ def run(argv: list[str | Path], cwd: Path, **env: str) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``python -m build --wheel`` of a copy of the checkout."""
+def wheel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python -m build --wheel`` of a copy of the checkout: with this environment's
+    setuptools where it has one (Python >= 3.12 venvs do not), else isolated (from the index)."""
     source = tmp_path_factory.mktemp("source") / "wnconvert"
     shutil.copytree(REPO, source, ignore=_NOT_SOURCE)
     out = tmp_path_factory.mktemp("dist")
-    built = run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", out, source],
+    isolation = []
+    if importlib.util.find_spec("setuptools") is not None:
+        isolation = ["--no-isolation"]
+    else:
+        request.getfixturevalue("registry")
+    built = run([sys.executable, "-m", "build", "--wheel", *isolation, "-o", out, source],
                 cwd=out)
     assert built.returncode == 0, built.stdout + built.stderr
     (path,) = out.glob("*.whl")
