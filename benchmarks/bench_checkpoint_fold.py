@@ -9,11 +9,12 @@ Compares, each in a fresh subprocess (so start-up and imports count, as for a us
   (b)         a plain PyTorch loop: load_file, `torch._weight_norm` per pair, save_file
 (--no-baselines leaves out (a) and (b), which hold the whole file in memory.)
 
-Reports wall time (min / median / max) and peak RSS (from the kernel, via os.wait4) of each
-over --repeat rounds after one warm-up run each (so the input is in the page cache for
-everybody, as it is for cp). The runs are interleaved round-robin, and each run's time is also
-divided by cp's in the same round: the ratio is what holds on a shared, noisy machine. Every
-run starts after `sync` with its output deleted, so no run pays for another's write-back.
+Reports wall time (min / median / max), CPU seconds (user + system) and peak RSS (from the
+kernel, via os.wait4) of each over --repeat rounds after one warm-up run each (so the input is
+in the page cache for everybody, as it is for cp). The runs are interleaved round-robin, and
+each run's time is also divided by cp's in the same round: the ratio is what holds on a
+shared, noisy machine. Every run starts after `sync` with its output deleted, so no run pays
+for another's write-back.
 Targets (issue 22): wnconvert fold <= 1.0x cp, peak RSS <= 100 MB, on 1 GB and 4 GB.
 
     python benchmarks/bench_checkpoint_fold.py [--size-gb 1.0] [--repeat 5] [--no-baselines]
@@ -30,9 +31,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-
-from measure import run_measured  # benchmarks/measure.py (same folder)
 
 BASELINE_A = """
 import sys
@@ -83,8 +83,24 @@ def make_checkpoint(path: Path, size_gb: float) -> int:
     return path.stat().st_size
 
 
-def run(cmd: list[str], output: Path | None) -> tuple[float, float]:
-    return run_measured(cmd, [output] if output is not None else [])
+def run(cmd: list[str], output: Path | None) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system, all threads) and peak RSS (MB) of one child.
+
+    As benchmarks/measure.py's run_measured, plus the CPU time: on a loaded machine the wall
+    time of a job that keeps two cores busy suffers more than that of a one-core ``cp``, and
+    the CPU seconds show the work each one does whatever the load.
+    """
+    if output is not None:
+        output.unlink(missing_ok=True)
+    os.sync()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed: {err[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -148,20 +164,21 @@ def main() -> None:
         # Round-robin (cp, w, api, ..., cp, w, api, ...) rather than all runs of one case in a
         # row: on a shared machine a noisy minute then hurts every case alike, and the ratio
         # of each round compares runs made seconds apart.
-        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+        samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cases}
         for _ in range(args.repeat):
             for name, (cmd, output) in cases.items():
                 samples[name].append(run(cmd, output))
         results = {
             name: {
-                "seconds": spread([t for t, _ in runs]),
-                "peak_rss_mb": max(r for _, r in runs),
+                "seconds": spread([t for t, _, _ in runs]),
+                "cpu_seconds": spread([c for _, c, _ in runs]),
+                "peak_rss_mb": max(r for _, _, r in runs),
             }
             for name, runs in samples.items()
         }
-        floor = [t for t, _ in samples["cp (floor)"]]
+        floor = [t for t, _, _ in samples["cp (floor)"]]
         ratios = {
-            name: spread([t / c for (t, _), c in zip(samples[name], floor, strict=True)])
+            name: spread([t / c for (t, _, _), c in zip(samples[name], floor, strict=True)])
             for name in ("wnconvert fold", "wnconvert.fold_checkpoint")
         }
         ulps = _check_same(work, with_torch=not args.no_baselines)
@@ -198,11 +215,12 @@ def main() -> None:
         f"checkpoint: {summary['checkpoint_mb']} MB float32, {os.cpu_count()} CPUs, "
         f"{args.repeat} interleaved rounds after a warm-up"
     )
-    print(f"{'':32} {'min s':>7} {'median s':>9} {'max s':>7} {'peak RSS MB':>12}")
+    print(f"{'':32} {'min s':>7} {'median s':>9} {'max s':>7} {'CPU s (median)':>15} "
+          f"{'peak RSS MB':>12}")
     for name, r in results.items():
         t = r["seconds"]
         print(f"{name:32} {t['min']:7.2f} {t['median']:9.2f} {t['max']:7.2f} "
-              f"{r['peak_rss_mb']:12.0f}")
+              f"{r['cpu_seconds']['median']:15.2f} {r['peak_rss_mb']:12.0f}")
     print("ratio to cp in the same round (min / median / max):")
     for name, ratio in ratios.items():
         print(f"  {name:30} {ratio['min']:.2f} / {ratio['median']:.2f} / {ratio['max']:.2f}")
