@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench fixtures clean
+.PHONY: setup demo test test-slow test-all lint bench fixtures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,20 @@ demo: $(STAMP)
 
 # Tests run on every core, one test file per worker (module fixtures that export a model are
 # built once), one math thread per worker so workers do not oversubscribe the cores.
+# `make test` is the loop to run on every change: every test but those marked slow (exports of
+# real model families, a strict mypy run on a user's script, ...). `make test-slow` runs those;
+# `make test-all` (CI) runs both, so nothing is dropped, only scheduled.
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
+
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
+	$(PYTEST) -m "not slow"
 	$(BIN)/ruff check wnconvert tests fixtures benchmarks
 	$(BIN)/mypy
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow
+
+test-all: test test-slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check wnconvert tests fixtures benchmarks
