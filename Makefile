@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench fixtures clean
+.PHONY: setup demo test test-fast lint bench fixtures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,18 @@ demo: $(STAMP)
 
 # Tests run on every core, one test file per worker (module fixtures that export a model are
 # built once), one math thread per worker so workers do not oversubscribe the cores.
+# `make test` (what CI runs) runs every test, ruff and mypy. `make test-fast` is the loop to run on
+# every change: every test but those marked slow (exports of real model families, fresh virtual
+# environments, a strict mypy run on a user's script, ...).
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
+
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
+	$(PYTEST)
+	$(BIN)/ruff check wnconvert tests fixtures benchmarks
+	$(BIN)/mypy
+
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow"
 	$(BIN)/ruff check wnconvert tests fixtures benchmarks
 	$(BIN)/mypy
 

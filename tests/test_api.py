@@ -111,6 +111,7 @@ def test_api_refuses_an_untrusted_program_before_loading_it(
     assert not (tmp_path / "out.onnx").exists()
 
 
+@pytest.mark.slow
 def test_api_exports_and_verifies_a_trusted_program(program: Path, tmp_path: Path) -> None:
     torch.manual_seed(1)
     state = {"fc.weight": torch.randn(4, 8), "fc.bias": torch.randn(4)}

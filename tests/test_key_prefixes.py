@@ -95,6 +95,7 @@ def test_a_prefix_that_no_key_has_is_an_input_error(tmp_path: Path,
     assert not (tmp_path / "o.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("explicit", [False, True])
 def test_fold_to_onnx_of_a_lightning_checkpoint(tmp_path: Path, explicit: bool,
                                                 wn_state: dict[str, torch.Tensor]) -> None:

@@ -348,6 +348,38 @@ def test_chunked_and_threaded_results_do_not_depend_on_thread_count(monkeypatch,
     assert ulp_distance(chunked, expected).max() <= 1
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+def test_streamed_dim0_fold_reusing_its_buffers_rounds_like_the_float64_product(
+        monkeypatch, dtype, threads):
+    """The dim=0 fold reuses per-thread scratch arrays from chunk to chunk (and, for float32,
+    rounds the float64 product as it stores it): the bits are still those of the plain
+    float64 computation rounded once, special values included, chunk after chunk."""
+    rng = np.random.default_rng(23)
+    v64 = rng.standard_normal((41, 7)) * np.logspace(-40, 38, 41)[:, None]
+    v64[3] = 0.0  # a zero-norm row
+    v64[5, 2], v64[6, 0], v64[7, 1] = np.nan, np.inf, 1e-45  # non-finite, subnormal
+    with np.errstate(over="ignore"):  # float16 and bfloat16 overflow to inf: more specials
+        v = v64.astype(numpy_dtype(dtype))
+    g = rng.uniform(0.5, 2.0, (41, 1)).astype(numpy_dtype(dtype))
+    g[8, 0] = 3e38 if dtype in ("float32", "float64") else g[8, 0]  # overflows to inf
+    monkeypatch.setattr(numerics, "_CHUNK_ELEMENTS", 14)  # two rows a chunk: 21 chunks
+    monkeypatch.setattr(numerics, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(numerics, "_THREADS", threads)
+    pieces: list[tuple[int, bytes]] = []
+    stats = numerics.fold_into(g, v, 0, lambda offset, piece: pieces.append(
+        (offset, piece.tobytes())))
+    got = b"".join(data for _, data in sorted(pieces))
+    x = numerics.as_float64(v)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scale = np.where(norms == 0, 0.0, numerics.as_float64(g)[:, 0] / np.where(
+            norms == 0, 1.0, norms))
+        expected = numerics.round_from_float64(x * scale[:, None], v.dtype)
+    assert got == expected.tobytes()
+    assert stats.zero_norm_rows >= 1 and stats.nonfinite_rows >= 2  # float16 underflows more
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
 @pytest.mark.parametrize(("shape", "dim"), [((37, 5, 6), 0), ((37, 5, 6), 1), ((37, 5, 6), 2),
                                             ((37, 5, 6), None), ((9,), 0), ((), None)])

@@ -44,6 +44,7 @@ def test_an_nn_module_exports_with_its_own_weights_and_stays_as_it_was(tmp_path:
     assert report.passed
 
 
+@pytest.mark.slow
 def test_a_checkpoint_loads_into_a_module_or_a_callable(tmp_path: Path) -> None:
     other = _net()
     with torch.no_grad():

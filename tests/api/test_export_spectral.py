@@ -17,6 +17,7 @@ from wnconvert.numerics import spectral_dims
 CPU = wnconvert.VerifyOptions(providers=("cpu",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api", ["parametrize", "legacy"])
 @pytest.mark.parametrize(("build", "shape"), [(hifigan_discriminator, (1, 1, 64)),
                                               (gan_generator, (1, 8))],

@@ -357,6 +357,7 @@ def test_trust_program_is_refused_where_no_program_is_read(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["candidate.onnx", "w.safetensors"]
 
 
+@pytest.mark.slow
 def test_a_trusted_clean_program_folds_and_verifies(tmp_path: Path) -> None:
     program = programs.save_program(programs.Linear(), tmp_path / "linear.pt2", torch.randn(2, 8))
     result = run("fold", program, "--trust-program", "--json")

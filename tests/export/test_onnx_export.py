@@ -320,6 +320,7 @@ class Branchy(nn.Module):
         return -self.fc(x)
 
 
+@pytest.mark.slow
 def test_legacy_exporter_is_the_fallback_for_uncapturable_models(tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = Branchy().eval()
@@ -333,6 +334,7 @@ def test_legacy_exporter_is_the_fallback_for_uncapturable_models(tmp_path: Path)
         ex.export_onnx(module, args, output=tmp_path / "strict.onnx", exporter="dynamo")
 
 
+@pytest.mark.slow
 def test_opset_override_is_written(tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = nn.Sequential(nn.Linear(4, 3)).eval()
@@ -531,6 +533,7 @@ def test_output_names_never_clash_with_inputs_or_each_other() -> None:
         ex.flatten_outputs({"n": 3})
 
 
+@pytest.mark.slow
 def test_dict_outputs_become_named_onnx_outputs(tmp_path: Path) -> None:
     class TwoHeads(nn.Module):
         def __init__(self) -> None:

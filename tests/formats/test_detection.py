@@ -144,6 +144,7 @@ def test_onnx_content_is_named(tmp_path, cli, assert_input_error):
     assert_input_error(cli("fold", path), path, "ONNX model")
 
 
+@pytest.mark.slow
 def test_hifigan_generator_without_extension_exports_and_verifies(hifigan_run, fixtures_dir,
                                                                   cli, assert_ok):
     g, _, _ = hifigan_run
