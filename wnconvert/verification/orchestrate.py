@@ -31,7 +31,10 @@ from .weights import compare_weights, onnx_initializers
 
 if TYPE_CHECKING:
     import numpy as np
+    import onnx
     import torch
+
+    from ..onnx_graph.protoio import LazyModel
 
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -70,6 +73,8 @@ def verify_onnx_against_onnx(
     *,
     options: VerifyOptions,
     progress: ProgressCallback | None = None,
+    candidate_model: LazyModel | None = None,
+    reference_model: LazyModel | None = None,
 ) -> VerificationReport:
     """Verify ``candidate`` on each provider against ``reference`` run on ONNX Runtime CPU.
 
@@ -77,8 +82,12 @@ def verify_onnx_against_onnx(
     axes get ``options.default_dim``, batch axes 1). Initializers with the same name on both
     sides are compared too; weight-norm ``g``/``v`` initializers are folded first, so a
     candidate whose weight norm was folded compares against the reference's pairs.
+
+    ``candidate_model`` and ``reference_model``: the files as already read
+    (:func:`wnconvert.onnx_graph.load_model`), so a caller that read them does not pay for
+    parsing them again; ONNX Runtime still loads the files themselves.
     """
-    signature = _candidate_signature(candidate)
+    signature = _candidate_signature(candidate, candidate_model)
     quiet_ort_logger(enabled=options.ort_logging)
     try:
         ref_runner = OrtRunner(reference, _spec(CPU, cuda_tf32=False, explicit=True),
@@ -94,29 +103,27 @@ def verify_onnx_against_onnx(
         )
     weights = None
     if options.weights != "off":
-        weights = compare_weights(onnx_initializers(candidate), onnx_initializers(reference),
+        weights = compare_weights(onnx_initializers(candidate_model or candidate),
+                                  onnx_initializers(reference_model or reference),
                                   options=options)
     info = {"kind": "onnx", "path": str(reference), "provider": CPU}
     return _verify(candidate, signature, ref_runner, info, weights, options, progress)
 
 
-def check_inputs(model: Path, options: VerifyOptions) -> None:
+def check_inputs(model: Path, options: VerifyOptions, *, read: LazyModel | None = None
+                 ) -> None:
     """Refuse given input shapes, dtypes or dynamic axes that do not fit ``model``'s inputs,
-    before any work (the checks verification makes first; an ``.npz`` is read then)."""
+    before any work (the checks verification makes first; an ``.npz`` is read then).
+    ``read``: ``model`` as already read, so it is not parsed again."""
     if options.input_specs or options.dynamic_axes:
-        CasePlan(_candidate_signature(model), dataclasses.replace(options, inputs_file=None))
+        CasePlan(_candidate_signature(model, read),
+                 dataclasses.replace(options, inputs_file=None))
 
 
-def _candidate_signature(candidate: Path) -> list[InputSignature]:
-    # Read with onnx, not a session, so a model that ORT cannot load is reported per provider.
-    import onnx
-
-    if not candidate.exists():
-        raise InputNotFound(f"{candidate}: no such file; check the path")
-    try:
-        model = onnx.load(str(candidate), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf/IO errors have many types
-        raise InputError(f"{candidate}: cannot read as ONNX: {exc}") from None
+def _candidate_signature(candidate: Path, read: LazyModel | None = None
+                         ) -> list[InputSignature]:
+    """The inputs to feed, from ``read`` (the model as already read) or the file."""
+    model = read.proto if read is not None else _read_graph(candidate)
     init_names = {init.name for init in model.graph.initializer}
     signature = []
     for value in model.graph.input:
@@ -142,6 +149,18 @@ def _candidate_signature(candidate: Path) -> list[InputSignature]:
                 dims.append(d.dim_param or None)
         signature.append(InputSignature(value.name, str(elem), tuple(dims)))
     return signature
+
+
+def _read_graph(candidate: Path) -> onnx.ModelProto:
+    # Read with onnx, not a session, so a model that ORT cannot load is reported per provider.
+    import onnx
+
+    if not candidate.exists():
+        raise InputNotFound(f"{candidate}: no such file; check the path")
+    try:
+        return onnx.load(str(candidate), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf/IO errors have many types
+        raise InputError(f"{candidate}: cannot read as ONNX: {exc}") from None
 
 
 @dataclass
