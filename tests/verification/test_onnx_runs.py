@@ -215,3 +215,29 @@ def test_the_onnx_reference_runs_alongside_the_candidate(tmp_path: Path, weight:
     assert set(threads) == {str(ref), str(cand)}
     assert threads[str(cand)] == {threading.get_ident()}
     assert threading.get_ident() not in threads[str(ref)]
+
+
+def test_a_pytorch_reference_runs_alongside_the_candidate_and_its_prints_are_kept(
+        tmp_path: Path, weight: np.ndarray, capfd) -> None:
+    """The PyTorch reference runs in a thread too; what it prints stays off our stdout and is
+    noted in the report."""
+    import threading
+
+    import torch
+
+    from wnconvert.verification import verify_onnx_against_torch
+
+    threads: set[int] = set()
+
+    class Linear(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            threads.add(threading.get_ident())
+            print("hello from the model")
+            return x @ torch.from_numpy(weight) + 0.5
+
+    cand = linear_model(tmp_path / "cand.onnx", weight.copy())
+    report = verify_onnx_against_torch(cand, Linear(), options=VerifyOptions(providers=("cpu",)))
+    assert report.passed, report.failures()
+    assert threads and threading.get_ident() not in threads
+    assert any("the reference printed" in note for note in report.notes)
+    assert "hello" not in capfd.readouterr().out

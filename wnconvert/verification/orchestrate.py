@@ -222,43 +222,41 @@ def _verify(
     total, done = len(cases) * (1 + live), 0
     matching: Literal["name", "position"] = "name"
     infos: list[CaseInfo] = []
-    # Case by case (reference, then every provider), so one case's inputs and outputs are in
-    # memory at a time however many runs were asked for.
+    # Case by case (the reference alongside the providers), so one case's inputs and outputs
+    # are in memory at a time however many runs were asked for.
     printed: list[str] = []
     for case in cases:
         infos.append(case.info)
         outs: dict[int, dict[str, np.ndarray] | None] = {}
-        if isinstance(reference, OrtRunner):
-            # ONNX Runtime releases the GIL while it runs: the reference runs in a thread while
-            # the candidate runs here (measured 0.7x the time of one after the other on 2 busy
-            # cores). A capture redirects the process's stdout, so one capture covers both runs
-            # and the runs inside do not capture; what ORT printed goes to every run's messages.
-            for state in runs:  # an ONNX reference knows its outputs before it runs
-                if state.runner is not None and state.mapping is None:
-                    matching = _map_outputs(state, reference)
-            with captured_output("stdout") as captured, ThreadPoolExecutor(1) as pool:
-                pending = pool.submit(_run_reference, reference, case, captured=False)
-                for index, state in enumerate(runs):
-                    if state.runner is not None:
-                        outs[index] = _run_candidate(state, case, captured=False)
-                ref = pending.result()
+        for state in runs:  # an ONNX reference knows its outputs before it runs
+            if state.runner is not None and state.mapping is None and reference.output_names:
+                matching = _map_outputs(state, reference)
+        # ONNX Runtime and PyTorch release the GIL while they compute: the reference runs in a
+        # thread while the candidate runs here (ONNX against ONNX measured 0.7x the time of one
+        # after the other on 2 busy cores). The reference may print (a user's model): stdout is
+        # kept for our own output by one capture around both runs, as a capture redirects the
+        # process's file descriptor, which two threads cannot each do.
+        with captured_output("stdout") as captured, ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(_run_reference, reference, case)
+            for index, state in enumerate(runs):
+                if state.runner is not None:
+                    outs[index] = _run_candidate(state, case)
+            ref = pending.result()
+        if isinstance(reference, OrtRunner):  # ONNX Runtime's words: the runs' messages
             for state in runs:
                 if state.runner is not None:
                     state.runner.messages.extend(captured.lines)
         else:
-            # The reference may print too (a user's model): keep stdout for our own output.
-            with captured_output("stdout") as captured:
-                ref = _run_reference(reference, case)
             printed.extend(captured.lines)
         done += 1
         if progress:
             progress("reference", done, total)
         for index, state in enumerate(runs):
-            if state.runner is None and index not in outs:
+            if index not in outs:
                 continue
             if state.mapping is None and state.runner is not None:
                 matching = _map_outputs(state, reference)
-            out = outs[index] if index in outs else _run_candidate(state, case)
+            out = outs[index]
             if out is None or state.mapping is None:
                 continue  # the provider failed on this case (state says why)
             for cand_name, ref_name in state.mapping.items():
@@ -295,14 +293,13 @@ def _map_outputs(state: _ProviderRun, reference: Runner) -> Literal["name", "pos
     return matching
 
 
-def _run_candidate(state: _ProviderRun, case: InputCase, *, captured: bool = True
-                   ) -> dict[str, np.ndarray] | None:
+def _run_candidate(state: _ProviderRun, case: InputCase) -> dict[str, np.ndarray] | None:
     """The candidate's outputs on ``case``, or None when the run failed (``state`` says why;
-    no more runs on that provider). ``captured=False``: the caller captures stdout."""
+    no more runs on that provider). The caller captures stdout."""
     runner = state.runner
     assert runner is not None
     try:
-        return runner.run(case.feeds) if captured else runner.run_uncaptured(case.feeds)
+        return runner.run_uncaptured(case.feeds)
     except ProviderFailed as exc:
         state.fail(f"{exc.reason} (on {case.info.label})", runner.messages)
     except Exception as exc:  # noqa: BLE001 - an ORT failure is a failed check
@@ -311,10 +308,10 @@ def _run_candidate(state: _ProviderRun, case: InputCase, *, captured: bool = Tru
     return None
 
 
-def _run_reference(reference: Runner, case: InputCase, *, captured: bool = True
-                   ) -> dict[str, np.ndarray]:
+def _run_reference(reference: Runner, case: InputCase) -> dict[str, np.ndarray]:
+    """The reference's outputs on ``case`` (the caller captures stdout)."""
     try:
-        if not captured and isinstance(reference, OrtRunner):
+        if isinstance(reference, OrtRunner):
             return reference.run_uncaptured(case.feeds)
         return reference.run(case.feeds)
     except InputError:
