@@ -1,9 +1,14 @@
-"""Benchmark: `wnconvert fold MODEL.onnx` on a ~1 GB weight-normed model exported by PyTorch.
+"""Benchmark: `wnconvert fold MODEL.onnx` against onnxslim on models exported by PyTorch.
 
-The model is a stack of weight-normed Conv1d layers (vocoder-like, float32), exported with
-``torch.onnx.export(dynamo=True)``: its tensors are large, so the exporter leaves one
-ReduceL2 -> Div -> Mul chain per layer and writes the weights as external data. An inline copy of
-the same model (one .onnx file, < 2 GB) is made too, and every tool runs on both layouts.
+Two models (``--model``), both exported with ``torch.onnx.export(dynamo=True)``, which leaves
+one ReduceL2 -> Div -> Mul chain per weight-normed layer:
+  speecht5    transformers' SpeechT5 HiFi-GAN at its default size (12.7 M parameters, 65
+              weight-norm chains, 51 MB; random weights from its config, nothing downloaded).
+              Issue 22's goal: `wnconvert fold` *with* its verification <= 0.5x onnxslim's time,
+              peak RSS <= 1.5x the model's size.
+  conv-stack  a ~1 GB stack of weight-normed Conv1d layers (--size-gb): large tensors, issue 4.
+The export writes the weights as external data; an inline copy of the same model (one .onnx
+file, < 2 GB) is made too, and every tool runs on the layouts asked for (--layouts).
 
 Compared, each in a fresh subprocess (start-up and imports count, as for a user):
   wnconvert   `wnconvert fold in.onnx -o out.onnx --no-verify` (and, for information, with its
@@ -19,14 +24,21 @@ Measured too (no output model; for the peak-RSS figures of issue 10):
                     comparison for wnconvert's skeleton check (it parses inline data too)
   ir-load-save      ``onnx_ir.load`` + ``onnx_ir.save``: what graph plumbing through onnx_ir costs
 
-Reports wall time and peak RSS (from the kernel, via os.wait4), best (and median) of --repeat
+  imports     ``import onnx, onnxruntime, numpy`` and nothing else: the floor every tool here
+              pays (start-up, and onnx's import of ml_dtypes), for the profile in
+              docs/performance.md
+
+Reports wall time and peak RSS (from the kernel, via os.wait4), min / median / max of --repeat
 rounds after a warm-up round (so the input is in the page cache for everybody; the tools take
 turns, so all see the same background load), whether each output still computes
 weight norm at run time (wnconvert's own lint), and the largest output difference from the
-original model on ONNX Runtime. Targets (issue 4): wnconvert faster than both, peak RSS under 2x
-the model size.
+original model on ONNX Runtime. Then the ratios of wnconvert to onnxslim, round by round (the
+two ran back to back, under the same load), as min / median / max. Targets: issue 4 (conv-stack)
+wnconvert faster than both, peak RSS under 2x the model size; issue 22 (speecht5) verified
+fold <= 0.5x onnxslim.
 
-    python benchmarks/bench_onnx_fold.py [--size-gb 1.0] [--repeat 2] [--dir benchmarks/out]
+    python benchmarks/bench_onnx_fold.py [--model speecht5] [--repeat 3] [--dir benchmarks/out]
+    python benchmarks/bench_onnx_fold.py --model conv-stack --size-gb 1.0 --layouts external,inline
 """
 
 from __future__ import annotations
@@ -59,26 +71,35 @@ ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
 CHANNELS, KERNEL = 1024, 31  # 1024*1024*31 float32 = 130 MB per layer
 
 
-def make_model(folder: Path, size_gb: float) -> Path:
-    """Export the weight-normed Conv1d stack (external data, as torch writes it)."""
+def make_model(folder: Path, size_gb: float, kind: str) -> Path:
+    """Export the weight-normed model (external data, as torch writes it)."""
     import warnings
 
     import torch
     from torch import nn
 
-    layer_bytes = CHANNELS * CHANNELS * KERNEL * 4
-    layers = max(1, round(size_gb * 1e9 / layer_bytes))
-    torch.manual_seed(0)
-    model = nn.Sequential(*[
-        nn.utils.parametrizations.weight_norm(
-            nn.Conv1d(CHANNELS, CHANNELS, KERNEL, padding=KERNEL // 2)
-        )
-        for _ in range(layers)
-    ]).eval()
+    if kind == "speecht5":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from speecht5_model import build_speecht5_hifigan
+
+        model = build_speecht5_hifigan()
+        model.apply_weight_norm()  # weight norm computed at run time: 65 chains in the graph
+        example = torch.randn(1, 100, 80)
+    else:
+        layer_bytes = CHANNELS * CHANNELS * KERNEL * 4
+        layers = max(1, round(size_gb * 1e9 / layer_bytes))
+        torch.manual_seed(0)
+        model = nn.Sequential(*[
+            nn.utils.parametrizations.weight_norm(
+                nn.Conv1d(CHANNELS, CHANNELS, KERNEL, padding=KERNEL // 2)
+            )
+            for _ in range(layers)
+        ]).eval()
+        example = torch.randn(1, CHANNELS, 8)
     path = folder / "wn_external.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, CHANNELS, 8),), str(path), dynamo=True,
+        torch.onnx.export(model, (example,), str(path), dynamo=True,
                           external_data=True, input_names=["x"], output_names=["y"])
     return path
 
@@ -114,8 +135,9 @@ def compare(original: Path, output: Path) -> dict[str, object]:
     from wnconvert.onnx_graph import check_file
 
     left = len(check_file(output).sites)
-    x = np.random.default_rng(0).standard_normal((1, CHANNELS, 8)).astype(np.float32)
     ref = ort.InferenceSession(str(original), providers=["CPUExecutionProvider"])
+    shape = ref.get_inputs()[0].shape  # static in both exports
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     expected = ref.run(None, {"x": x})[0]
     del ref
     got = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"]).run(
@@ -134,8 +156,9 @@ model = ir.load(sys.argv[1])
 ir.save(model, sys.argv[2], external_data=sys.argv[2].rsplit("/", 1)[-1] + ".data"
         if sys.argv[3] == "1" else None)
 """
+IMPORTS = "import numpy, onnx, onnxruntime"
 # Tools that write no model to compare (peak RSS and time only).
-MEASURE_ONLY = ("wnconvert-check", "checker-path", "ir-load-save")
+MEASURE_ONLY = ("wnconvert-check", "checker-path", "ir-load-save", "imports")
 
 
 def command(tool: str, src: Path, work: Path, layout: str,
@@ -156,18 +179,34 @@ def command(tool: str, src: Path, work: Path, layout: str,
         "checker-path": [sys.executable, "-c", CHECKER_PATH, str(src)],
         "ir-load-save": [sys.executable, "-c", IR_LOAD_SAVE, str(src), str(out),
                          "1" if layout == "external" else "0"],
+        "imports": [sys.executable, "-c", IMPORTS],
     }[tool]
     return cmd, out
 
 
+DEFAULTS = {  # --model: (layouts, tools)
+    "speecht5": ("external", "wnconvert+verify,onnxslim,wnconvert,imports"),
+    "conv-stack": ("external,inline", "wnconvert,wnconvert+verify,onnxslim,ort"),
+}
+# Ratio goals against onnxslim, per --model: (tool, at most)
+GOALS = {"speecht5": ("wnconvert+verify", 0.5), "conv-stack": ("wnconvert", 1.0)}
+RSS_GOALS = {"speecht5": ("wnconvert+verify", 1.5), "conv-stack": ("wnconvert", 2.0)}
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(values)
+    return ordered[0], ordered[len(ordered) // 2], ordered[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-gb", type=float, default=1.0)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--model", choices=sorted(DEFAULTS), default="speecht5")
+    parser.add_argument("--size-gb", type=float, default=1.0, help="conv-stack only")
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None,
                         help="work folder, kept (default: a temp dir, deleted)")
-    parser.add_argument("--layouts", default="external,inline")
-    parser.add_argument("--tools", default="wnconvert,wnconvert+verify,onnxslim,ort")
+    parser.add_argument("--layouts", help="external,inline (default: per --model)")
+    parser.add_argument("--tools", help="comma-separated (default: per --model)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument("--make", type=Path, help=argparse.SUPPRESS)  # internal: make the input
     parser.add_argument("--compare", type=Path, nargs=2, help=argparse.SUPPRESS)  # internal
@@ -176,37 +215,46 @@ def main() -> None:
         print(json.dumps(compare(*args.compare)))
         return
     if args.make:
-        make_inline(make_model(args.make, args.size_gb), args.make / "wn_inline.onnx")
+        make_inline(make_model(args.make, args.size_gb, args.model), args.make / "wn_inline.onnx")
         return
+    layouts = (args.layouts or DEFAULTS[args.model][0]).split(",")
+    tools = (args.tools or DEFAULTS[args.model][1]).split(",")
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="wnconvert-bench-onnx-"))
     work.mkdir(parents=True, exist_ok=True)
     inputs = {"external": work / "wn_external.onnx", "inline": work / "wn_inline.onnx"}
     bin_dir = Path(sys.executable).parent
+    results: list[dict[str, object]] = []
+    ratios: dict[tuple[str, str], list[float]] = {}
     try:
         if not all(p.exists() for p in inputs.values()):
             # Made in a child so this process stays small.
             subprocess.run([sys.executable, __file__, "--make", str(work), "--size-gb",
-                            str(args.size_gb)], check=True)
-        results: list[dict[str, object]] = []
-        for layout in args.layouts.split(","):
+                            str(args.size_gb), "--model", args.model], check=True)
+        for layout in layouts:
             src = inputs[layout]
             size = model_bytes(src)
-            commands = {tool: command(tool, src, work, layout, bin_dir)
-                        for tool in args.tools.split(",")}
+            commands = {tool: command(tool, src, work, layout, bin_dir) for tool in tools}
             # Round-robin (one warm-up round, then --repeat rounds), so every tool samples the
-            # same background load; the best round of each counts.
+            # same background load.
             samples: dict[str, list[tuple[float, float]]] = {tool: [] for tool in commands}
             for round_ in range(args.repeat + 1):
                 for tool, (cmd, out) in commands.items():
                     sample = run(cmd, out)
                     if round_:
                         samples[tool].append(sample)
+            if "onnxslim" in samples:
+                for tool in samples:
+                    if tool.startswith("wnconvert"):
+                        ratios[(layout, tool)] = [
+                            ours[0] / slim[0] for ours, slim in
+                            zip(samples[tool], samples["onnxslim"], strict=True)]
             for tool, (_, out) in commands.items():
                 times, rss = zip(*samples[tool], strict=True)
+                low, mid, high = spread(list(times))
                 row = {"tool": tool, "layout": layout, "model_mb": round(size / 1e6, 1),
-                       "seconds": round(min(times), 2), "median_s": round(sorted(times)[
-                           len(times) // 2], 2), "peak_rss_mb": round(max(rss)),
+                       "min_s": round(low, 2), "median_s": round(mid, 2),
+                       "max_s": round(high, 2), "peak_rss_mb": round(max(rss)),
                        "rss_over_model": round(max(rss) * 2**20 / size, 2)}
                 if tool not in MEASURE_ONLY:
                     row.update(check_output(src, out))  # the last round's output
@@ -220,30 +268,37 @@ def main() -> None:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{os.cpu_count()} CPUs, best of {args.repeat} rounds after a warm-up; model: "
-          f"{CHANNELS}x{CHANNELS}x{KERNEL} weight-normed Conv1d layers, float32")
-    header = (f"{'tool':18} {'layout':9} {'model MB':>9} {'best s':>7} {'median s':>8} "
-              f"{'peak RSS MB':>12} {'RSS/model':>9} {'WN left':>7} {'max |diff|':>10}")
+    print(f"{os.cpu_count()} CPUs (load average {os.getloadavg()[1]:.1f} over the last 5 "
+          f"minutes), {args.repeat} rounds after a warm-up, tools interleaved; model: "
+          f"{args.model}")
+    header = (f"{'tool':18} {'layout':9} {'model MB':>9} {'min s':>6} {'median s':>8} "
+              f"{'max s':>6} {'peak RSS MB':>12} {'RSS/model':>9} {'WN left':>7} "
+              f"{'max |diff|':>10}")
     print(header)
     for r in results:
-        print(f"{r['tool']:18} {r['layout']:9} {r['model_mb']:9.0f} {r['seconds']:7.2f} "
-              f"{r['median_s']:8.2f} {r['peak_rss_mb']:12.0f} {r['rss_over_model']:9.2f} "
-              f"{r['weight_norm_left']:7d} {r['max_abs_diff']:10.2g}")
-    verdicts = []
-    for layout in args.layouts.split(","):
-        rows = {r["tool"]: r for r in results if r["layout"] == layout}
-        ours = rows.get("wnconvert")
-        if ours is None:
-            continue
-        others = [rows[t] for t in ("onnxslim", "ort") if t in rows]
-        fastest = all(ours["seconds"] < o["seconds"] for o in others)
-        small = ours["rss_over_model"] < 2
-        verdicts.append((layout, fastest, small))
-        print(f"{layout}: wnconvert faster than {', '.join(o['tool'] for o in others)}: "
-              f"{'met' if fastest else 'MISSED'}; peak RSS < 2x model: "
-              f"{'met' if small else 'MISSED'}")
+        print(f"{r['tool']:18} {r['layout']:9} {r['model_mb']:9.1f} {r['min_s']:6.2f} "
+              f"{r['median_s']:8.2f} {r['max_s']:6.2f} {r['peak_rss_mb']:12.0f} "
+              f"{r['rss_over_model']:9.2f} {r['weight_norm_left']:7d} {r['max_abs_diff']:10.2g}")
+    goal_tool, goal = GOALS[args.model]
+    rss_tool, rss_goal = RSS_GOALS[args.model]
+    for (layout, tool), values in ratios.items():
+        low, mid, high = spread(values)
+        verdict = ""
+        if tool == goal_tool:
+            verdict = f" (goal <= {goal}: {'met' if mid <= goal else 'MISSED'} at the median)"
+        print(f"{layout}: {tool} / onnxslim, round by round: min {low:.2f} median {mid:.2f} "
+              f"max {high:.2f}{verdict}")
+    for r in results:
+        if r["tool"] == rss_tool:
+            ok = float(r["rss_over_model"]) <= rss_goal  # type: ignore[arg-type]
+            print(f"{r['layout']}: {rss_tool} peak RSS {r['peak_rss_mb']} MB = "
+                  f"{r['rss_over_model']}x the model (goal <= {rss_goal}x: "
+                  f"{'met' if ok else 'MISSED'})")
     if args.json:
-        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "results": results}, indent=2))
+        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "model": args.model,
+                                         "results": results,
+                                         "ratios": {f"{k[0]}/{k[1]}": v
+                                                    for k, v in ratios.items()}}, indent=2))
 
 
 if __name__ == "__main__":

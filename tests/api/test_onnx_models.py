@@ -60,3 +60,46 @@ def test_inspect_and_check(wn_model):
     assert not result.clean
     with pytest.raises(InputNotFound):
         wnconvert.inspect_onnx(wn_model[0].with_name("missing.onnx"))
+
+
+def test_fold_onnx_parses_the_input_once(wn_model, tmp_path, monkeypatch):
+    """The graph that is checked is the one folded and verified against: the input model is
+    parsed by Python once per fold (ONNX Runtime still loads the file for its session)."""
+    import builtins
+
+    from wnconvert.onnx_graph import protoio
+
+    path = wn_model[0]
+    parsed: list[Path] = []
+
+    def counting_open(file, *args, **kwargs):  # protoio opens a model to scan it
+        parsed.append(Path(file))
+        return builtins.open(file, *args, **kwargs)
+
+    def counting_load(file, *args, **kwargs):
+        parsed.append(Path(file))
+        return real_load(file, *args, **kwargs)
+
+    real_load = onnx.load
+    monkeypatch.setattr(protoio, "open", counting_open, raising=False)
+    monkeypatch.setattr(onnx, "load", counting_load)
+    monkeypatch.setattr(onnx, "load_model", counting_load)
+    result = wnconvert.fold_onnx(path, tmp_path / "out.onnx", reports=[tmp_path / "r.json"])
+    assert result.passed and result.report is not None and result.report.weights is not None
+    assert parsed.count(path) == 1
+    # The output is read once too, from the staging folder, before it is moved into place.
+    assert len(parsed) == 2
+
+
+def test_fold_onnx_does_not_import_torch(wn_model, tmp_path):
+    """torch costs more than a second to import; folding and verifying an ONNX model needs
+    ONNX Runtime only."""
+    import subprocess
+    import sys
+
+    code = ("import sys, wnconvert; r = wnconvert.fold_onnx(sys.argv[1], sys.argv[2]); "
+            "assert r.passed; print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(wn_model[0]),
+                           str(tmp_path / "out.onnx")], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"

@@ -177,9 +177,9 @@ def test_fold_onnx_passes_tf32_and_weights_to_the_check(wn_onnx: Path, tmp_path:
     seen = []
     real = verify.verify_onnx_against_onnx
 
-    def spy(candidate, reference, *, options, progress=None):
+    def spy(candidate, reference, *, options, **rest):
         seen.append(options)
-        return real(candidate, reference, options=options, progress=progress)
+        return real(candidate, reference, options=options, **rest)
 
     monkeypatch.setattr(verify, "verify_onnx_against_onnx", spy)
     result = run("fold", wn_onnx, "-o", tmp_path / "o.onnx", "--tf32", "--weights", "report",

@@ -187,3 +187,57 @@ def test_cuda_provider_runs_with_tf32_off(tmp_path: Path, weight: np.ndarray) ->
     assert names == ["CPUExecutionProvider", "CUDAExecutionProvider"]
     assert report.providers[1].options["use_tf32"] == "0"  # as ORT applied it
     assert "TF32 off" in report.providers[1].notes[0]
+
+
+def test_the_onnx_reference_runs_alongside_the_candidate(tmp_path: Path, weight: np.ndarray,
+                                                         monkeypatch) -> None:
+    """ONNX Runtime releases the GIL: the reference runs in a thread while the candidate runs,
+    each case, without a stdout capture of its own (one covers both: a capture redirects the
+    process's file descriptor, which two threads cannot each do)."""
+    import threading
+
+    from wnconvert.verification import runners
+
+    threads: dict[str, set[int]] = {}
+    real = runners.OrtRunner.run_uncaptured
+
+    def spy(self, feeds):
+        threads.setdefault(str(self.path), set()).add(threading.get_ident())
+        return real(self, feeds)
+
+    monkeypatch.setattr(runners.OrtRunner, "run_uncaptured", spy)
+    monkeypatch.setattr(runners.OrtRunner, "run", None)  # every run goes through the spy
+    ref = linear_model(tmp_path / "ref.onnx", weight)
+    cand = linear_model(tmp_path / "cand.onnx", weight.copy())
+    report = verify_onnx_against_onnx(cand, ref, options=VerifyOptions(providers=("cpu",)))
+    assert report.passed, report.failures()
+    assert len(report.cases) == 2
+    assert set(threads) == {str(ref), str(cand)}
+    assert threads[str(cand)] == {threading.get_ident()}
+    assert threading.get_ident() not in threads[str(ref)]
+
+
+def test_a_pytorch_reference_runs_alongside_the_candidate_and_its_prints_are_kept(
+        tmp_path: Path, weight: np.ndarray, capfd) -> None:
+    """The PyTorch reference runs in a thread too; what it prints stays off our stdout and is
+    noted in the report."""
+    import threading
+
+    import torch
+
+    from wnconvert.verification import verify_onnx_against_torch
+
+    threads: set[int] = set()
+
+    class Linear(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            threads.add(threading.get_ident())
+            print("hello from the model")
+            return x @ torch.from_numpy(weight) + 0.5
+
+    cand = linear_model(tmp_path / "cand.onnx", weight.copy())
+    report = verify_onnx_against_torch(cand, Linear(), options=VerifyOptions(providers=("cpu",)))
+    assert report.passed, report.failures()
+    assert threads and threading.get_ident() not in threads
+    assert any("the reference printed" in note for note in report.notes)
+    assert "hello" not in capfd.readouterr().out

@@ -180,11 +180,14 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
             options = _with_specs(options, args, input_names)
         progress.status("verifying on ONNX Runtime")
         with progress.step("verifying") as callback:
+            from ..onnx_graph import load_model
             from ..verification import verify_onnx_against_torch
 
+            # The file just written, read once for the input signature and the weight diff.
             report = verify_onnx_against_torch(
                 output, prepared.reference, options=options, reference_weights=prepared.weights,
-                reference_info=prepared.description, progress=callback)
+                reference_info=prepared.description, progress=callback,
+                candidate_model=load_model(output))
         report.reports_written = write_reports(report, report_paths, force=force)
     return ExportOutcome(result, report, notes)
 

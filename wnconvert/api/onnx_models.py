@@ -17,7 +17,7 @@ from ..errors import CheckFailed, InputError, WeightNormWarning
 from .progress import SILENT, Progress
 
 if TYPE_CHECKING:
-    from ..onnx_graph import CheckResult, FoldOutcome, Inspection
+    from ..onnx_graph import CheckResult, FoldOutcome, Inspection, LazyModel
     from ..verification import VerificationReport, VerifyOptions
 
 
@@ -148,20 +148,27 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
         what = "{-reports}" if report_paths else "{-options}"
         raise InputError.template(what + " need(s) verification, which {-no_verify} turns off; "
                                   "drop one of them")
+    # The model's external data files are protected too, once FoldJob has read the model (it
+    # is read once per job: the graph that is checked is the one folded and verified).
     check_report_paths(report_paths, force=force,
-                       inputs=[*protected_inputs(path, reference), target])
+                       inputs=[path, *protected_inputs(reference), target])
     if verify:
-        from ..verification.orchestrate import check_inputs
-
         options = options if options is not None else VerifyOptions()
-        # A provider that cannot start here, or inputs that do not fit the model, fail before
-        # anything is written (the folded model has the inputs of the original).
+        # A provider that cannot start here fails before the model is read.
         plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
-        check_inputs(path, options)
 
     started = time.perf_counter()
     with FoldJob(path, target, force=force, reference=reference,
                  reference_key=reference_key) as job:
+        assert job.original is not None
+        check_report_paths(report_paths, force=force, inputs=job.original.data_files)
+        if verify:
+            from ..verification.orchestrate import check_inputs
+
+            assert options is not None
+            # Inputs that do not fit the model fail before anything is written (the folded
+            # model has the inputs of the original).
+            check_inputs(path, options, read=job.original)
         result = job.result
         unrecognized = [f"{name}: its g/v pair is read in a way wnconvert cannot analyze"
                         for name in result.unrecognized] + [
@@ -187,7 +194,8 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
         report = None
         if verify:
             assert options is not None
-            report = _verify_staged(staged, path, options, final=target, progress=progress)
+            report = _verify_staged(staged, job.original, options, final=target,
+                                    progress=progress)
             if not report.passed:
                 written = write_reports(report, report_paths, force=force)
                 return OnnxFoldResult(path, target, None, report,
@@ -213,13 +221,18 @@ def _nothing_to_fold(path: Path, skipped: list[Any], unrecognized: list[str]) ->
             f"wnconvert inspect {path}")
 
 
-def _verify_staged(staged: Path, reference: Path, options: VerifyOptions, *, final: Path,
+def _verify_staged(staged: Path, original: LazyModel, options: VerifyOptions, *, final: Path,
                    progress: Progress) -> VerificationReport:
+    """``staged`` against the input model, read once by the fold: the input is not parsed
+    again (ONNX Runtime loads both files), the staged output once, here."""
+    from ..onnx_graph import load_model
     from ..verification import verify_onnx_against_onnx
 
-    progress.note(f"verifying against {reference} on ONNX Runtime")
+    progress.note(f"verifying against {original.path} on ONNX Runtime")
     with progress.step("verifying") as callback:
-        report = verify_onnx_against_onnx(staged, reference, options=options, progress=callback)
+        report = verify_onnx_against_onnx(staged, original.path, options=options,
+                                          progress=callback, candidate_model=load_model(staged),
+                                          reference_model=original)
     # The staged file is moved to `final`; the report names the file the user gets.
     report.candidate["path"] = str(final)
     return report

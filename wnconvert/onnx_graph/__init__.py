@@ -28,7 +28,7 @@ from .analysis import GraphIndex, WeightNormSite, find_weight_norm, op_counts
 from .fold import FoldResult, LayerFold, fold_model
 from .hidden import find_all_weight_norm, pairs_read_at_run_time, spectral_read_at_run_time
 from .names import LostName, Renamed, lost_names, restore_names
-from .protoio import LazyModel, load_model
+from .protoio import LazyModel, load_model, snapshot
 from .protowrite import StagedOutput, WrittenFiles, data_file_name, plan_external, write_model
 from .validate import open_model, pair_dim
 
@@ -246,6 +246,9 @@ class FoldJob:
         self.path, self.output, self.force = Path(path), Path(output), force
         self.reference, self.reference_key = reference, reference_key
         self.model: LazyModel | None = None
+        # The input as read and checked, before the fold edits ``model``: verification compares
+        # against it, so the input is parsed once per job (:func:`.protoio.snapshot`).
+        self.original: LazyModel | None = None
         self.result = FoldResult()
         self._staged: StagedOutput | None = None
         self._written: WrittenFiles | None = None
@@ -259,6 +262,7 @@ class FoldJob:
         # Fail fast, before reading a large model, on an output that may not be written.
         check_output(self.output, force=self.force, inputs=protected)
         self.model = open_model(self.path)
+        self.original = snapshot(self.model)
         reference = self._reference_source()
         if reference is not None:
             protected += tuple(reference[1])

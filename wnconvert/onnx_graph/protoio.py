@@ -114,6 +114,18 @@ class LazyModel:
         return sum(source.nbytes for source in self.sources.values())
 
 
+def snapshot(model: LazyModel) -> LazyModel:
+    """A copy of ``model`` that edits of ``model`` (a fold) leave alone: its own skeleton and
+    source map. Tensor bytes are not copied; both still read them from the files."""
+    import onnx
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    return LazyModel(path=model.path, proto=proto, sources=dict(model.sources),
+                     alignment=model.alignment, data_files=model.data_files,
+                     inlined_functions=model.inlined_functions)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,7 +32,10 @@ from .weights import compare_weights, onnx_initializers
 
 if TYPE_CHECKING:
     import numpy as np
+    import onnx
     import torch
+
+    from ..onnx_graph.protoio import LazyModel
 
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -45,21 +49,24 @@ def verify_onnx_against_torch(
     reference_weights: Mapping[str, torch.Tensor] | None = None,
     reference_info: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    candidate_model: LazyModel | None = None,
 ) -> VerificationReport:
     """Verify ``candidate`` (ONNX on each provider) against ``module`` run in PyTorch on CPU.
 
     ``module`` is the reference as the user built it (weight norm computed at run time when it
     has it). ``reference_weights`` (e.g. the checkpoint's state dict) are compared by name with
-    the candidate's initializers.
+    the candidate's initializers. ``candidate_model``: the file as already read, not parsed
+    again (ONNX Runtime still loads the file).
     """
     with contextlib.suppress(NotImplementedError):  # programs from .pt2 refuse eval()
         module.eval()
-    signature = _candidate_signature(candidate)
+    signature = _candidate_signature(candidate, candidate_model)
     reference = TorchRunner(module, input_names=[sig.name for sig in signature])
     weights = None
     if reference_weights is not None and options.weights != "off":
         ref_np = {k: torch_to_numpy(v) for k, v in reference_weights.items()}
-        weights = compare_weights(onnx_initializers(candidate), ref_np, options=options)
+        weights = compare_weights(onnx_initializers(candidate_model or candidate), ref_np,
+                                  options=options)
     info = {"kind": "pytorch", **(reference_info or {})}
     return _verify(candidate, signature, reference, info, weights, options, progress)
 
@@ -70,6 +77,8 @@ def verify_onnx_against_onnx(
     *,
     options: VerifyOptions,
     progress: ProgressCallback | None = None,
+    candidate_model: LazyModel | None = None,
+    reference_model: LazyModel | None = None,
 ) -> VerificationReport:
     """Verify ``candidate`` on each provider against ``reference`` run on ONNX Runtime CPU.
 
@@ -77,8 +86,12 @@ def verify_onnx_against_onnx(
     axes get ``options.default_dim``, batch axes 1). Initializers with the same name on both
     sides are compared too; weight-norm ``g``/``v`` initializers are folded first, so a
     candidate whose weight norm was folded compares against the reference's pairs.
+
+    ``candidate_model`` and ``reference_model``: the files as already read
+    (:func:`wnconvert.onnx_graph.load_model`), so a caller that read them does not pay for
+    parsing them again; ONNX Runtime still loads the files themselves.
     """
-    signature = _candidate_signature(candidate)
+    signature = _candidate_signature(candidate, candidate_model)
     quiet_ort_logger(enabled=options.ort_logging)
     try:
         ref_runner = OrtRunner(reference, _spec(CPU, cuda_tf32=False, explicit=True),
@@ -94,29 +107,27 @@ def verify_onnx_against_onnx(
         )
     weights = None
     if options.weights != "off":
-        weights = compare_weights(onnx_initializers(candidate), onnx_initializers(reference),
+        weights = compare_weights(onnx_initializers(candidate_model or candidate),
+                                  onnx_initializers(reference_model or reference),
                                   options=options)
     info = {"kind": "onnx", "path": str(reference), "provider": CPU}
     return _verify(candidate, signature, ref_runner, info, weights, options, progress)
 
 
-def check_inputs(model: Path, options: VerifyOptions) -> None:
+def check_inputs(model: Path, options: VerifyOptions, *, read: LazyModel | None = None
+                 ) -> None:
     """Refuse given input shapes, dtypes or dynamic axes that do not fit ``model``'s inputs,
-    before any work (the checks verification makes first; an ``.npz`` is read then)."""
+    before any work (the checks verification makes first; an ``.npz`` is read then).
+    ``read``: ``model`` as already read, so it is not parsed again."""
     if options.input_specs or options.dynamic_axes:
-        CasePlan(_candidate_signature(model), dataclasses.replace(options, inputs_file=None))
+        CasePlan(_candidate_signature(model, read),
+                 dataclasses.replace(options, inputs_file=None))
 
 
-def _candidate_signature(candidate: Path) -> list[InputSignature]:
-    # Read with onnx, not a session, so a model that ORT cannot load is reported per provider.
-    import onnx
-
-    if not candidate.exists():
-        raise InputNotFound(f"{candidate}: no such file; check the path")
-    try:
-        model = onnx.load(str(candidate), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf/IO errors have many types
-        raise InputError(f"{candidate}: cannot read as ONNX: {exc}") from None
+def _candidate_signature(candidate: Path, read: LazyModel | None = None
+                         ) -> list[InputSignature]:
+    """The inputs to feed, from ``read`` (the model as already read) or the file."""
+    model = read.proto if read is not None else _read_graph(candidate)
     init_names = {init.name for init in model.graph.initializer}
     signature = []
     for value in model.graph.input:
@@ -142,6 +153,18 @@ def _candidate_signature(candidate: Path) -> list[InputSignature]:
                 dims.append(d.dim_param or None)
         signature.append(InputSignature(value.name, str(elem), tuple(dims)))
     return signature
+
+
+def _read_graph(candidate: Path) -> onnx.ModelProto:
+    # Read with onnx, not a session, so a model that ORT cannot load is reported per provider.
+    import onnx
+
+    if not candidate.exists():
+        raise InputNotFound(f"{candidate}: no such file; check the path")
+    try:
+        return onnx.load(str(candidate), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf/IO errors have many types
+        raise InputError(f"{candidate}: cannot read as ONNX: {exc}") from None
 
 
 @dataclass
@@ -199,36 +222,43 @@ def _verify(
     total, done = len(cases) * (1 + live), 0
     matching: Literal["name", "position"] = "name"
     infos: list[CaseInfo] = []
-    # Case by case (reference, then every provider), so one case's inputs and outputs are in
-    # memory at a time however many runs were asked for.
+    # Case by case (the reference alongside the providers), so one case's inputs and outputs
+    # are in memory at a time however many runs were asked for.
     printed: list[str] = []
     for case in cases:
         infos.append(case.info)
-        # The reference may print too (a user's model, ORT for an ONNX reference): keep stdout
-        # for our own output.
-        with captured_output("stdout") as captured:
-            ref = _run_reference(reference, case)
-        printed.extend(captured.lines)
+        outs: dict[int, dict[str, np.ndarray] | None] = {}
+        for state in runs:  # an ONNX reference knows its outputs before it runs
+            if state.runner is not None and state.mapping is None and reference.output_names:
+                matching = _map_outputs(state, reference)
+        # ONNX Runtime and PyTorch release the GIL while they compute: the reference runs in a
+        # thread while the candidate runs here (ONNX against ONNX measured 0.7x the time of one
+        # after the other on 2 busy cores). The reference may print (a user's model): stdout is
+        # kept for our own output by one capture around both runs, as a capture redirects the
+        # process's file descriptor, which two threads cannot each do.
+        with captured_output("stdout") as captured, ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(_run_reference, reference, case)
+            for index, state in enumerate(runs):
+                if state.runner is not None:
+                    outs[index] = _run_candidate(state, case)
+            ref = pending.result()
+        if isinstance(reference, OrtRunner):  # ONNX Runtime's words: the runs' messages
+            for state in runs:
+                if state.runner is not None:
+                    state.runner.messages.extend(captured.lines)
+        else:
+            printed.extend(captured.lines)
         done += 1
         if progress:
             progress("reference", done, total)
-        for state in runs:
-            if state.runner is None:
+        for index, state in enumerate(runs):
+            if index not in outs:
                 continue
-            runner = state.runner
-            if state.mapping is None:
-                state.mapping, matching = _match_outputs(runner.output_names,
-                                                         reference.output_names)
-                state.per_output = {name: [] for name in state.mapping}
-            try:
-                out = runner.run(case.feeds)
-            except ProviderFailed as exc:
-                state.fail(f"{exc.reason} (on {case.info.label})", runner.messages)
-                continue
-            except Exception as exc:  # noqa: BLE001 - an ORT failure is a failed check
-                state.fail(f"ONNX Runtime failed on {case.info.label}: {first_line(exc)}",
-                           runner.messages)
-                continue
+            if state.mapping is None and state.runner is not None:
+                matching = _map_outputs(state, reference)
+            out = outs[index]
+            if out is None or state.mapping is None:
+                continue  # the provider failed on this case (state says why)
             for cand_name, ref_name in state.mapping.items():
                 tol = options.tolerance_for(cand_name, dtype_name(ref[ref_name]),
                                             tf32=state.spec.uses_tf32)
@@ -255,8 +285,34 @@ def _verify(
     )
 
 
-def _run_reference(reference: Runner, case: InputCase) -> dict[str, np.ndarray]:
+def _map_outputs(state: _ProviderRun, reference: Runner) -> Literal["name", "position"]:
+    """Match the provider's outputs to the reference's (once; refuses outputs that do not)."""
+    assert state.runner is not None
+    state.mapping, matching = _match_outputs(state.runner.output_names, reference.output_names)
+    state.per_output = {name: [] for name in state.mapping}
+    return matching
+
+
+def _run_candidate(state: _ProviderRun, case: InputCase) -> dict[str, np.ndarray] | None:
+    """The candidate's outputs on ``case``, or None when the run failed (``state`` says why;
+    no more runs on that provider). The caller captures stdout."""
+    runner = state.runner
+    assert runner is not None
     try:
+        return runner.run_uncaptured(case.feeds)
+    except ProviderFailed as exc:
+        state.fail(f"{exc.reason} (on {case.info.label})", runner.messages)
+    except Exception as exc:  # noqa: BLE001 - an ORT failure is a failed check
+        state.fail(f"ONNX Runtime failed on {case.info.label}: {first_line(exc)}",
+                   runner.messages)
+    return None
+
+
+def _run_reference(reference: Runner, case: InputCase) -> dict[str, np.ndarray]:
+    """The reference's outputs on ``case`` (the caller captures stdout)."""
+    try:
+        if isinstance(reference, OrtRunner):
+            return reference.run_uncaptured(case.feeds)
         return reference.run(case.feeds)
     except InputError:
         raise

@@ -259,6 +259,10 @@ def create_session(model: str | bytes, spec: ProviderSpec, *, ort_logging: bool 
     # Fatal only unless --debug: ORT's warnings are about performance, and its errors reach the
     # report as the failure reason (printing them twice is noise).
     options.log_severity_level = 2 if ort_logging else 4
+    # Verification runs the reference alongside the candidate: threads that spin while they
+    # wait for work take the cores the other session needs (and other processes' on a busy
+    # machine). Spinning changes no result.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = None
     with provider_environment(spec), captured_output("stdout") as captured:
         try:

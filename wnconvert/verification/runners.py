@@ -80,6 +80,15 @@ class OrtRunner:
         return outputs
 
 
+    def run_uncaptured(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`run` for a caller that captures stdout around it: a capture redirects the
+        process's file descriptor, so runs in threads must not each take one."""
+        with provider_environment(self.provider):
+            outputs = _run_bound(self.session, feeds, self.output_names)
+        check_session_provider(self.session, self.provider, (), when="after a run")
+        return outputs
+
+
 def _run_bound(session: Any, feeds: Mapping[str, np.ndarray],
                names: Sequence[str]) -> dict[str, np.ndarray]:
     """One run through IO binding; outputs come back on the CPU as numpy arrays."""

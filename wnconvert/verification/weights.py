@@ -16,6 +16,8 @@ from .tolerance import VerifyOptions
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..onnx_graph.protoio import LazyModel
+
 
 def compare_weights(candidate: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
                     *, options: VerifyOptions) -> WeightsReport:
@@ -218,10 +220,10 @@ class _LazyInitializers(Mapping):
     model costs 1 GB only while one of its tensors is in use, not for the whole comparison.
     """
 
-    def __init__(self, path: Path) -> None:
-        from ..onnx_graph.protoio import load_model
+    def __init__(self, model: Path | LazyModel) -> None:
+        from ..onnx_graph.protoio import LazyModel, load_model
 
-        self._model = load_model(path)
+        self._model = model if isinstance(model, LazyModel) else load_model(Path(model))
         self._tensors = {init.name: init for init in self._model.proto.graph.initializer}
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -258,7 +260,8 @@ class _LazyInitializers(Mapping):
         return tuple(int(d) for d in tensor.dims), dtype
 
 
-def onnx_initializers(path: Path) -> Mapping[str, np.ndarray]:
-    """The main graph's initializers as numpy arrays, read lazily one at a time."""
-    return _LazyInitializers(path)
+def onnx_initializers(model: Path | LazyModel) -> Mapping[str, np.ndarray]:
+    """The main graph's initializers as numpy arrays, read lazily one at a time, from the file
+    ``model`` or from a model already read (not parsed again)."""
+    return _LazyInitializers(model)
 
