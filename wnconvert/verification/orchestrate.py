@@ -186,6 +186,9 @@ def _verify(
     quiet_ort_logger(enabled=options.ort_logging)
     plan = plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
     cases = CasePlan(signature, options)  # validates shapes before any session starts
+    from ..onnx_graph.precision import file_computes_in
+
+    narrow = file_computes_in(candidate)  # a float16/bfloat16 candidate: its budget, its types
     runs: list[_ProviderRun] = []
     for spec in plan.specs:
         state = _ProviderRun(spec)
@@ -207,7 +210,7 @@ def _verify(
         # The reference may print too (a user's model, ORT for an ONNX reference): keep stdout
         # for our own output.
         with captured_output("stdout") as captured:
-            ref = _run_reference(reference, case)
+            ref = _run_reference(reference, case, widen=narrow is not None)
         printed.extend(captured.lines)
         done += 1
         if progress:
@@ -231,13 +234,19 @@ def _verify(
                 continue
             for cand_name, ref_name in state.mapping.items():
                 tol = options.tolerance_for(cand_name, dtype_name(ref[ref_name]),
-                                            tf32=state.spec.uses_tf32)
+                                            tf32=state.spec.uses_tf32, computes_in=narrow)
+                got = out[cand_name]
+                if narrow is not None and dtype_name(got) == narrow:
+                    got = got.astype(ref[ref_name].dtype)  # exact: float32 holds every value
                 state.per_output[cand_name].append(
-                    (case.info.label, compare_arrays(out[cand_name], ref[ref_name], tol)))
+                    (case.info.label, compare_arrays(got, ref[ref_name], tol)))
             done += 1
             if progress:
                 progress(state.spec.name, done, total)
     notes = [f"{name} skipped: {why}" for name, why in plan.skipped]
+    if narrow is not None:
+        notes.append(f"tolerance: {narrow} row for float32 outputs, candidate computes in "
+                     f"{narrow}")
     if printed:
         notes.append(f"the reference printed {len(printed)} line(s) to stdout (kept off ours); "
                      f"first: {printed[0][:200]}")
@@ -255,9 +264,18 @@ def _verify(
     )
 
 
-def _run_reference(reference: Runner, case: InputCase) -> dict[str, np.ndarray]:
+def _run_reference(reference: Runner, case: InputCase, *, widen: bool = False
+                   ) -> dict[str, np.ndarray]:
+    """``widen``: the candidate computes in float16/bfloat16 and may take such inputs; the
+    float32 reference gets them widened to float32 (exactly)."""
+    feeds = case.feeds
+    if widen:
+        import numpy as np
+
+        feeds = {name: a.astype(np.float32) if dtype_name(a) in ("float16", "bfloat16") else a
+                 for name, a in feeds.items()}
     try:
-        return reference.run(case.feeds)
+        return reference.run(feeds)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's model may raise anything
