@@ -1,7 +1,8 @@
 """Reduced precision: a float32 ONNX model converted to compute in float16 or bfloat16.
 
 Done on the ``ModelProto`` here rather than with onnxconverter-common, whose
-``convert_float_to_float16`` clamps weights into [1e-7, 1e4] without saying so. Every float32
+``convert_float_to_float16`` clamps weights into [1e-7, 1e4] (a 2e4 weight becomes 1e4; a
+Python warning, no count in any result). Every float32
 initializer (and ``Constant`` value) is rounded once, to nearest even
 (:func:`~wnconvert.numerics.round_from_float64`), from its float64 value where the caller has
 it (a weight folded in float64) and from its float32 value otherwise. A value past the target's
