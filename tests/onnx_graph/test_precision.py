@@ -163,7 +163,7 @@ def test_underflow_is_counted_with_its_largest_relative_change() -> None:
     assert data["underflow"]["count"] == 2 and data["underflow"]["tensors"] == ["w"]
     assert data["underflow"]["max_rel_change"] == 1.0  # flushed to zero
     assert "2 nonzero weight value(s) in 1 tensor(s) became zero or subnormal" in (
-        report.notes()[0])
+        report.notes()[1])
     assert data["overflow"] == 0 and data["values"] == 72 + 6 + 1 + 1
 
 

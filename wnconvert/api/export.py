@@ -187,7 +187,7 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
                             dynamic=axes, opset=opset, exporter=exporter, force=force,
                             convert=convert)
     for line in (converted[0].notes() if converted else []):
-        progress.note(line)
+        progress.note(f"note: {line}")
     for note in result.notes:
         warnings.warn(note, WeightNormWarning, stacklevel=2)
     report = None

@@ -248,7 +248,7 @@ def _convert_staged(staged: Path, precision: Precision, *, keep_io_types: bool,
     converted = convert_file(staged, precision, keep_io_types=keep_io_types,
                              providers=providers)
     for note in converted.notes():
-        progress.note(note)
+        progress.note(f"note: {note}")
     return converted
 
 

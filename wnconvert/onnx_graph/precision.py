@@ -99,10 +99,17 @@ class PrecisionReport:
         }
 
     def notes(self) -> list[str]:
-        """Lines for stderr: what the rounding changed beyond its half-ulp."""
+        """Lines for stderr: what was converted, and what the rounding changed beyond its
+        half-ulp."""
+        kept = ", ".join(f"{op} x{count}" if count > 1 else op
+                         for op, count in sorted(self.blocked.items()))
+        lines = [f"{self.dtype}: {self.initializers} weight tensor(s) rounded once "
+                 f"({self.from_float64} from their float64 fold); kept in float32: "
+                 f"{kept or 'none'}; inputs and outputs "
+                 f"{'float32' if self.keep_io_types else self.dtype}"]
         if not self.underflow:
-            return []
-        return [f"note: {self.dtype}: {self.underflow} nonzero weight value(s) in "
+            return lines
+        return [*lines, f"{self.dtype}: {self.underflow} nonzero weight value(s) in "
                 f"{len(self.underflow_tensors)} tensor(s) became zero or subnormal (largest "
                 f"relative change {self.underflow_max_rel_change:.3g}; first: "
                 f"{self.underflow_tensors[0]})"]
