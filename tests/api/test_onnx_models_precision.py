@@ -99,3 +99,19 @@ def test_external_data_stays_external(tmp_path: Path) -> None:
     assert result.passed, result.failure()
     assert (tmp_path / "f16.onnx.data").is_file()
     assert initializer(result.output, "layer.weight").dtype == np.float16
+
+
+def test_spectral_norm_is_rounded_once_too(tmp_path: Path) -> None:
+    from tests.onnx_graph.builders import spectral_norm_model
+    from wnconvert.numerics import spectral_sigma
+
+    model, weight, u, v = spectral_norm_model((64, 16, 3), 0, seed=1)
+    w64 = as_float64(weight) / spectral_sigma(weight, u, v, 0)
+    twice = w64.astype(np.float32).astype(np.float16)
+    assert (round_from_float64(w64, "float16") != twice).sum() == 1  # the trap is set
+    path = save(model, tmp_path / "m.onnx")
+    result = wnconvert.fold_onnx(path, tmp_path / "f16.onnx", precision="fp16", options=CPU)
+    assert result.passed, result.failure()
+    assert result.to_dict()["precision"]["rounded_from_float64"] == 1
+    np.testing.assert_array_equal(initializer(result.output, "layer.weight"),
+                                  round_from_float64(w64, "float16"))

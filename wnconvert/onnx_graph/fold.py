@@ -419,13 +419,19 @@ def _compute_spectral(
     v = _apply_casts(load_v(), parts.vector_casts)
     round_type = _numpy_type(site.round_dtype)
     if parts.matrix == site.v and parts.matrix_casts == site.v_casts and (
-            weight.dtype == round_type):
+            weight.dtype == round_type) and layer.grid is None:
         w, sigma = spectral_fold(weight, u, v, parts.matrix_dim)
     else:  # σ from a copy of the weight (or cast differently), or rounded to another type
         sigma = spectral_sigma(_apply_casts(load_matrix(), parts.matrix_casts), u, v,
                                parts.matrix_dim)
         with np.errstate(divide="ignore", invalid="ignore"):  # σ = 0: ±inf/NaN, as the graph
-            w = round_from_float64(as_float64(weight) / sigma, round_type)
+            w64 = as_float64(weight) / sigma
+        if layer.grid is None:
+            w = round_from_float64(w64, round_type)
+        else:
+            from .precision import round_onto_grid
+
+            w = round_onto_grid(w64, round_type, layer.grid)
     del weight, u, v
     out_type = _numpy_type(site.dtype)
     w = (w if w.dtype == out_type else w.astype(out_type)).reshape(site.shape)
