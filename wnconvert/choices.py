@@ -21,3 +21,8 @@ EXPORTERS: tuple[Exporter, ...] = get_args(Exporter)
 #: What a weight mismatch does in verification.
 WeightsMode = Literal["fail", "report", "off"]
 WEIGHTS_MODES: tuple[WeightsMode, ...] = get_args(WeightsMode)
+
+#: The float type an exported or folded ONNX model computes in: float32 (as exported),
+#: float16 or bfloat16 (weights folded in float64 and rounded once to it).
+Precision = Literal["fp32", "fp16", "bf16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)

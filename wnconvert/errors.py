@@ -34,6 +34,7 @@ _FIELD = re.compile(r"\{(-?)(\w+)(?:=(\w+))?(!r)?\}")
 API_TERMS: dict[str, str] = {
     "force": "force=True",
     "no_verify": "verify=False",
+    "no_keep_io_types": "keep_io_types=False",
     "trust_program": "trust_program=True",
 }
 

@@ -21,11 +21,14 @@ from .progress import SILENT, Progress
 from .verification import check_trust, is_program, protected_inputs, reference_state_dict
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
+    from ..choices import Precision
     from ..export import DynamicAxis, Exporter, ExportResult, InputSpec, PreparedModel
     from ..formats import Checkpoint
     from ..keys import PrefixChange
+    from ..onnx_graph.precision import PrecisionReport
     from ..verification import VerificationReport, VerifyOptions
     from .verification import ModelSource
 
@@ -38,6 +41,7 @@ class ExportOutcome:
     export: ExportResult
     report: VerificationReport | None
     notes: list[str] = field(default_factory=list)  # e.g. how the checkpoint's keys were renamed
+    precision: PrecisionReport | None = None  # None: float32, as exported
 
     @property
     def path(self) -> Path:
@@ -58,6 +62,7 @@ class ExportOutcome:
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``wnconvert fold CKPT --to onnx --json``."""
         return {"export": self.export.to_dict(),
+                "precision": self.precision.to_dict() if self.precision else None,
                 "verification": self.report.to_dict() if self.report else None,
                 "passed": self.report.passed if self.report else None}
 
@@ -70,6 +75,7 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
                 exporter: Exporter = "auto", prefix: PrefixChange | None = None,
                 verify: bool = True, options: VerifyOptions | None = None,
                 reports: Sequence[Path | str] = (), trust_program: bool = False,
+                precision: Precision = "fp32", keep_io_types: bool = True,
                 force: bool = False, progress: Progress = SILENT) -> ExportOutcome:
     """Export to ONNX (``output``, default ``<checkpoint stem>.onnx``) with weight norm folded.
 
@@ -81,7 +87,10 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
     arrays) give the example inputs, used for verification too; ``dynamic`` marks axes whose
     size may change. With ``verify`` (the default) the file is checked on ONNX Runtime
     (``options``: providers, tolerances, seed, runs; ``reports`` written either way): see
-    ``.passed`` and ``.failure()`` of the result.
+    ``.passed`` and ``.failure()`` of the result. ``precision``/``keep_io_types``: as in
+    :func:`fold_onnx` (weight-norm weights rounded once from their float64 fold); a
+    reduced-precision file is verified against the float32 model with its precision's
+    tolerances.
     """
     from .. import export as ex
     from ..export.onnx_export import DEFAULT_OPSET, check_opset
@@ -90,7 +99,9 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
     from ..formats.files import require_exists
     from ..verification import VerifyOptions, plan_providers
     from ..verification.report import check_report_paths, write_reports
+    from .onnx_models import _check_precision
 
+    _check_precision(precision, keep_io_types)
     source_path = Path(checkpoint) if isinstance(checkpoint, (str, Path)) else None
     program_input = is_program(source_path)
     if source_path is not None:
@@ -169,8 +180,16 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
                                        seed=options.seed)
     axes = list(dynamic) if dynamic else list(prepared.dynamic_axes)
     progress.status(f"exporting to {output} (torch.onnx, opset {opset or DEFAULT_OPSET})")
+    converted: list[PrecisionReport] = []
+    convert = None
+    if precision != "fp32":
+        convert = _precision_step(precision, keep_io_types, prepared.weights,
+                                  options if verify else None, converted)
     result = ex.export_onnx(prepared.plain, args, output=output, input_names=input_names,
-                            dynamic=axes, opset=opset, exporter=exporter, force=force)
+                            dynamic=axes, opset=opset, exporter=exporter, force=force,
+                            convert=convert)
+    for line in (converted[0].notes() if converted else []):
+        progress.note(f"note: {line}")
     for note in result.notes:
         warnings.warn(note, WeightNormWarning, stacklevel=2)
     report = None
@@ -178,6 +197,14 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
         if not inputs and file_of_inputs is None:
             # Verify on the shapes the model was exported with (a .pt2's example inputs).
             options = _with_specs(options, args, input_names)
+        if precision != "fp32" and not keep_io_types:
+            # The file takes the reduced type where the model took float32: so do the checks.
+            from ..onnx_graph.precision import TARGETS
+
+            narrow = TARGETS[precision][1]
+            options = dataclasses.replace(options, input_specs=tuple(
+                dataclasses.replace(spec, dtype=narrow) if spec.dtype == "float32" else spec
+                for spec in options.input_specs))
         progress.status("verifying on ONNX Runtime")
         with progress.step("verifying") as callback:
             from ..onnx_graph import load_model
@@ -189,7 +216,43 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
                 reference_info=prepared.description, progress=callback,
                 candidate_model=load_model(output))
         report.reports_written = write_reports(report, report_paths, force=force)
-    return ExportOutcome(result, report, notes)
+    return ExportOutcome(result, report, notes, converted[0] if converted else None)
+
+
+def _precision_step(precision: Precision, keep_io_types: bool,
+                    weights: Mapping[str, torch.Tensor], options: VerifyOptions | None,
+                    out: list[PrecisionReport]) -> Any:
+    """The exporter's ``convert`` step: the graph to ``precision``, weight-norm weights
+    rounded from their float64 fold, bf16 checked against the verification providers."""
+    from ..onnx_graph.precision import apply_precision
+    from ..verification import plan_providers
+
+    providers: list[str] = []
+    if options is not None:
+        plan = plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
+        providers = [spec.session_providers[0][0] for spec in plan.specs]
+    float64 = _float64_folds(weights)
+
+    def convert(proto: Any) -> None:
+        out.append(apply_precision(proto, precision, keep_io_types=keep_io_types,
+                                   float64=float64, providers=providers))
+
+    return convert
+
+
+def _float64_folds(weights: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Weight name -> its weight-norm fold in float64 (not rounded), from the g/v pairs of
+    the reference's state dict: what a reduced-precision export rounds once."""
+    from ..dtypes import tensor_to_numpy
+    from ..keys import find_pair_keys
+    from ..numerics import as_float64, check_pair_shapes, fold
+
+    folds = {}
+    for pair in find_pair_keys(weights):
+        g, v = tensor_to_numpy(weights[pair.g_key]), tensor_to_numpy(weights[pair.v_key])
+        dim = check_pair_shapes(pair.weight_key, tuple(g.shape), tuple(v.shape))
+        folds[pair.weight_key] = fold(g, as_float64(v), dim)[0]
+    return folds
 
 
 def _with_specs(options: VerifyOptions, args: list[Any], names: list[str]) -> VerifyOptions:

@@ -17,7 +17,9 @@ from ..errors import CheckFailed, InputError, WeightNormWarning
 from .progress import SILENT, Progress
 
 if TYPE_CHECKING:
+    from ..choices import Precision
     from ..onnx_graph import CheckResult, FoldOutcome, Inspection, LazyModel
+    from ..onnx_graph.precision import PrecisionReport
     from ..verification import VerificationReport, VerifyOptions
 
 
@@ -87,6 +89,7 @@ class OnnxFoldResult:
     report: VerificationReport | None
     seconds: float
     reports_written: list[Path] = field(default_factory=list)
+    precision: PrecisionReport | None = None  # None: float32, as the input
 
     @property
     def passed(self) -> bool:
@@ -107,13 +110,15 @@ class OnnxFoldResult:
         else:
             data = {"action": "fold", "input": str(self.input), "output": str(self.output),
                     "files": []}
-        return {**data, "verification": self.report.to_dict() if self.report else None,
+        return {**data, "precision": self.precision.to_dict() if self.precision else None,
+                "verification": self.report.to_dict() if self.report else None,
                 "passed": self.report.passed if self.report else None}
 
 
 def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: bool = True,
               options: VerifyOptions | None = None, reports: Sequence[Path | str] = (),
               reference: Path | str | None = None, reference_key: str | None = None,
+              precision: Precision = "fp32", keep_io_types: bool = True,
               force: bool = False, progress: Progress = SILENT) -> OnnxFoldResult:
     """Fold every weight-norm computation in the ONNX model ``source`` into named initializers
     (float64, rounded once) and write ``output`` (default ``<stem>.folded.onnx``) atomically.
@@ -125,6 +130,13 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
     checkpoint whose tensor names go to initializers of equal value (``reference_key`` picks
     its state dict). A graph with nothing to fold is "already clean": an unchanged copy is
     written. Weight norm that cannot be folded is left in place with a warning.
+
+    ``precision="fp16"`` or ``"bf16"``: the folded model computes in that type (weights folded
+    in float64 and rounded once to it; ops of the block list stay float32); with
+    ``keep_io_types`` (the default) its inputs and outputs stay float32. A weight that would
+    overflow is refused; values that flush to zero or subnormal are counted in
+    ``.precision``. bf16 is refused when a verification provider has no bfloat16 kernel for
+    an op of the model.
     """
     from ..formats.files import require_exists
     from ..onnx_graph import FoldJob, default_output
@@ -133,6 +145,7 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
     from .verification import protected_inputs
 
     path = require_exists(source)
+    grid = _check_precision(precision, keep_io_types)
     if reference is not None:
         reference = require_exists(reference)
     elif reference_key is not None:
@@ -159,7 +172,7 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
 
     started = time.perf_counter()
     with FoldJob(path, target, force=force, reference=reference,
-                 reference_key=reference_key) as job:
+                 reference_key=reference_key, grid=grid) as job:
         assert job.original is not None
         check_report_paths(report_paths, force=force, inputs=job.original.data_files)
         if verify:
@@ -191,6 +204,11 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
                           stacklevel=2)
         with progress.step(f"folding → {target.name}") as bar:
             staged = job.write(on_tensor=bar)
+        converted = None
+        if precision != "fp32":
+            converted = _convert_staged(staged, precision, keep_io_types=keep_io_types,
+                                        options=options if verify else None, progress=progress)
+            converted.from_float64 = sum(1 for layer in result.layers if layer.grid)
         report = None
         if verify:
             assert options is not None
@@ -199,11 +217,47 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
             if not report.passed:
                 written = write_reports(report, report_paths, force=force)
                 return OnnxFoldResult(path, target, None, report,
-                                      time.perf_counter() - started, written)
+                                      time.perf_counter() - started, written, converted)
         outcome = job.commit()
     seconds = time.perf_counter() - started
     written = write_reports(report, report_paths, force=force) if report is not None else []
-    return OnnxFoldResult(path, target, outcome, report, seconds, written)
+    return OnnxFoldResult(path, target, outcome, report, seconds, written, converted)
+
+
+def _check_precision(precision: str, keep_io_types: bool) -> str | None:
+    """The numpy-style type a reduced ``precision`` rounds to (None for fp32); refuses an
+    unknown precision and ``keep_io_types=False`` without one."""
+    from ..choices import PRECISIONS
+    from ..onnx_graph.precision import TARGETS
+
+    if precision not in PRECISIONS:
+        raise InputError.template("{-precision=precision}: use one of {choices}",
+                                  precision=precision, choices=", ".join(PRECISIONS))
+    if precision == "fp32":
+        if not keep_io_types:
+            raise InputError.template("{-no_keep_io_types} applies to a reduced precision; "
+                                      "add {-precision} fp16 or bf16")
+        return None
+    return TARGETS[precision][1]
+
+
+def _convert_staged(staged: Path, precision: Precision, *, keep_io_types: bool,
+                    options: VerifyOptions | None, progress: Progress) -> PrecisionReport:
+    """The staged (private) float32 model converted in place; with ``options`` (verification
+    on), bf16 is checked against the providers it will run on."""
+    from ..onnx_graph.precision import convert_file
+    from ..verification import plan_providers
+
+    providers: list[str] = []
+    if options is not None:
+        plan = plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
+        providers = [spec.session_providers[0][0] for spec in plan.specs]
+    progress.status(f"converting to {precision}")
+    converted = convert_file(staged, precision, keep_io_types=keep_io_types,
+                             providers=providers)
+    for note in converted.notes():
+        progress.note(f"note: {note}")
+    return converted
 
 
 def verification_failure(report: VerificationReport, *, suffix: str = "") -> CheckFailed:

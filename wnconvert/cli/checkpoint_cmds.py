@@ -27,10 +27,13 @@ from .options import (
     InputOpt,
     InputsOpt,
     JsonOpt,
+    KeepIoTypesOpt,
     KeyOpt,
     ModelKwargsOpt,
     ModelOpt,
     OutputOpt,
+    PrecisionChoice,
+    PrecisionOpt,
     ProviderOpt,
     QuietOpt,
     ReportOpt,
@@ -250,6 +253,8 @@ def fold(
         ),
     ] = ExporterChoice("auto"),
     trust_program: TrustProgramOpt = False,
+    precision: PrecisionOpt = PrecisionChoice("fp32"),
+    keep_io_types: KeepIoTypesOpt = True,
     # --- verification (--to onnx, and .onnx inputs): declared once in .options ---
     verify: VerifyFlagOpt = True,
     provider: ProviderOpt = None,
@@ -302,7 +307,9 @@ def fold(
                 raise InputError(f"{path}: an .onnx input folds to .onnx; drop --to")
             folded = api.fold_onnx(path, output, verify=verify, options=options,
                                    reports=report or [], reference=reference,
-                                   reference_key=key, force=force, progress=progress)
+                                   reference_key=key, force=force, progress=progress,
+                                   precision=chosen(precision),  # type: ignore[arg-type]
+                                   keep_io_types=keep_io_types)
             from ..render.graph import print_fold
 
             summary = folded.to_dict()
@@ -317,7 +324,9 @@ def fold(
             exporter=chosen(exporter),  # type: ignore[arg-type]  # one of EXPORTERS
             prefix=parse_prefix(strip_prefix, add_prefix), verify=verify,
             options=options, reports=report or [],
-            trust_program=trust_program, force=force, progress=progress)
+            trust_program=trust_program, force=force, progress=progress,
+            precision=chosen(precision),  # type: ignore[arg-type]  # one of PRECISIONS
+            keep_io_types=keep_io_types)
         from ..render.verify import print_export_summary
 
         emit_result(json_out=json_out, quiet=quiet, data=exported.to_dict(),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..choices import EXPORTERS, STYLES, WEIGHTS_MODES
+from ..choices import EXPORTERS, PRECISIONS, STYLES, WEIGHTS_MODES
 from ..errors import InputError
 
 # --------------------------------------------------------------------------------------------
@@ -35,6 +35,8 @@ FLAGS: dict[str, str] = {
     "providers": "--provider", "seed": "--seed", "runs": "--runs", "atol": "--atol",
     "rtol": "--rtol", "output_tolerances": "--tol", "weights": "--weights",
     "cuda_tf32": "--tf32", "reports": "--report", "report": "--report", "sn_dim": "--sn-dim",
+    "precision": "--precision", "keep_io_types": "--keep-io-types",
+    "no_keep_io_types": "--no-keep-io-types",
 }
 
 # --------------------------------------------------------------------------------------------
@@ -88,6 +90,10 @@ USED_BY: dict[str, tuple[frozenset[str], str]] = {
     "opset": (frozenset({"export"}), "the ONNX export (fold --to onnx)"),
     "exporter": (frozenset({"export"}), "the ONNX export (fold --to onnx)"),
     "trust_program": (frozenset({"export", "verify"}), "running a .pt2 program"),
+    "precision": (frozenset({"export", "fold-onnx"}),
+                  "the float type of an ONNX output (fold --to onnx, fold of an .onnx model)"),
+    "keep_io_types": (frozenset({"export", "fold-onnx"}),
+                      "the input/output types of a reduced-precision ONNX output"),
     "verify": (frozenset(VERIFYING), "verification (fold --to onnx, fold of an .onnx model)"),
     **{name: (frozenset({"verification"}),
               "verification, which runs with fold --to onnx, fold of an .onnx model and verify")
@@ -129,10 +135,13 @@ if TYPE_CHECKING:
     class ExporterChoice(str, Enum): ...
 
     class WeightsChoice(str, Enum): ...
+
+    class PrecisionChoice(str, Enum): ...
 else:
     StyleChoice = Enum("StyleChoice", {value: value for value in STYLES}, type=str)
     ExporterChoice = Enum("ExporterChoice", {value: value for value in EXPORTERS}, type=str)
     WeightsChoice = Enum("WeightsChoice", {value: value for value in WEIGHTS_MODES}, type=str)
+    PrecisionChoice = Enum("PrecisionChoice", {value: value for value in PRECISIONS}, type=str)
 
 
 def chosen(value: Enum | str) -> str:
@@ -250,4 +259,16 @@ TrustProgramOpt = Annotated[
     bool,
     typer.Option("--trust-program", help="Run a .pt2 program: loading one evaluates code "
                  "stored in it, so only pass this for a file you trust as you would a script."),
+]
+PrecisionOpt = Annotated[
+    PrecisionChoice,
+    typer.Option("--precision", help="[onnx] Float type the model computes in: fp32, fp16 or "
+                 "bf16 (weights folded in float64 and rounded once; overflow refused, "
+                 "underflow counted; some ops stay float32, see docs/export_verify.md)."),
+]
+KeepIoTypesOpt = Annotated[
+    bool,
+    typer.Option("--keep-io-types/--no-keep-io-types", help="[onnx, with --precision fp16/"
+                 "bf16] Keep float32 inputs and outputs (Casts at the edges; default), or make "
+                 "them the reduced type."),
 ]

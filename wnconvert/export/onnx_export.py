@@ -17,7 +17,7 @@ import logging
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from .names import WRAPPER_ATTR, find_runtime_weight_norm, restore_parameter_nam
 from .torch_model import _few, forward_input_names
 
 if TYPE_CHECKING:
+    import onnx
     import onnx_ir as ir
     import torch
 
@@ -132,6 +133,7 @@ def export_onnx(
     exporter: Exporter = "auto",
     parameters: Mapping[str, torch.Tensor] | None = None,
     force: bool = False,
+    convert: Callable[[onnx.ModelProto], None] | None = None,
 ) -> ExportResult:
     """Export ``module`` (which must have no weight norm) to ``output`` atomically.
 
@@ -139,6 +141,8 @@ def export_onnx(
     exporter when the model cannot be captured (data-dependent control flow), with a note.
     ``parameters`` are the tensors whose names initializers get back (default: the module's
     state dict). Over 2 GB of weights are saved as external data in ``<output>.data``.
+    ``convert`` changes the finished graph in place before it is saved (reduced precision:
+    :func:`wnconvert.onnx_graph.precision.apply_precision`); what it raises, nothing is written.
     """
     import torch
 
@@ -221,6 +225,12 @@ def export_onnx(
             f"({_few(leftover)}); the model may normalize weights itself",
             WeightNormWarning, stacklevel=2,
         )
+    if convert is not None:
+        import onnx_ir as ir
+
+        proto = ir.serde.serialize_model(model)
+        convert(proto)
+        model = ir.serde.deserialize_model(proto)
     total = sum(_tensor_nbytes(v) for v in model.graph.initializers.values())
     use_external = total > EXTERNAL_DATA_THRESHOLD
     if use_external:

@@ -242,8 +242,9 @@ class FoldJob:
     """
 
     def __init__(self, path: Path, output: Path, *, force: bool, reference: Path | None = None,
-                 reference_key: str | None = None) -> None:
+                 reference_key: str | None = None, grid: str | None = None) -> None:
         self.path, self.output, self.force = Path(path), Path(output), force
+        self.grid = grid  # reduced precision: see LayerFold.grid
         self.reference, self.reference_key = reference, reference_key
         self.model: LazyModel | None = None
         # The input as read and checked, before the fold edits ``model``: verification compares
@@ -266,7 +267,7 @@ class FoldJob:
         reference = self._reference_source()
         if reference is not None:
             protected += tuple(reference[1])
-        self.result = fold_model(self.model)
+        self.result = fold_model(self.model, grid=self.grid)
         try:
             self.result.renamed = restore_names(
                 self.model, reference=reference[0] if reference is not None else None

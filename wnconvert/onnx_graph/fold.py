@@ -55,6 +55,9 @@ class LayerFold:
     nonfinite_rows: int = 0
     kind: str = "weight_norm"  # or "spectral_norm": v is the original weight, g is empty
     sigma: float | None = None  # spectral norm: the σ divided by (filled in on write)
+    # Reduced precision ("float16"/"bfloat16"): the float64 fold is rounded once onto that
+    # type's grid (stored in float32, exactly), so the later conversion does not round twice.
+    grid: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -105,12 +108,12 @@ class FoldResult:
         }
 
 
-def fold_model(model: LazyModel) -> FoldResult:
+def fold_model(model: LazyModel, *, grid: str | None = None) -> FoldResult:
     """Replace every foldable weight-norm computation of ``model``'s main graph, in place.
 
     Everything else in the graph stays as it was: node order and names, other initializers,
     value_info, metadata, opsets. Dead nodes and initializers of the folded computations (and
-    only those) are removed.
+    only those) are removed. ``grid``: see :attr:`LayerFold.grid` (float32 weights only).
     """
     graph = model.proto.graph
     result = FoldResult(ops_before=op_counts(graph))
@@ -154,6 +157,7 @@ def fold_model(model: LazyModel) -> FoldResult:
             nodes_removed=0,
             ops_removed=(),
             kind=site.kind,
+            grid=grid if site.dtype == site.round_dtype == 1 else None,  # float32 sites
         )
         layers[site.root] = layer
         new_tensors[name] = (
@@ -415,13 +419,19 @@ def _compute_spectral(
     v = _apply_casts(load_v(), parts.vector_casts)
     round_type = _numpy_type(site.round_dtype)
     if parts.matrix == site.v and parts.matrix_casts == site.v_casts and (
-            weight.dtype == round_type):
+            weight.dtype == round_type) and layer.grid is None:
         w, sigma = spectral_fold(weight, u, v, parts.matrix_dim)
     else:  # σ from a copy of the weight (or cast differently), or rounded to another type
         sigma = spectral_sigma(_apply_casts(load_matrix(), parts.matrix_casts), u, v,
                                parts.matrix_dim)
         with np.errstate(divide="ignore", invalid="ignore"):  # σ = 0: ±inf/NaN, as the graph
-            w = round_from_float64(as_float64(weight) / sigma, round_type)
+            w64 = as_float64(weight) / sigma
+        if layer.grid is None:
+            w = round_from_float64(w64, round_type)
+        else:
+            from .precision import round_onto_grid
+
+            w = round_onto_grid(w64, round_type, layer.grid)
     del weight, u, v
     out_type = _numpy_type(site.dtype)
     w = (w if w.dtype == out_type else w.astype(out_type)).reshape(site.shape)
@@ -460,11 +470,16 @@ def _compute(
     v = v.reshape(frame)
     g = g.reshape(g_shape_for(frame, dim))
     round_type = _numpy_type(site.round_dtype)
-    if v.dtype == round_type:
+    if v.dtype == round_type and layer.grid is None:
         w, stats = fold(g, v, dim)
     else:
         w64, stats = fold(g, as_float64(v), dim)
-        w = round_from_float64(w64, round_type)
+        if layer.grid is None:
+            w = round_from_float64(w64, round_type)
+        else:
+            from .precision import round_onto_grid
+
+            w = round_onto_grid(w64, round_type, layer.grid)
     del v, g
     out_type = _numpy_type(site.dtype)
     w = (w if w.dtype == out_type else w.astype(out_type)).reshape(site.shape)

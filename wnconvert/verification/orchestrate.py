@@ -68,7 +68,8 @@ def verify_onnx_against_torch(
         weights = compare_weights(onnx_initializers(candidate_model or candidate), ref_np,
                                   options=options)
     info = {"kind": "pytorch", **(reference_info or {})}
-    return _verify(candidate, signature, reference, info, weights, options, progress)
+    return _verify(candidate, signature, reference, info, weights, options, progress,
+                   candidate_model=candidate_model)
 
 
 def verify_onnx_against_onnx(
@@ -111,7 +112,8 @@ def verify_onnx_against_onnx(
                                   onnx_initializers(reference_model or reference),
                                   options=options)
     info = {"kind": "onnx", "path": str(reference), "provider": CPU}
-    return _verify(candidate, signature, ref_runner, info, weights, options, progress)
+    return _verify(candidate, signature, ref_runner, info, weights, options, progress,
+                   candidate_model=candidate_model)
 
 
 def check_inputs(model: Path, options: VerifyOptions, *, read: LazyModel | None = None
@@ -205,10 +207,18 @@ def _verify(
     weights: WeightsReport | None,
     options: VerifyOptions,
     progress: ProgressCallback | None,
+    *,
+    candidate_model: LazyModel | None = None,
 ) -> VerificationReport:
     quiet_ort_logger(enabled=options.ort_logging)
     plan = plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
     cases = CasePlan(signature, options)  # validates shapes before any session starts
+    from ..onnx_graph.precision import computes_in, file_computes_in
+
+    # A float16/bfloat16 candidate: its budget, its types (from the model already read, when
+    # the caller has it: initializer types are in the proto without their bytes).
+    narrow = (computes_in(candidate_model.proto) if candidate_model is not None
+              else file_computes_in(candidate))
     runs: list[_ProviderRun] = []
     for spec in plan.specs:
         state = _ProviderRun(spec)
@@ -237,7 +247,7 @@ def _verify(
         # kept for our own output by one capture around both runs, as a capture redirects the
         # process's file descriptor, which two threads cannot each do.
         with captured_output("stdout") as captured, ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(_run_reference, reference, case)
+            pending = pool.submit(_run_reference, reference, case, widen=narrow is not None)
             for index, state in enumerate(runs):
                 if state.runner is not None:
                     outs[index] = _run_candidate(state, case)
@@ -261,13 +271,19 @@ def _verify(
                 continue  # the provider failed on this case (state says why)
             for cand_name, ref_name in state.mapping.items():
                 tol = options.tolerance_for(cand_name, dtype_name(ref[ref_name]),
-                                            tf32=state.spec.uses_tf32)
+                                            tf32=state.spec.uses_tf32, computes_in=narrow)
+                got = out[cand_name]
+                if narrow is not None and dtype_name(got) == narrow:
+                    got = got.astype(ref[ref_name].dtype)  # exact: float32 holds every value
                 state.per_output[cand_name].append(
-                    (case.info.label, compare_arrays(out[cand_name], ref[ref_name], tol)))
+                    (case.info.label, compare_arrays(got, ref[ref_name], tol)))
             done += 1
             if progress:
                 progress(state.spec.name, done, total)
     notes = [f"{name} skipped: {why}" for name, why in plan.skipped]
+    if narrow is not None:
+        notes.append(f"tolerance: {narrow} row for float32 outputs, candidate computes in "
+                     f"{narrow}")
     if printed:
         notes.append(f"the reference printed {len(printed)} line(s) to stdout (kept off ours); "
                      f"first: {printed[0][:200]}")
@@ -308,12 +324,21 @@ def _run_candidate(state: _ProviderRun, case: InputCase) -> dict[str, np.ndarray
     return None
 
 
-def _run_reference(reference: Runner, case: InputCase) -> dict[str, np.ndarray]:
-    """The reference's outputs on ``case`` (the caller captures stdout)."""
+def _run_reference(reference: Runner, case: InputCase, *, widen: bool = False
+                   ) -> dict[str, np.ndarray]:
+    """The reference's outputs on ``case`` (the caller captures stdout). ``widen``: the
+    candidate computes in float16/bfloat16 and may take such inputs; the float32 reference gets
+    them widened to float32 (exactly)."""
+    feeds = case.feeds
+    if widen:
+        import numpy as np
+
+        feeds = {name: a.astype(np.float32) if dtype_name(a) in ("float16", "bfloat16") else a
+                 for name, a in feeds.items()}
     try:
         if isinstance(reference, OrtRunner):
-            return reference.run_uncaptured(case.feeds)
-        return reference.run(case.feeds)
+            return reference.run_uncaptured(feeds)
+        return reference.run(feeds)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's model may raise anything

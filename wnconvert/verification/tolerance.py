@@ -61,6 +61,17 @@ def default_tolerance(dtype: str, *, tf32: bool = False) -> Tolerance:
     return DEFAULT_TOLERANCES.get(dtype, EXACT)
 
 
+def candidate_tolerance(dtype: str, computes_in: str | None, *, tf32: bool = False
+                        ) -> Tolerance:
+    """The default for a ``dtype`` output of a candidate whose weights are ``computes_in``
+    (``"float16"``/``"bfloat16"``, None for as exported): a reduced-precision candidate is
+    judged by its own precision's row even where its outputs are float32 (kept I/O types), since
+    every layer inside rounds to it."""
+    if computes_in in ("float16", "bfloat16") and dtype == "float32":
+        return DEFAULT_TOLERANCES[computes_in]
+    return default_tolerance(dtype, tf32=tf32)
+
+
 def check_tolerance_value(label: str, value: float, *, shown: object = None) -> float:
     """``value`` if it is a finite, non-negative number, else :class:`InputError` naming the
     parameter ``label`` (shown with ``shown``, default ``value``).
@@ -151,9 +162,12 @@ class VerifyOptions:
                 "name=array, ...)), one array per model input; save it as .npz"
             )
 
-    def tolerance_for(self, output: str, dtype: str, *, tf32: bool = False) -> Tolerance:
-        """Per-output override, else ``atol``/``rtol``, else the dtype default (TF32-aware)."""
-        base = default_tolerance(dtype, tf32=tf32)
+    def tolerance_for(self, output: str, dtype: str, *, tf32: bool = False,
+                      computes_in: str | None = None) -> Tolerance:
+        """Per-output override, else ``atol``/``rtol``, else the dtype default (TF32-aware).
+        ``computes_in``: the candidate's weights are float16/bfloat16 (a reduced-precision
+        export), so a float32 output gets that type's row (:func:`candidate_tolerance`)."""
+        base = candidate_tolerance(dtype, computes_in, tf32=tf32)
         atol = base.atol if self.atol is None else self.atol
         rtol = base.rtol if self.rtol is None else self.rtol
         override = self.output_tolerances.get(output)

@@ -77,11 +77,13 @@ def compare_weights(candidate: Mapping[str, np.ndarray], reference: Mapping[str,
 
 def _compare_one(cand_name: str, cand: _Loader, ref_name: str, ref: _Loader,
                  options: VerifyOptions) -> WeightComparison | str:
-    (c_shape, _, c_load), (r_shape, r_dtype, r_load) = cand, ref
+    (c_shape, c_dtype, c_load), (r_shape, r_dtype, r_load) = cand, ref
     if c_shape != r_shape:
         return f"shape {list(c_shape)} vs reference {list(r_shape)}"
-    tol = options.tolerance_for(ref_name, r_dtype)
-    comp = compare_arrays(c_load(), r_load(), tol)
+    narrow = c_dtype if c_dtype in ("float16", "bfloat16") and r_dtype == "float32" else None
+    tol = options.tolerance_for(ref_name, r_dtype, computes_in=narrow)
+    # A reduced-precision candidate's weight, widened exactly, against its float32 original.
+    comp = compare_arrays(c_load().astype(r_dtype) if narrow else c_load(), r_load(), tol)
     return WeightComparison(
         name=cand_name, shape=r_shape, dtype=r_dtype, max_abs=comp.max_abs,
         max_rel=comp.max_rel, atol=tol.atol, rtol=tol.rtol, passed=comp.mismatched == 0,
