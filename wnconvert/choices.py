@@ -21,3 +21,9 @@ EXPORTERS: tuple[Exporter, ...] = get_args(Exporter)
 #: What a weight mismatch does in verification.
 WeightsMode = Literal["fail", "report", "off"]
 WEIGHTS_MODES: tuple[WeightsMode, ...] = get_args(WeightsMode)
+
+#: The error statistic an output's pass rule checks (Polygraphy's ``--check-error-stat``):
+#: elemwise is ``|c - r| <= atol + rtol * |r|`` for every element; the others pass when that
+#: statistic of the absolute error is <= atol or the one of the relative error is <= rtol.
+ErrorStat = Literal["elemwise", "max", "mean", "median", "quantile"]
+ERROR_STATS: tuple[ErrorStat, ...] = get_args(ErrorStat)

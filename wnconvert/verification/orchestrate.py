@@ -195,6 +195,8 @@ def _verify(
         except ProviderFailed as exc:
             state.fail(exc.reason, exc.messages)
         runs.append(state)
+        if state.runner is not None:
+            options.check_output_names(state.runner.output_names)
     live = sum(1 for state in runs if state.runner is not None)
     total, done = len(cases) * (1 + live), 0
     matching: Literal["name", "position"] = "name"
@@ -233,7 +235,8 @@ def _verify(
                 tol = options.tolerance_for(cand_name, dtype_name(ref[ref_name]),
                                             tf32=state.spec.uses_tf32)
                 state.per_output[cand_name].append(
-                    (case.info.label, compare_arrays(out[cand_name], ref[ref_name], tol)))
+                    (case.info.label, compare_arrays(out[cand_name], ref[ref_name], tol,
+                                                     options.rule_for(cand_name))))
             done += 1
             if progress:
                 progress(state.spec.name, done, total)
@@ -251,6 +254,7 @@ def _verify(
         weights=weights,
         output_matching=matching,
         notes=tuple(notes),
+        rule=options.rule_text(),
         skipped=plan.skipped,
     )
 
