@@ -191,14 +191,17 @@ def compare_arrays(
                 if over_atol.any():  # rtol that would cover what atol does not, at this atol
                     need = (diff[over_atol] - tolerance.atol) / abs_r[over_atol]
                     min_rtol = max(min_rtol, float(need.max()))
-                rel_eps = diff / np.where(abs_r == 0, REL_EPSILON, abs_r)
-                kept_abs, kept_rel = diff[finite], rel_eps[finite]
-                count = kept_abs.size
-                abs_errors[n_finite : n_finite + count] = kept_abs
-                rel_errors[n_finite : n_finite + count] = kept_rel
+                all_finite = bool(finite.all())  # the usual case: no boolean indexing
+                kept_abs = diff if all_finite else diff[finite]
+                kept_ref = abs_r if all_finite else abs_r[finite]
+                end = n_finite + kept_abs.size
+                abs_errors[n_finite:end] = kept_abs
+                kept_rel = rel_errors[n_finite:end]
+                np.divide(kept_abs, np.where(kept_ref == 0, REL_EPSILON, kept_ref), out=kept_rel)
                 sum_rel += float(kept_rel.sum())
-                signal += float(np.square(abs_r).sum())
-                noise += float(np.square(diff).sum())
+                # Dot products: sums of squares without a temporary array.
+                signal += float(np.dot(abs_r, abs_r))
+                noise += float(np.dot(diff, diff))
         n_finite += int(finite.sum())
         nonfinite_mismatch += int(nonfinite_bad.sum())
         if diff.size:
@@ -270,8 +273,13 @@ def _error_stats(abs_errors: np.ndarray, rel_errors: np.ndarray, *, sum_rel: flo
     n = abs_errors.size
     if not n:
         return ErrorStats.zero(quantile, 0)
-    abs_median, abs_q = (float(v) for v in np.quantile(abs_errors, [0.5, quantile]))
-    rel_median, rel_q = (float(v) for v in np.quantile(rel_errors, [0.5, quantile]))
+    # The arrays are this comparison's own: partition them in place, no copy (max and mean
+    # are taken first, since partitioning reorders them).
+    abs_max, rel_max = float(abs_errors.max()), float(rel_errors.max())
+    abs_median, abs_q = (float(v) for v in np.quantile(abs_errors, [0.5, quantile],
+                                                       overwrite_input=True))
+    rel_median, rel_q = (float(v) for v in np.quantile(rel_errors, [0.5, quantile],
+                                                       overwrite_input=True))
     if noise == 0:
         snr = math.inf
     elif signal == 0:
@@ -279,8 +287,8 @@ def _error_stats(abs_errors: np.ndarray, rel_errors: np.ndarray, *, sum_rel: flo
     else:
         snr = 10.0 * math.log10(signal / noise)
     return ErrorStats(
-        quantile=quantile, abs_max=float(abs_errors.max()), abs_mean=mean_abs,
-        abs_median=abs_median, abs_quantile=abs_q, rel_max=float(rel_errors.max()),
+        quantile=quantile, abs_max=abs_max, abs_mean=mean_abs,
+        abs_median=abs_median, abs_quantile=abs_q, rel_max=rel_max,
         rel_mean=sum_rel / n, rel_median=rel_median, rel_quantile=rel_q, snr_db=snr, finite=n,
     )
 
