@@ -26,3 +26,9 @@ WEIGHTS_MODES: tuple[WeightsMode, ...] = get_args(WeightsMode)
 #: float16 or bfloat16 (weights folded in float64 and rounded once to it).
 Precision = Literal["fp32", "fp16", "bf16"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
+#: The error statistic an output's pass rule checks (Polygraphy's ``--check-error-stat``):
+#: elemwise is ``|c - r| <= atol + rtol * |r|`` for every element; the others pass when that
+#: statistic of the absolute error is <= atol or the one of the relative error is <= rtol.
+ErrorStat = Literal["elemwise", "max", "mean", "median", "quantile"]
+ERROR_STATS: tuple[ErrorStat, ...] = get_args(ErrorStat)

@@ -20,8 +20,10 @@ from .common import CliProgress, command_context, emit_result, verify_options
 from .options import (
     AddPrefixOpt,
     AtolOpt,
+    CheckErrorStatOpt,
     DebugOpt,
     DynamicOpt,
+    ErrorQuantileOpt,
     ExporterChoice,
     ForceOpt,
     InputOpt,
@@ -29,6 +31,7 @@ from .options import (
     JsonOpt,
     KeepIoTypesOpt,
     KeyOpt,
+    MinSnrOpt,
     ModelKwargsOpt,
     ModelOpt,
     OutputOpt,
@@ -263,6 +266,9 @@ def fold(
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     output_tol: TolOpt = None,
+    check_error_stat: CheckErrorStatOpt = None,
+    error_quantile: ErrorQuantileOpt = None,
+    min_snr: MinSnrOpt = None,
     weights: WeightsOpt = WeightsChoice("fail"),
     tf32: Tf32Opt = False,
     report: ReportOpt = None,
@@ -295,6 +301,8 @@ def fold(
         options = verify_options(
             providers=provider or [], seed=seed, runs=runs, atol=atol, rtol=rtol,
             output_tol=output_tol or [], weights=chosen(weights), tf32=tf32, debug=debug,
+            check_error_stat=check_error_stat or [], error_quantile=error_quantile or [],
+            min_snr=min_snr or [],
             # An .onnx fold verifies on these; an export takes them as its own parameters.
             input_shapes=specs if job == "fold-onnx" else (),
             inputs_file=inputs_file if job == "fold-onnx" else None,

@@ -50,10 +50,22 @@ def verify_options(*, providers: Sequence[str] = (), seed: int = 0, runs: int = 
                    output_tol: Sequence[str] = (), weights: str = "fail",
                    tf32: bool = False, debug: bool = False,
                    input_shapes: Sequence[InputSpec] = (), inputs_file: Path | None = None,
-                   dynamic: Sequence[DynamicAxis] = ()) -> VerifyOptions:
+                   dynamic: Sequence[DynamicAxis] = (), check_error_stat: Sequence[str] = (),
+                   error_quantile: Sequence[str] = (), min_snr: Sequence[str] = ()
+                   ) -> VerifyOptions:
     """The library's options from the verification flags (the library validates them)."""
     from .. import VerifyOptions
-    from .parse import parse_output_tolerances
+    from .parse import parse_named_values, parse_output_tolerances
+
+    stat, stats = parse_named_values("--check-error-stat", check_error_stat, number=False)
+    quantile, quantiles = parse_named_values("--error-quantile", error_quantile, number=True)
+    snr, snrs = parse_named_values("--min-snr", min_snr, number=True)
+    budget: dict[str, Any] = {"output_error_stats": stats, "output_error_quantiles": quantiles,
+                              "min_snr": snr, "output_min_snrs": snrs}
+    if stat is not None:
+        budget["check_error_stat"] = stat
+    if quantile is not None:
+        budget["error_quantile"] = quantile
 
     return VerifyOptions(
         providers=tuple(providers), seed=seed, runs=runs, atol=atol, rtol=rtol,
@@ -61,7 +73,7 @@ def verify_options(*, providers: Sequence[str] = (), seed: int = 0, runs: int = 
         input_specs=tuple(input_shapes), inputs_file=inputs_file,
         dynamic_axes=tuple(dynamic), cuda_tf32=tf32,
         weights=weights,  # type: ignore[arg-type]  # checked by VerifyOptions
-        ort_logging=debug,
+        ort_logging=debug, **budget,
     )
 
 

@@ -37,6 +37,9 @@ FLAGS: dict[str, str] = {
     "cuda_tf32": "--tf32", "reports": "--report", "report": "--report", "sn_dim": "--sn-dim",
     "precision": "--precision", "keep_io_types": "--keep-io-types",
     "no_keep_io_types": "--no-keep-io-types",
+    "check_error_stat": "--check-error-stat", "output_error_stats": "--check-error-stat",
+    "error_quantile": "--error-quantile", "output_error_quantiles": "--error-quantile",
+    "min_snr": "--min-snr", "output_min_snrs": "--min-snr",
 }
 
 # --------------------------------------------------------------------------------------------
@@ -98,7 +101,7 @@ USED_BY: dict[str, tuple[frozenset[str], str]] = {
     **{name: (frozenset({"verification"}),
               "verification, which runs with fold --to onnx, fold of an .onnx model and verify")
        for name in ("provider", "seed", "runs", "atol", "rtol", "output_tol", "weights",
-                    "tf32")},
+                    "tf32", "check_error_stat", "error_quantile", "min_snr")},
     # With --no-verify the library itself refuses reports (reports= needs verification).
     "report": (frozenset(VERIFYING), "the verification report (fold --to onnx, fold of an "
                ".onnx model, verify)"),
@@ -195,6 +198,26 @@ RtolOpt = Annotated[
 TolOpt = Annotated[
     list[str] | None,
     typer.Option("--tol", help="Per-output tolerance NAME=ATOL[:RTOL] (repeatable)."),
+]
+CheckErrorStatOpt = Annotated[
+    list[str] | None,
+    typer.Option("--check-error-stat", metavar="[NAME:]STAT",
+                 help="What must stay within atol/rtol: elemwise (every element, the default), "
+                 "or the max, mean, median or quantile (--error-quantile) of the absolute error "
+                 "<= atol or of the relative error <= rtol (Polygraphy's rule). NAME:STAT for one "
+                 "output (repeatable)."),
+]
+ErrorQuantileOpt = Annotated[
+    list[str] | None,
+    typer.Option("--error-quantile", metavar="[NAME:]Q",
+                 help="The quantile of the errors reported and checked by --check-error-stat "
+                 "quantile, in (0, 1] (default 0.99); NAME:Q for one output (repeatable)."),
+]
+MinSnrOpt = Annotated[
+    list[str] | None,
+    typer.Option("--min-snr", metavar="[NAME:]DB",
+                 help="Also fail an output whose signal-to-noise ratio 10*log10(sum(ref^2) / "
+                 "sum((onnx-ref)^2)) is below DB; NAME:DB for one output (repeatable)."),
 ]
 WeightsOpt = Annotated[
     WeightsChoice,

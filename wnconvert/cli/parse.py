@@ -118,6 +118,32 @@ def parse_output_tolerances(texts: Sequence[str]) -> dict[str, ToleranceOverride
     return dict(parse_output_tolerance(text) for text in texts)
 
 
+def parse_named_values(flag: str, texts: Sequence[str], *, number: bool
+                       ) -> tuple[Any, dict[str, Any]]:
+    """``--check-error-stat``/``--error-quantile``/``--min-snr``: ``VALUE`` (every output) or
+    ``NAME:VALUE`` (one output), repeatable; the last given wins. Returns (default or None,
+    per-output values); ``number`` values become floats (their range is the library's)."""
+    default: Any = None
+    named: dict[str, Any] = {}
+    for text in texts:
+        name, colon, value_text = text.rpartition(":")
+        value: Any = value_text.strip()
+        if number:
+            try:
+                value = float(value)
+            except ValueError:
+                raise InputError(f"{flag} {text!r}: expected a number or NAME:NUMBER (e.g. "
+                                 f"{flag} 0.99 or {flag} logits:0.999)") from None
+        if not colon:
+            default = value
+        elif not name:
+            raise InputError(f"{flag} {text!r}: name the output before the colon (NAME:VALUE), "
+                             "or give the value alone for every output")
+        else:
+            named[name] = value
+    return default, named
+
+
 def parse_prefix(strip: str | None, add: str | None) -> PrefixChange | None:
     """``--strip-prefix`` / ``--add-prefix`` as one key change (None when neither is given)."""
     from .. import PrefixChange

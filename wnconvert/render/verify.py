@@ -88,6 +88,12 @@ def print_report(report: VerificationReport) -> None:
                 f"{case.atol:g}", f"{case.rtol:g}", _num(out.min_atol), result,
             )
     console.print(table)
+    # The error budget: one line per output (the worst case's figures over runs and sizes).
+    for provider in report.providers:
+        for out in provider.outputs:
+            if out.stats is not None:
+                console.print(f"errors {escape(provider.name)} {escape(out.name)} "
+                              f"({escape(out.rule_summary())}): {escape(out.stats.summary())}")
     console.print(f"rule: {escape(report.rule)}")
     cases = "; ".join(
         f"{case.label}: " + ", ".join(f"{name} {'x'.join(map(str, shape))} {dtype}"

@@ -25,7 +25,15 @@ One module per job: :mod:`.tolerance` (rule, defaults, options), :mod:`.compare`
 from __future__ import annotations
 
 from .cases import CasePlan, InputCase, build_cases
-from .compare import ArrayComparison, compare_arrays, describe, dtype_name, json_number
+from .compare import (
+    REL_EPSILON,
+    ArrayComparison,
+    ErrorStats,
+    compare_arrays,
+    describe,
+    dtype_name,
+    json_number,
+)
 from .orchestrate import ProgressCallback, verify_onnx_against_onnx, verify_onnx_against_torch
 from .providers import (
     CPU,
@@ -50,6 +58,7 @@ from .results import (
 )
 from .runners import InputSignature, OrtRunner, Runner, TorchRunner
 from .tolerance import (
+    DEFAULT_QUANTILE,
     DEFAULT_TOLERANCES,
     EXACT,
     MAX_RUNS,
@@ -57,6 +66,7 @@ from .tolerance import (
     RULE,
     TF32_TOLERANCE,
     WEIGHTS_MODES,
+    PassRule,
     Tolerance,
     ToleranceOverride,
     VerifyOptions,
@@ -66,7 +76,8 @@ from .tolerance import (
 from .weights import compare_weights, onnx_initializers
 
 __all__ = [
-    "CPU", "CUDA", "DEFAULT_TOLERANCES", "EXACT", "MAX_RUNS", "REPORT_SCHEMA", "RULE",
+    "CPU", "CUDA", "DEFAULT_QUANTILE", "DEFAULT_TOLERANCES", "EXACT", "MAX_RUNS",
+    "REL_EPSILON", "REPORT_SCHEMA", "RULE", "ErrorStats", "PassRule",
     "TENSORRT", "TF32_TOLERANCE", "WEIGHTS_MODES", "ArrayComparison", "CaseInfo", "CasePlan",
     "InputCase", "InputSignature", "OrtRunner", "OutputResult", "ProgressCallback",
     "ProviderFailed", "ProviderPlan", "ProviderResult", "ProviderSpec", "Runner", "Tolerance",

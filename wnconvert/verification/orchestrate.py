@@ -228,6 +228,8 @@ def _verify(
         except ProviderFailed as exc:
             state.fail(exc.reason, exc.messages)
         runs.append(state)
+        if state.runner is not None:
+            options.check_output_names(state.runner.output_names)
     live = sum(1 for state in runs if state.runner is not None)
     total, done = len(cases) * (1 + live), 0
     matching: Literal["name", "position"] = "name"
@@ -276,7 +278,8 @@ def _verify(
                 if narrow is not None and dtype_name(got) == narrow:
                     got = got.astype(ref[ref_name].dtype)  # exact: float32 holds every value
                 state.per_output[cand_name].append(
-                    (case.info.label, compare_arrays(got, ref[ref_name], tol)))
+                    (case.info.label, compare_arrays(got, ref[ref_name], tol,
+                                                     options.rule_for(cand_name))))
             done += 1
             if progress:
                 progress(state.spec.name, done, total)
@@ -297,6 +300,7 @@ def _verify(
         weights=weights,
         output_matching=matching,
         notes=tuple(notes),
+        rule=options.rule_text(),
         skipped=plan.skipped,
     )
 

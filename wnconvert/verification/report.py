@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 from .._version import __version__
 from ..errors import InputError
 from ..formats.atomic import atomic_file, check_output
-from .compare import ArrayComparison, describe, json_number
+from .compare import (
+    ArrayComparison,
+    ErrorStats,
+    describe,
+    json_number,
+    json_snr,
+    stat_label,
+)
 from .tolerance import REPORT_SCHEMA
 
 if TYPE_CHECKING:  # results.py imports this module to write its JSON form
@@ -71,7 +78,45 @@ def _comparison_dict(comp: ArrayComparison) -> dict[str, Any]:
         "message": comp.message,
         "reference_max_abs": json_number(comp.ref_max_abs),
         "passed": comp.passed,
+        **_budget_dict(comp.stats, comp),
     }
+
+
+def _budget_dict(stats: ErrorStats | None, source: ArrayComparison | OutputResult
+                 ) -> dict[str, Any]:
+    """The error budget keys of an output or a case (none for a comparison without stats)."""
+    if stats is None:
+        return {}
+    rule = source.cases[0][1].rule if not isinstance(source, ArrayComparison) else source.rule
+    return {
+        "check_error_stat": rule.stat,
+        "error_quantile": rule.quantile,
+        "min_snr": rule.min_snr,
+        "min_rtol": json_number(source.min_rtol),
+        "failed_rules": list(source.failed_rules),
+        "errors": stats_dict(stats),
+    }
+
+
+def stats_dict(stats: ErrorStats) -> dict[str, Any]:
+    """``{"abs": {"max", "mean", "median", "quantile"}, "rel": {...}, "quantile", "snr_db",
+    "elements"}``: non-finite numbers are null, except the SNR (:func:`json_snr`)."""
+    return {
+        **{kind: {stat: json_number(stats.of(kind, stat))
+                  for stat in ("max", "mean", "median", "quantile")} for kind in ("abs", "rel")},
+        "quantile": stats.quantile,
+        "snr_db": json_snr(stats.snr_db),
+        "elements": stats.finite,
+    }
+
+
+def _junit_properties(stats: ErrorStats) -> list[tuple[str, str]]:
+    """``abs_max``, ..., ``rel_p99``, ``snr_db`` as text (repr-exact numbers)."""
+    props = [(f"{kind}_{stat_label(stat, stats.quantile) if stat == 'quantile' else stat}",
+              repr(stats.of(kind, stat)))
+             for kind in ("abs", "rel") for stat in ("max", "mean", "median", "quantile")]
+    props.append(("snr_db", str(json_snr(stats.snr_db))))
+    return props
 
 
 def _output_dict(out: OutputResult) -> dict[str, Any]:
@@ -92,6 +137,7 @@ def _output_dict(out: OutputResult) -> dict[str, Any]:
         "failure": None if out.passed else describe(out.worst_case[1]),
         "reference_max_abs": json_number(out.ref_max_abs),
         "warning": out.weak_tolerance(),
+        **_budget_dict(out.stats, out),
         "cases": [{"case": label, **_comparison_dict(comp)} for label, comp in out.cases],
     }
 
@@ -214,6 +260,13 @@ def to_junit_xml(report: VerificationReport) -> bytes:
             summary = (f"shape {list(first.shape)} {first.dtype}; atol {first.atol:g} rtol "
                        f"{first.rtol:g}; max_abs {out.max_abs:.3g} max_rel {out.max_rel:.3g} "
                        f"mean_abs {out.mean_abs:.3g} min_atol {out.min_atol:.3g}")
+            if out.stats is not None:
+                summary += (f"\nerrors ({out.rule_summary()}): {out.stats.summary()}; needs atol "
+                            f">= {out.min_atol:.3g} or rtol >= {out.min_rtol:.3g}")
+                # Per-testcase properties (Jenkins, GitLab and pytest's record_property read them).
+                props = ET.SubElement(case, "properties")
+                for key, value in [("check", out.rule_summary()), *_junit_properties(out.stats)]:
+                    ET.SubElement(props, "property", name=key, value=value)
             weak = out.weak_tolerance()
             if weak:
                 ET.SubElement(case, "system-err").text = f"warning: {weak}"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .compare import ArrayComparison, describe
+from .compare import ArrayComparison, ErrorStats, describe, stat_label
 from .tolerance import RULE, WeightsMode
 
 #: An output whose reference peaks within this factor of atol gets a warning: a 100 % relative
@@ -67,6 +68,41 @@ class OutputResult:
     @property
     def ref_max_abs(self) -> float:
         return max(comp.ref_max_abs for _, comp in self.cases)
+
+    @property
+    def min_rtol(self) -> float:
+        return max(comp.min_rtol for _, comp in self.cases)
+
+    @property
+    def failed_rules(self) -> tuple[str, ...]:
+        """The rules that failed in any case (the statistic checked, ``min_snr``)."""
+        return tuple(dict.fromkeys(rule for _, comp in self.cases for rule in comp.failed_rules))
+
+    def rule_summary(self) -> str:
+        """``check elemwise``, ``check p99``, with ``, min_snr 60 dB`` when set."""
+        rule = self.first.rule
+        text = f"check {stat_label(rule.stat, rule.quantile)}"
+        if rule.min_snr is not None:
+            text += f", min_snr {rule.min_snr:g} dB"
+        return text
+
+    @property
+    def stats(self) -> ErrorStats | None:
+        """The error budget over every case (runs, sizes): the largest of each statistic and the
+        smallest SNR, so each figure is the tolerance that would pass every case on its own
+        (each case has its own in :attr:`cases`)."""
+        all_stats = [comp.stats for _, comp in self.cases if comp.stats is not None]
+        if not all_stats:
+            return None
+        if len(all_stats) == 1:
+            return all_stats[0]
+        worst = {name: max(getattr(s, name) for s in all_stats)
+                 for name in ErrorStats.__dataclass_fields__
+                 if name.startswith(("abs_", "rel_"))}
+        snrs = [s.snr_db for s in all_stats]
+        return ErrorStats(quantile=all_stats[0].quantile, **worst,
+                          snr_db=math.nan if any(map(math.isnan, snrs)) else min(snrs),
+                          finite=sum(s.finite for s in all_stats))
 
     @property
     def elements(self) -> int:

@@ -7,12 +7,12 @@ Errors are worded in API terms (``atol=inf``); the CLI adds flag names.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..choices import WEIGHTS_MODES, WeightsMode
+from ..choices import ERROR_STATS, WEIGHTS_MODES, ErrorStat, WeightsMode
 from ..errors import InputError
 
 if TYPE_CHECKING:
@@ -47,6 +47,50 @@ EXACT = Tolerance(atol=0.0, rtol=0.0)
 #: unit-scale values is off by about 1e-2 absolute. float32 tolerances would fail on every
 #: Ampere-or-newer GPU; these are float16-class ones.
 TF32_TOLERANCE = Tolerance(atol=1e-2, rtol=1e-2)
+
+#: The quantile reported (and checked by the ``quantile`` statistic) unless told otherwise.
+DEFAULT_QUANTILE = 0.99
+
+
+@dataclass(frozen=True)
+class PassRule:
+    """How one output passes, besides its :class:`Tolerance`: the error statistic checked
+    (``elemwise``: every element within ``atol + rtol * |ref|``; ``max``/``mean``/``median``/
+    ``quantile``: that statistic of the absolute error <= atol, or of the relative error <=
+    rtol, as Polygraphy's ``check_error_stat``), the quantile reported (and checked by
+    ``quantile``), and an optional floor on the signal-to-noise ratio in dB."""
+
+    stat: ErrorStat = "elemwise"
+    quantile: float = DEFAULT_QUANTILE
+    min_snr: float | None = None
+
+
+def check_quantile(label: str, value: float, *, shown: object = None) -> float:
+    """``value`` if it is a quantile in (0, 1], else :class:`InputError` naming ``label``."""
+    if not (isinstance(value, int | float) and 0 < value <= 1):
+        raise InputError.template(
+            "{-" + label + "=shown}: a quantile is a number in (0, 1], e.g. 0.99 for the 99th "
+            "percentile", shown=value if shown is None else shown)
+    return float(value)
+
+
+def check_stat_value(label: str, value: object, *, shown: object = None) -> ErrorStat:
+    """``value`` if it is one of :data:`ERROR_STATS`, else :class:`InputError`."""
+    if value not in ERROR_STATS:
+        raise InputError.template("{-" + label + "=shown}: use one of {choices}",
+                                  shown=value if shown is None else shown,
+                                  choices=", ".join(ERROR_STATS))
+    return value  # type: ignore[return-value]  # one of ERROR_STATS
+
+
+def check_min_snr(label: str, value: float, *, shown: object = None) -> float:
+    """``value`` if it is a finite number of dB, else :class:`InputError`."""
+    if not (isinstance(value, int | float) and math.isfinite(value)):
+        raise InputError.template(
+            "{-" + label + "=shown}: a signal-to-noise ratio floor is a finite number of dB "
+            "(e.g. 60)", shown=value if shown is None else shown)
+    return float(value)
+
 
 #: Upper bound of ``runs``: every draw runs the reference and every provider; more than this is
 #: a mistake (or a way to make a CI job run for days), not more confidence.
@@ -122,6 +166,10 @@ class VerifyOptions:
     ``cuda_tf32``: let CUDA/TensorRT use TF32 (float32 outputs there get :data:`TF32_TOLERANCE`
     unless ``atol``/``rtol`` are given). ``ort_logging``: let ONNX Runtime's own logger print
     warnings (quiet otherwise).
+    ``check_error_stat``: the error statistic the pass rule checks (:data:`ERROR_STATS`, see
+    :class:`PassRule`); ``error_quantile``: the quantile reported and checked by ``quantile``;
+    ``min_snr``: outputs whose SNR (dB) is below it fail. The ``output_*`` mappings set them per
+    output name (names the candidate does not have are refused when it is loaded).
     """
 
     providers: tuple[str, ...] = ()
@@ -137,6 +185,12 @@ class VerifyOptions:
     cuda_tf32: bool = False
     weights: WeightsMode = "fail"
     ort_logging: bool = False
+    check_error_stat: ErrorStat = "elemwise"
+    output_error_stats: Mapping[str, ErrorStat] = field(default_factory=dict)
+    error_quantile: float = DEFAULT_QUANTILE
+    output_error_quantiles: Mapping[str, float] = field(default_factory=dict)
+    min_snr: float | None = None
+    output_min_snrs: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 1 <= self.runs <= MAX_RUNS:
@@ -153,6 +207,20 @@ class VerifyOptions:
         if self.weights not in WEIGHTS_MODES:
             raise InputError.template("{-weights=weights}: use one of {choices}",
                                       weights=self.weights, choices=", ".join(WEIGHTS_MODES))
+        check_stat_value("check_error_stat", self.check_error_stat)
+        check_quantile("error_quantile", self.error_quantile)
+        if self.min_snr is not None:
+            check_min_snr("min_snr", self.min_snr)
+        checks: tuple[tuple[str, Mapping[str, Any], Callable[..., object]], ...] = (
+            ("output_error_stats", self.output_error_stats, check_stat_value),
+            ("output_error_quantiles", self.output_error_quantiles, check_quantile),
+            ("output_min_snrs", self.output_min_snrs, check_min_snr))
+        for label, mapping, check in checks:
+            for name, value in mapping.items():
+                if not name:
+                    raise InputError.template("{-" + label + "=shown}: name the output",
+                                              shown=f":{value}")
+                check(label, value, shown=f"{name}:{value}")
         if self.input_specs and self.inputs_file is not None:
             raise InputError.template("{-input_specs} and {-inputs_file} both given; use shapes "
                                       "(random data) or a .npz file (real data), not both")
@@ -175,3 +243,47 @@ class VerifyOptions:
             atol = override.atol
             rtol = rtol if override.rtol is None else override.rtol
         return Tolerance(atol, rtol)
+
+    def rule_for(self, output: str) -> PassRule:
+        """The pass rule of ``output``: its own stat/quantile/SNR floor, else the global ones."""
+        return PassRule(
+            stat=self.output_error_stats.get(output, self.check_error_stat),
+            quantile=self.output_error_quantiles.get(output, self.error_quantile),
+            min_snr=self.output_min_snrs.get(output, self.min_snr),
+        )
+
+    def rule_text(self) -> str:
+        """The rule in words, for the report: :data:`RULE` unless a statistic or an SNR floor
+        is asked for (globally or for some outputs)."""
+        stat = self.check_error_stat
+        if stat == "elemwise":
+            text = RULE
+        else:
+            what = f"{self.error_quantile:g}-quantile" if stat == "quantile" else stat
+            text = (f"{what} of |candidate - reference| <= atol, or {what} of |candidate - "
+                    "reference| / |reference| <= rtol (Polygraphy's check_error_stat; NaN/Inf "
+                    "must agree)")
+        overrides = {**self.output_error_stats,
+                     **{n: f"{self.output_error_stats.get(n, stat)} q={q:g}"
+                        for n, q in self.output_error_quantiles.items()}}
+        if overrides:
+            text += "; per output: " + ", ".join(f"{n}: {v}" for n, v in overrides.items())
+        if self.min_snr is not None:
+            text += f"; and SNR >= {self.min_snr:g} dB"
+        if self.output_min_snrs:
+            text += "; SNR floors: " + ", ".join(f"{n} >= {v:g} dB"
+                                                  for n, v in self.output_min_snrs.items())
+        return text
+
+    def check_output_names(self, outputs: Sequence[str]) -> None:
+        """Refuse per-output rules naming an output that ``outputs`` (the candidate's) lacks:
+        a rule that never applies would leave the output it meant on the default."""
+        for label, mapping in (("output_error_stats", self.output_error_stats),
+                               ("output_error_quantiles", self.output_error_quantiles),
+                               ("output_min_snrs", self.output_min_snrs)):
+            for name, value in mapping.items():
+                if name not in outputs:
+                    raise InputError.template(
+                        "{-" + label + "=shown}: the model has no output {name!r}; its outputs "
+                        "are {outputs}", shown=f"{name}:{value}", name=name,
+                        outputs=", ".join(outputs))
