@@ -166,7 +166,7 @@ def test_members_declaring_more_than_half_the_memory_together_are_refused_unread
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _bomb(tmp_path / "bomb.npz", a=np.zeros(2**18, np.float32),
                  b=np.zeros(2**18, np.float32))
-    monkeypatch.setattr("wnconvert.export.inputs._npz_memory_budget", lambda: 1_500_000)
+    monkeypatch.setattr("wnconvert.export.inputs.npz_memory_budget", lambda: 1_500_000)
     with pytest.raises(InputError, match="members declare 2,097,408 bytes uncompressed \\(up to "
                                          "'b.npy'\\), more than half this machine's memory"):
         load_inputs_npz(path)
