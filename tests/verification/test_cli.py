@@ -85,7 +85,8 @@ def test_shared_options_have_the_same_help_everywhere() -> None:
 
 
 SHARED = ("--tf32", "--weights", "--provider", "--runs", "--seed", "--atol", "--rtol", "--tol",
-          "--report", "--model", "--model-kwargs", "--input", "--inputs", "--dynamic",
+          "--report", "--model", "--model-kwargs", "--input", "--inputs", "--load-inputs",
+          "--save-inputs", "--save-outputs", "--dynamic",
           "--strip-prefix", "--add-prefix", "--key")
 
 
@@ -177,9 +178,10 @@ def test_fold_onnx_passes_tf32_and_weights_to_the_check(wn_onnx: Path, tmp_path:
     seen = []
     real = verify.verify_onnx_against_onnx
 
-    def spy(candidate, reference, *, options, progress=None):
+    def spy(candidate, reference, *, options, progress=None, recording=None):
         seen.append(options)
-        return real(candidate, reference, options=options, progress=progress)
+        return real(candidate, reference, options=options, progress=progress,
+                    recording=recording)
 
     monkeypatch.setattr(verify, "verify_onnx_against_onnx", spy)
     result = run("fold", wn_onnx, "-o", tmp_path / "o.onnx", "--tf32", "--weights", "report",

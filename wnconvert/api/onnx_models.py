@@ -18,7 +18,7 @@ from .progress import SILENT, Progress
 
 if TYPE_CHECKING:
     from ..onnx_graph import CheckResult, FoldOutcome, Inspection
-    from ..verification import VerificationReport, VerifyOptions
+    from ..verification import Recording, VerificationReport, VerifyOptions
 
 
 def inspect_onnx(path: Path | str) -> Inspection:
@@ -114,6 +114,7 @@ class OnnxFoldResult:
 def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: bool = True,
               options: VerifyOptions | None = None, reports: Sequence[Path | str] = (),
               reference: Path | str | None = None, reference_key: str | None = None,
+              save_inputs: Path | str | None = None, save_outputs: Path | str | None = None,
               force: bool = False, progress: Progress = SILENT) -> OnnxFoldResult:
     """Fold every weight-norm computation in the ONNX model ``source`` into named initializers
     (float64, rounded once) and write ``output`` (default ``<stem>.folded.onnx``) atomically.
@@ -125,12 +126,14 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
     checkpoint whose tensor names go to initializers of equal value (``reference_key`` picks
     its state dict). A graph with nothing to fold is "already clean": an unchanged copy is
     written. Weight norm that cannot be folded is left in place with a warning.
+    ``save_inputs``/``save_outputs``: the verification's inputs and outputs as Polygraphy files
+    (see :func:`wnconvert.verify`), written either way.
     """
     from ..formats.files import require_exists
     from ..onnx_graph import FoldJob, default_output
-    from ..verification import VerifyOptions, plan_providers
+    from ..verification import Recording, VerifyOptions, plan_providers
     from ..verification.report import check_report_paths, write_reports
-    from .verification import protected_inputs
+    from .verification import check_save_paths, protected_inputs, write_recording
 
     path = require_exists(source)
     if reference is not None:
@@ -144,12 +147,18 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
         raise InputError.template("{target}: the folded model needs a .onnx name; choose "
                                   "another {-output}", target=target)
     report_paths = [Path(p) for p in reports]
-    if not verify and (report_paths or options is not None):
-        what = "{-reports}" if report_paths else "{-options}"
+    saving = save_inputs is not None or save_outputs is not None
+    if not verify and (report_paths or options is not None or saving):
+        what = ("{-reports}" if report_paths else "{-options}" if options is not None
+                else "{-save_inputs}/{-save_outputs}")
         raise InputError.template(what + " need(s) verification, which {-no_verify} turns off; "
                                   "drop one of them")
-    check_report_paths(report_paths, force=force,
-                       inputs=[*protected_inputs(path, reference), target])
+    protected = [*protected_inputs(path, reference,
+                                   options.inputs_file if options is not None else None), target]
+    check_report_paths(report_paths, force=force, inputs=protected)
+    saves = check_save_paths(save_inputs, save_outputs, reports=report_paths, force=force,
+                             inputs=protected)
+    recording = Recording() if saving else None
     if verify:
         from ..verification.orchestrate import check_inputs
 
@@ -187,7 +196,10 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
         report = None
         if verify:
             assert options is not None
-            report = _verify_staged(staged, path, options, final=target, progress=progress)
+            report = _verify_staged(staged, path, options, final=target, progress=progress,
+                                    recording=recording)
+            if recording is not None:
+                write_recording(recording, *saves, force=force, progress=progress)
             if not report.passed:
                 written = write_reports(report, report_paths, force=force)
                 return OnnxFoldResult(path, target, None, report,
@@ -214,12 +226,13 @@ def _nothing_to_fold(path: Path, skipped: list[Any], unrecognized: list[str]) ->
 
 
 def _verify_staged(staged: Path, reference: Path, options: VerifyOptions, *, final: Path,
-                   progress: Progress) -> VerificationReport:
+                   progress: Progress, recording: Recording | None = None) -> VerificationReport:
     from ..verification import verify_onnx_against_onnx
 
     progress.note(f"verifying against {reference} on ONNX Runtime")
     with progress.step("verifying") as callback:
-        report = verify_onnx_against_onnx(staged, reference, options=options, progress=callback)
+        report = verify_onnx_against_onnx(staged, reference, options=options, progress=callback,
+                                          recording=recording)
     # The staged file is moved to `final`; the report names the file the user gets.
     report.candidate["path"] = str(final)
     return report

@@ -36,6 +36,8 @@ from .options import (
     ReportOpt,
     RtolOpt,
     RunsOpt,
+    SaveInputsOpt,
+    SaveOutputsOpt,
     SeedOpt,
     StripPrefixOpt,
     StyleChoice,
@@ -261,6 +263,8 @@ def fold(
     weights: WeightsOpt = WeightsChoice("fail"),
     tf32: Tf32Opt = False,
     report: ReportOpt = None,
+    save_inputs: SaveInputsOpt = None,
+    save_outputs: SaveOutputsOpt = None,
 ) -> None:
     """Fold every weight-norm pair and spectral norm into plain weights (w = g·v/‖v‖, W/σ;
     float64, rounded once).
@@ -302,7 +306,8 @@ def fold(
                 raise InputError(f"{path}: an .onnx input folds to .onnx; drop --to")
             folded = api.fold_onnx(path, output, verify=verify, options=options,
                                    reports=report or [], reference=reference,
-                                   reference_key=key, force=force, progress=progress)
+                                   reference_key=key, save_inputs=save_inputs,
+                                   save_outputs=save_outputs, force=force, progress=progress)
             from ..render.graph import print_fold
 
             summary = folded.to_dict()
@@ -316,8 +321,9 @@ def fold(
             inputs=specs, inputs_file=inputs_file, dynamic=axes, opset=opset,
             exporter=chosen(exporter),  # type: ignore[arg-type]  # one of EXPORTERS
             prefix=parse_prefix(strip_prefix, add_prefix), verify=verify,
-            options=options, reports=report or [],
-            trust_program=trust_program, force=force, progress=progress)
+            options=options, reports=report or [], save_inputs=save_inputs,
+            save_outputs=save_outputs, trust_program=trust_program, force=force,
+            progress=progress)
         from ..render.verify import print_export_summary
 
         emit_result(json_out=json_out, quiet=quiet, data=exported.to_dict(),

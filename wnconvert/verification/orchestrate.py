@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from ..dtypes import from_onnx_code
 from ..errors import InputError, InputNotFound
 from .cases import CasePlan, InputCase
 from .compare import ArrayComparison, compare_arrays, dtype_name
+from .polygraphy import RecordedRunner, Recording, provider_runner, recorded_reference
 from .providers import (
     CPU,
     ProviderFailed,
@@ -45,6 +47,7 @@ def verify_onnx_against_torch(
     reference_weights: Mapping[str, torch.Tensor] | None = None,
     reference_info: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    recording: Recording | None = None,
 ) -> VerificationReport:
     """Verify ``candidate`` (ONNX on each provider) against ``module`` run in PyTorch on CPU.
 
@@ -61,7 +64,7 @@ def verify_onnx_against_torch(
         ref_np = {k: torch_to_numpy(v) for k, v in reference_weights.items()}
         weights = compare_weights(onnx_initializers(candidate), ref_np, options=options)
     info = {"kind": "pytorch", **(reference_info or {})}
-    return _verify(candidate, signature, reference, info, weights, options, progress)
+    return _verify(candidate, signature, reference, info, weights, options, progress, recording)
 
 
 def verify_onnx_against_onnx(
@@ -70,6 +73,7 @@ def verify_onnx_against_onnx(
     *,
     options: VerifyOptions,
     progress: ProgressCallback | None = None,
+    recording: Recording | None = None,
 ) -> VerificationReport:
     """Verify ``candidate`` on each provider against ``reference`` run on ONNX Runtime CPU.
 
@@ -97,7 +101,32 @@ def verify_onnx_against_onnx(
         weights = compare_weights(onnx_initializers(candidate), onnx_initializers(reference),
                                   options=options)
     info = {"kind": "onnx", "path": str(reference), "provider": CPU}
-    return _verify(candidate, signature, ref_runner, info, weights, options, progress)
+    return _verify(candidate, signature, ref_runner, info, weights, options, progress, recording)
+
+
+def verify_onnx_against_outputs(
+    candidate: Path,
+    outputs: Path,
+    *,
+    runner: str | None = None,
+    options: VerifyOptions,
+    progress: ProgressCallback | None = None,
+    recording: Recording | None = None,
+) -> VerificationReport:
+    """Verify ``candidate`` on each provider against outputs Polygraphy saved (``RunResults``,
+    e.g. from TensorRT): the iterations of ``runner`` (needed when the file holds several),
+    computed from the feeds of ``options.inputs_file``, a Polygraphy inputs file. No weights
+    are compared (there are none on that side)."""
+    if options.inputs_file is None or options.inputs_file.suffix.lower() != ".json":
+        raise InputError.template(
+            "{path}: saved outputs need the inputs they were computed from; give them with "
+            "{-inputs_file} FILE.json (polygraphy run --save-inputs)", path=outputs)
+    signature = _candidate_signature(candidate)
+    reference = recorded_reference(outputs, runner)
+    if recording is not None:
+        recording.reference_name = reference.name
+    info = {"kind": "polygraphy", "path": str(outputs), "runner": reference.name}
+    return _verify(candidate, signature, reference, info, None, options, progress, recording)
 
 
 def check_inputs(model: Path, options: VerifyOptions) -> None:
@@ -182,10 +211,13 @@ def _verify(
     weights: WeightsReport | None,
     options: VerifyOptions,
     progress: ProgressCallback | None,
+    recording: Recording | None = None,
 ) -> VerificationReport:
     quiet_ort_logger(enabled=options.ort_logging)
     plan = plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
     cases = CasePlan(signature, options)  # validates shapes before any session starts
+    if isinstance(reference, RecordedRunner):
+        reference.check_cases(len(cases))
     runs: list[_ProviderRun] = []
     for spec in plan.specs:
         state = _ProviderRun(spec)
@@ -207,8 +239,13 @@ def _verify(
         # The reference may print too (a user's model, ORT for an ONNX reference): keep stdout
         # for our own output.
         with captured_output("stdout") as captured:
+            started = time.perf_counter()
             ref = _run_reference(reference, case)
+            seconds = time.perf_counter() - started
         printed.extend(captured.lines)
+        if recording is not None:
+            recording.feeds.append(case.feeds)
+            recording.add(recording.reference_name, ref, seconds)
         done += 1
         if progress:
             progress("reference", done, total)
@@ -221,7 +258,11 @@ def _verify(
                                                          reference.output_names)
                 state.per_output = {name: [] for name in state.mapping}
             try:
+                started = time.perf_counter()
                 out = runner.run(case.feeds)
+                if recording is not None:
+                    recording.add(provider_runner(state.spec.name), out,
+                                  time.perf_counter() - started)
             except ProviderFailed as exc:
                 state.fail(f"{exc.reason} (on {case.info.label})", runner.messages)
                 continue
