@@ -223,3 +223,40 @@ def test_save_flags_are_refused_where_nothing_verifies(cli, assert_input_error,
     path = save(model, tmp_path / "wn.onnx")
     assert_input_error(cli("fold", path, "--no-verify", "--save-outputs", tmp_path / "o.json"),
                        "--save-outputs", "--no-verify turns verification off")
+
+
+def test_fold_of_an_onnx_model_saves_its_verification(cli, assert_ok, tmp_path: Path) -> None:
+    from tests.onnx_graph.builders import save, weight_norm_model
+
+    model, _, _ = weight_norm_model((6, 4, 3), 0, order="g/n*v")
+    path = save(model, tmp_path / "wn.onnx")
+    inputs, outputs = tmp_path / "in.json", tmp_path / "out.json"
+    assert_ok(cli("fold", path, "-o", tmp_path / "folded.onnx", "--save-inputs", inputs,
+                  "--save-outputs", outputs))
+    assert len(load_feeds(inputs)) == 1
+    runners = load_run_results(outputs)
+    assert [name for name, _ in runners] == ["wnconvert-reference",
+                                             "wnconvert-onnxrt-CPUExecutionProvider"]
+
+
+@pytest.mark.slow
+def test_export_traces_and_verifies_polygraphy_feeds(cli, assert_ok, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from wnconvert.formats.polygraphy_json import write_feeds
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)
+    rng = np.random.default_rng(1)
+    feeds = tmp_path / "mel.json"
+    write_feeds(feeds, [{"mel": rng.standard_normal((1, 16, n)).astype(np.float32)}
+                        for n in (12, 20)])
+    outputs = tmp_path / "out.json"
+    result = assert_ok(cli("fold", repo / "fixtures" / "tiny_hifigan_parametrize.pt", "--to",
+                           "onnx", "--model", "fixtures/models.py:build_generator",
+                           "--model-kwargs", '{"weight_norm": "none"}', "--load-inputs", feeds,
+                           "--dynamic", "0:2=time", "-o", tmp_path / "g.onnx",
+                           "--save-outputs", outputs, "--json"))
+    cases = json.loads(result.stdout)["verification"]["cases"]
+    assert [(c["label"], c["inputs"]["mel"]["shape"]) for c in cases] == [
+        ("feed 0", [1, 16, 12]), ("feed 1", [1, 16, 20])]
+    assert [len(iterations) for _, iterations in load_run_results(outputs)] == [2, 2]

@@ -129,8 +129,12 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
                                   "{-dynamic}), not in {-options}: they serve the export and "
                                   "its verification")
     file_of_inputs = Path(inputs_file) if inputs_file is not None else None
+    # The feeds of a Polygraphy file are verified at their own sizes: the dynamic axes serve
+    # the export only (VerifyOptions refuses them next to such a file).
+    polygraphy_feeds = file_of_inputs is not None and file_of_inputs.suffix.lower() == ".json"
     options = dataclasses.replace(options, input_specs=tuple(inputs),
-                                  inputs_file=file_of_inputs, dynamic_axes=tuple(dynamic))
+                                  inputs_file=file_of_inputs,
+                                  dynamic_axes=() if polygraphy_feeds else tuple(dynamic))
     if output is None:
         if source_path is None:
             raise InputError.template("{-output}: give the .onnx file to write (there is no "
