@@ -72,6 +72,24 @@ def test_ours_are_read_by_polygraphy_and_back(tmp_path: Path) -> None:
     assert load_run_results(tmp_path / "out.json")[0][1][1]["y"].dtype == np.float16
 
 
+def test_older_polygraphy_class_markers_are_read(tmp_path: Path) -> None:
+    # Polygraphy before polygraphy_class: "__polygraphy_encoded_<class>" keys.
+    marker = "polygraphy_serialized_json_type"
+    array = {"array": _npy(FEEDS[0]["x"]), "__polygraphy_encoded_ndarray": marker}
+    lazy = {"values": array, "__polygraphy_encoded_LazyNumpyArray": marker}
+    iteration = {"outputs": {"y": lazy}, "runtime": 0.1, "runner_name": "old",
+                 "__polygraphy_encoded_IterationResult": marker}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"lst": [["old", [iteration]]],
+                                "__polygraphy_encoded_RunResults": marker}))
+    [(name, [outputs])] = load_run_results(path)
+    assert name == "old"
+    np.testing.assert_array_equal(outputs["y"], FEEDS[0]["x"])
+    feeds = tmp_path / "old_in.json"
+    feeds.write_text(json.dumps([{"x": array}]))
+    np.testing.assert_array_equal(load_feeds(feeds)[0]["x"], FEEDS[0]["x"])
+
+
 def test_writing_never_overwrites_without_force(tmp_path: Path) -> None:
     path = tmp_path / "in.json"
     path.write_text("keep")

@@ -11,6 +11,9 @@ Formats (Polygraphy's ``polygraphy.json`` serde, as ``polygraphy run --save-inpu
 * an ``ARRAY`` is ``{"array": BASE64 of numpy.save, "polygraphy_class": "ndarray"}``, in outputs
   wrapped as ``{"values": ARRAY, "polygraphy_class": "LazyArray"}``.
 
+Files of older Polygraphy versions mark a class as ``"__polygraphy_encoded_<class>":
+"polygraphy_serialized_json_type"`` instead of ``polygraphy_class``; they are read the same way.
+
 Reading checks every ``.npy`` header against the bytes that follow it before anything is
 allocated (:func:`wnconvert.export.inputs.read_npy`): plain numeric dtypes only (no objects, so
 no pickles), the data exactly as large as the declared shape, at most
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
 #: The ``polygraphy_class`` values read (``LazyNumpyArray``: Polygraphy's older name).
 ARRAY_CLASSES = ("ndarray", "LazyArray", "LazyNumpyArray")
 _FIX = "save it with polygraphy run --save-inputs/--save-outputs or wnconvert"
+_LEGACY_PREFIX = "__polygraphy_encoded_"
+_LEGACY_MARKER = "polygraphy_serialized_json_type"
 
 
 class _Malformed(ValueError):
@@ -227,13 +232,24 @@ def _load_json(path: Path) -> Any:
                          "memory; save fewer or smaller arrays")
     try:
         with open(path, "rb") as handle:
-            return json.loads(handle.read().decode("utf-8"))
+            return json.loads(handle.read().decode("utf-8"), object_pairs_hook=_with_class)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc}); {_FIX}") from None
     except RecursionError:
         raise InputError(f"{path}: nested too deeply to be Polygraphy data; {_FIX}") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc}") from None
+
+
+def _with_class(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, an older Polygraphy's class marker turned into ``polygraphy_class``."""
+    value = dict(pairs)
+    legacy = [key for key, marker in value.items()
+              if key.startswith(_LEGACY_PREFIX) and marker == _LEGACY_MARKER]
+    if len(legacy) == 1 and "polygraphy_class" not in value:
+        del value[legacy[0]]
+        value["polygraphy_class"] = legacy[0].removeprefix(_LEGACY_PREFIX)
+    return value
 
 
 def _write(path: Path, data: bytes, *, force: bool) -> Path:
