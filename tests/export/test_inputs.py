@@ -215,3 +215,20 @@ def test_a_negative_size_is_refused_even_when_the_count_is_positive(shape) -> No
 
     with pytest.raises(InputError, match="has a negative size"):
         check_input_size("'x'", shape, "float32")
+
+
+def test_npz_member_with_a_damaged_header_is_an_input_error(tmp_path: Path) -> None:
+    # numpy parses the .npy header with Python's tokenizer: a broken bracket raised
+    # tokenize.TokenError/SyntaxError through the reader instead of one error line.
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones((2, 3), np.float32))
+    data = bytearray(buffer.getvalue())
+    data[42] = ord("[")  # in 'descr': an unclosed bracket (found by fuzzing the Polygraphy reader)
+    path = tmp_path / "bad.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", bytes(data))
+    with pytest.raises(InputError, match="not a valid header"):
+        load_inputs_npz(path)

@@ -213,3 +213,49 @@ def test_duplicate_runner_names_are_refused(tmp_path: Path) -> None:
     path.write_bytes(run_results_json([("r", [{"y": np.ones(2)}]), ("r", [{"y": np.ones(2)}])]))
     with pytest.raises(InputError, match="two runners have the same name"):
         load_run_results(path)
+
+
+# Fuzzing: mutated files are read or refused with InputError, nothing else (no other exception,
+# no pickle). The .npy payload is mutated under its base64 too, where the header checks matter.
+from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.fuzzing import FUZZ, examples, flips  # noqa: E402
+
+_VALID = feeds_json(FEEDS)
+_PAYLOAD = base64.b64decode(encode_array(FEEDS[0]["x"])["array"])
+
+
+def _read_or_refuse(path: Path) -> None:
+    try:
+        feeds = load_feeds(path)
+    except InputError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert feeds and all(a.dtype != object for f in feeds for a in f.values())
+
+
+def _mutated(data: bytes, changes: list[tuple[int, int]]) -> bytes:
+    mutable = bytearray(data)
+    for position, value in changes:
+        mutable[position % len(mutable)] = value
+    return bytes(mutable)
+
+
+@settings(FUZZ, max_examples=examples(60))
+@given(changes=flips)
+def test_fuzzed_feed_files_are_read_or_refused(tmp_path_factory, changes) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "in.json"
+    path.write_bytes(_mutated(_VALID, changes))
+    _read_or_refuse(path)
+
+
+@settings(FUZZ, max_examples=examples(60))
+@given(changes=flips, cut=st.integers(0, len(_PAYLOAD)))
+@example(changes=[(42, 91)], cut=128)  # a header numpy's tokenizer rejects (not a ValueError)
+def test_fuzzed_npy_payloads_are_read_or_refused(tmp_path_factory, changes, cut) -> None:
+    payload = _mutated(_PAYLOAD, [(p % 128, v) for p, v in changes])[:cut]  # header region
+    path = tmp_path_factory.mktemp("fuzz") / "in.json"
+    path.write_text(json.dumps([{"x": {"array": base64.b64encode(payload).decode(),
+                                       "polygraphy_class": "ndarray"}}]))
+    _read_or_refuse(path)

@@ -215,16 +215,23 @@ def _gib(nbytes: int) -> str:
 def read_npy(member: IO[bytes], size: int) -> np.ndarray:
     """One ``.npy`` member of ``size`` bytes; ValueError if it is not a plain numeric array
     whose data fills the member exactly."""
+    import tokenize
+
     import numpy as np
     from numpy.lib import format as npy
 
     version = npy.read_magic(member)
-    if version == (1, 0):
-        shape, fortran_order, dtype = npy.read_array_header_1_0(member)
-    elif version == (2, 0):
-        shape, fortran_order, dtype = npy.read_array_header_2_0(member)
-    else:  # 3.0 exists only for structured dtypes with non-ASCII field names
-        raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+    try:
+        if version == (1, 0):
+            shape, fortran_order, dtype = npy.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = npy.read_array_header_2_0(member)
+        else:  # 3.0 exists only for structured dtypes with non-ASCII field names
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+    except (SyntaxError, tokenize.TokenError) as exc:
+        # numpy reads the header with Python's tokenizer and literal_eval: a damaged one
+        # raises their errors, not ValueError.
+        raise ValueError(f"the .npy header is not a valid header ({exc})") from None
     if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
         raise ValueError(f"dtype {dtype} is not a plain numeric type")
     count = 1
