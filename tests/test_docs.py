@@ -57,6 +57,10 @@ NOT_RUN = {
     ("docs/performance.md", "make bench"),
     ("docs/export_verify.md",
      "wnconvert verify folded.onnx --reference original.onnx --provider cpu --provider cuda"),
+    ("README.md",
+     "polygraphy run generator.onnx --trt --trt-min-shapes mel:[1,16,64] --trt-opt-shapes "
+     "mel:[1,16,64] --trt-max-shapes mel:[1,16,128] --load-inputs inputs.json --load-outputs "
+     "outputs.json"),
 }
 
 

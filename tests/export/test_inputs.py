@@ -166,7 +166,7 @@ def test_members_declaring_more_than_half_the_memory_together_are_refused_unread
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _bomb(tmp_path / "bomb.npz", a=np.zeros(2**18, np.float32),
                  b=np.zeros(2**18, np.float32))
-    monkeypatch.setattr("wnconvert.export.inputs._npz_memory_budget", lambda: 1_500_000)
+    monkeypatch.setattr("wnconvert.export.inputs.npz_memory_budget", lambda: 1_500_000)
     with pytest.raises(InputError, match="members declare 2,097,408 bytes uncompressed \\(up to "
                                          "'b.npy'\\), more than half this machine's memory"):
         load_inputs_npz(path)
@@ -215,3 +215,20 @@ def test_a_negative_size_is_refused_even_when_the_count_is_positive(shape) -> No
 
     with pytest.raises(InputError, match="has a negative size"):
         check_input_size("'x'", shape, "float32")
+
+
+def test_npz_member_with_a_damaged_header_is_an_input_error(tmp_path: Path) -> None:
+    # numpy parses the .npy header with Python's tokenizer: a broken bracket raised
+    # tokenize.TokenError/SyntaxError through the reader instead of one error line.
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones((2, 3), np.float32))
+    data = bytearray(buffer.getvalue())
+    data[42] = ord("[")  # in 'descr': an unclosed bracket (found by fuzzing the Polygraphy reader)
+    path = tmp_path / "bad.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", bytes(data))
+    with pytest.raises(InputError, match="not a valid header"):
+        load_inputs_npz(path)

@@ -85,7 +85,8 @@ def test_shared_options_have_the_same_help_everywhere() -> None:
 
 
 SHARED = ("--tf32", "--weights", "--provider", "--runs", "--seed", "--atol", "--rtol", "--tol",
-          "--report", "--model", "--model-kwargs", "--input", "--inputs", "--dynamic",
+          "--report", "--model", "--model-kwargs", "--input", "--inputs", "--load-inputs",
+          "--save-inputs", "--save-outputs", "--dynamic",
           "--strip-prefix", "--add-prefix", "--key", "--check-error-stat", "--error-quantile",
           "--min-snr")
 

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from .._requires import require_torch
 from ..errors import CheckFailed, InputError, WeightNormWarning
 from .progress import SILENT, Progress
-from .verification import check_trust, is_program, protected_inputs, reference_state_dict
+from .verification import (
+    check_save_paths,
+    check_trust,
+    is_program,
+    protected_inputs,
+    reference_state_dict,
+    write_recording,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,6 +83,7 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
                 verify: bool = True, options: VerifyOptions | None = None,
                 reports: Sequence[Path | str] = (), trust_program: bool = False,
                 precision: Precision = "fp32", keep_io_types: bool = True,
+                save_inputs: Path | str | None = None, save_outputs: Path | str | None = None,
                 force: bool = False, progress: Progress = SILENT) -> ExportOutcome:
     """Export to ONNX (``output``, default ``<checkpoint stem>.onnx``) with weight norm folded.
 
@@ -84,20 +92,22 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
     export ``model``'s own weights. ``model``: an ``nn.Module`` (copied, never changed), a
     callable returning one (called with ``model_kwargs``), or ``"MODULE:CALLABLE"``.
     ``inputs`` (shapes and dtypes; seeded random data) or ``inputs_file`` (an ``.npz`` of real
-    arrays) give the example inputs, used for verification too; ``dynamic`` marks axes whose
+    arrays, or a Polygraphy inputs ``.json``: its first feed is traced, every feed verified)
+    give the example inputs, used for verification too; ``dynamic`` marks axes whose
     size may change. With ``verify`` (the default) the file is checked on ONNX Runtime
     (``options``: providers, tolerances, seed, runs; ``reports`` written either way): see
     ``.passed`` and ``.failure()`` of the result. ``precision``/``keep_io_types``: as in
     :func:`fold_onnx` (weight-norm weights rounded once from their float64 fold); a
     reduced-precision file is verified against the float32 model with its precision's
-    tolerances.
+    tolerances. ``save_inputs``/``save_outputs``: the verification's inputs and outputs as
+    Polygraphy files (see :func:`wnconvert.verify`).
     """
     from .. import export as ex
     from ..export.onnx_export import DEFAULT_OPSET, check_opset
     from ..formats import Checkpoint, check_output
     from ..formats.atomic import check_not_input
     from ..formats.files import require_exists
-    from ..verification import VerifyOptions, plan_providers
+    from ..verification import Recording, VerifyOptions, plan_providers
     from ..verification.report import check_report_paths, write_reports
     from .onnx_models import _check_precision
 
@@ -120,8 +130,10 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
         raise InputError.template("{path}: a .pt2 program is the model itself; drop {-model}",
                                   path=source_path)
     report_paths = [Path(p) for p in reports]
-    if not verify and (report_paths or options is not None):
-        what = "{-reports}" if report_paths else "{-options}"
+    saving = save_inputs is not None or save_outputs is not None
+    if not verify and (report_paths or options is not None or saving):
+        what = ("{-reports}" if report_paths else "{-options}" if options is not None
+                else "{-save_inputs}/{-save_outputs}")
         raise InputError.template(what + " need(s) verification, which {-no_verify} turns off; "
                                   "drop one of them")
     options = options if options is not None else VerifyOptions()
@@ -130,8 +142,12 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
                                   "{-dynamic}), not in {-options}: they serve the export and "
                                   "its verification")
     file_of_inputs = Path(inputs_file) if inputs_file is not None else None
+    # The feeds of a Polygraphy file are verified at their own sizes: the dynamic axes serve
+    # the export only (VerifyOptions refuses them next to such a file).
+    polygraphy_feeds = file_of_inputs is not None and file_of_inputs.suffix.lower() == ".json"
     options = dataclasses.replace(options, input_specs=tuple(inputs),
-                                  inputs_file=file_of_inputs, dynamic_axes=tuple(dynamic))
+                                  inputs_file=file_of_inputs,
+                                  dynamic_axes=() if polygraphy_feeds else tuple(dynamic))
     if output is None:
         if source_path is None:
             raise InputError.template("{-output}: give the .onnx file to write (there is no "
@@ -149,6 +165,8 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
     check_output(output, force=force, inputs=protected)
     check_not_input(output.with_name(output.name + ".data"), protected)  # external data
     check_report_paths(report_paths, force=force, inputs=[*protected, output])
+    saves = check_save_paths(save_inputs, save_outputs, reports=report_paths, force=force,
+                             inputs=[*protected, output])
     check_opset(opset if opset is not None else DEFAULT_OPSET, exporter=exporter)
     if verify:
         # The same probe verification uses: a provider that cannot start here fails before
@@ -206,6 +224,7 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
                 dataclasses.replace(spec, dtype=narrow) if spec.dtype == "float32" else spec
                 for spec in options.input_specs))
         progress.status("verifying on ONNX Runtime")
+        recording = Recording() if saving else None
         with progress.step("verifying") as callback:
             from ..onnx_graph import load_model
             from ..verification import verify_onnx_against_torch
@@ -214,8 +233,10 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
             report = verify_onnx_against_torch(
                 output, prepared.reference, options=options, reference_weights=prepared.weights,
                 reference_info=prepared.description, progress=callback,
-                candidate_model=load_model(output))
+                candidate_model=load_model(output), recording=recording)
         report.reports_written = write_reports(report, report_paths, force=force)
+        if recording is not None:
+            write_recording(recording, *saves, force=force, progress=progress)
     return ExportOutcome(result, report, notes, converted[0] if converted else None)
 
 
@@ -270,7 +291,13 @@ def _export_inputs(prepared: PreparedModel, specs: list[InputSpec], inputs_file:
     from ..dtypes import numpy_to_tensor
     from ..export import example_inputs, forward_input_names, load_inputs_npz
 
-    if inputs_file is not None:
+    if inputs_file is not None and inputs_file.suffix.lower() == ".json":
+        from ..formats.polygraphy_json import load_feeds
+
+        arrays = load_feeds(inputs_file)[0]  # named after the inputs, as Polygraphy saves them
+        args = [numpy_to_tensor(a) for a in arrays.values()]
+        names = list(arrays)
+    elif inputs_file is not None:
         arrays = load_inputs_npz(inputs_file)
         args = [numpy_to_tensor(a) for a in arrays.values()]
         names = list(arrays)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..choices import Precision
     from ..onnx_graph import CheckResult, FoldOutcome, Inspection, LazyModel
     from ..onnx_graph.precision import PrecisionReport
-    from ..verification import VerificationReport, VerifyOptions
+    from ..verification import Recording, VerificationReport, VerifyOptions
 
 
 def inspect_onnx(path: Path | str) -> Inspection:
@@ -119,6 +119,7 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
               options: VerifyOptions | None = None, reports: Sequence[Path | str] = (),
               reference: Path | str | None = None, reference_key: str | None = None,
               precision: Precision = "fp32", keep_io_types: bool = True,
+              save_inputs: Path | str | None = None, save_outputs: Path | str | None = None,
               force: bool = False, progress: Progress = SILENT) -> OnnxFoldResult:
     """Fold every weight-norm computation in the ONNX model ``source`` into named initializers
     (float64, rounded once) and write ``output`` (default ``<stem>.folded.onnx``) atomically.
@@ -137,12 +138,15 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
     overflow is refused; values that flush to zero or subnormal are counted in
     ``.precision``. bf16 is refused when a verification provider has no bfloat16 kernel for
     an op of the model.
+
+    ``save_inputs``/``save_outputs``: the verification's inputs and outputs as Polygraphy files
+    (see :func:`wnconvert.verify`), written either way.
     """
     from ..formats.files import require_exists
     from ..onnx_graph import FoldJob, default_output
-    from ..verification import VerifyOptions, plan_providers
+    from ..verification import Recording, VerifyOptions, plan_providers
     from ..verification.report import check_report_paths, write_reports
-    from .verification import protected_inputs
+    from .verification import check_save_paths, protected_inputs, write_recording
 
     path = require_exists(source)
     grid = _check_precision(precision, keep_io_types)
@@ -157,14 +161,20 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
         raise InputError.template("{target}: the folded model needs a .onnx name; choose "
                                   "another {-output}", target=target)
     report_paths = [Path(p) for p in reports]
-    if not verify and (report_paths or options is not None):
-        what = "{-reports}" if report_paths else "{-options}"
+    saving = save_inputs is not None or save_outputs is not None
+    if not verify and (report_paths or options is not None or saving):
+        what = ("{-reports}" if report_paths else "{-options}" if options is not None
+                else "{-save_inputs}/{-save_outputs}")
         raise InputError.template(what + " need(s) verification, which {-no_verify} turns off; "
                                   "drop one of them")
     # The model's external data files are protected too, once FoldJob has read the model (it
     # is read once per job: the graph that is checked is the one folded and verified).
-    check_report_paths(report_paths, force=force,
-                       inputs=[path, *protected_inputs(reference), target])
+    protected = [path, *protected_inputs(reference, options.inputs_file if options is not None
+                                         else None), target]
+    check_report_paths(report_paths, force=force, inputs=protected)
+    saves = check_save_paths(save_inputs, save_outputs, reports=report_paths, force=force,
+                             inputs=protected)
+    recording = Recording() if saving else None
     if verify:
         options = options if options is not None else VerifyOptions()
         # A provider that cannot start here fails before the model is read.
@@ -175,6 +185,8 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
                  reference_key=reference_key, grid=grid) as job:
         assert job.original is not None
         check_report_paths(report_paths, force=force, inputs=job.original.data_files)
+        check_save_paths(save_inputs, save_outputs, reports=report_paths, force=force,
+                         inputs=job.original.data_files)
         if verify:
             from ..verification.orchestrate import check_inputs
 
@@ -213,7 +225,9 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
         if verify:
             assert options is not None
             report = _verify_staged(staged, job.original, options, final=target,
-                                    progress=progress)
+                                    progress=progress, recording=recording)
+            if recording is not None:
+                write_recording(recording, *saves, force=force, progress=progress)
             if not report.passed:
                 written = write_reports(report, report_paths, force=force)
                 return OnnxFoldResult(path, target, None, report,
@@ -276,7 +290,7 @@ def _nothing_to_fold(path: Path, skipped: list[Any], unrecognized: list[str]) ->
 
 
 def _verify_staged(staged: Path, original: LazyModel, options: VerifyOptions, *, final: Path,
-                   progress: Progress) -> VerificationReport:
+                   progress: Progress, recording: Recording | None = None) -> VerificationReport:
     """``staged`` against the input model, read once by the fold: the input is not parsed
     again (ONNX Runtime loads both files), the staged output once, here."""
     from ..onnx_graph import load_model
@@ -286,7 +300,7 @@ def _verify_staged(staged: Path, original: LazyModel, options: VerifyOptions, *,
     with progress.step("verifying") as callback:
         report = verify_onnx_against_onnx(staged, original.path, options=options,
                                           progress=callback, candidate_model=load_model(staged),
-                                          reference_model=original)
+                                          reference_model=original, recording=recording)
     # The staged file is moved to `final`; the report names the file the user gets.
     report.candidate["path"] = str(final)
     return report

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ..export import PreparedModel
     from ..formats import Checkpoint
     from ..keys import PrefixChange
-    from ..verification import VerificationReport, VerifyOptions
+    from ..verification import Recording, VerificationReport, VerifyOptions
 
     #: What builds the model: an ``nn.Module`` (copied, never changed), a callable returning
     #: one, or ``"MODULE:CALLABLE"`` / ``"path/file.py:CALLABLE"``.
@@ -39,6 +39,8 @@ def verify(candidate: Path | str,
            key: str | None = None, options: VerifyOptions | None = None,
            reports: Sequence[Path | str] = (), prefix: PrefixChange | None = None,
            trust_program: bool = False, force: bool = False,
+           reference_outputs: Path | str | None = None, reference_runner: str | None = None,
+           save_inputs: Path | str | None = None, save_outputs: Path | str | None = None,
            progress: Progress = SILENT) -> VerificationReport:
     """Check the ONNX model ``candidate`` against ``reference`` on ONNX Runtime.
 
@@ -48,33 +50,61 @@ def verify(candidate: Path | str,
     the reference. ``options`` set providers, inputs and tolerances; ``reports`` (``.json``,
     ``.xml`` JUnit) are written whether the check passed or not (``force`` replaces existing
     ones). Returns the report: ``.passed``, ``.failures()``, ``.to_dict()``.
+
+    Polygraphy's data (see :mod:`wnconvert.formats.polygraphy_json`): ``reference_outputs``, a
+    ``RunResults`` file saved by ``polygraphy run --save-outputs`` (say, from TensorRT), is the
+    reference instead of ``reference``/``model``; it needs ``options.inputs_file``, the
+    Polygraphy inputs file (``--save-inputs``) the outputs were computed from, and
+    ``reference_runner`` to pick one runner when it holds several. ``save_inputs`` writes the
+    feeds of every case as a Polygraphy inputs file, ``save_outputs`` the reference's and each
+    provider's outputs as ``RunResults`` (written whether the check passed or not).
     """
     from ..formats.files import require_exists
     from ..verification import (
+        Recording,
         VerifyOptions,
         plan_providers,
         verify_onnx_against_onnx,
+        verify_onnx_against_outputs,
         verify_onnx_against_torch,
     )
-    from ..verification.report import check_report_paths, write_reports
+    from ..verification.report import check_report_paths
 
     options = options if options is not None else VerifyOptions()
     candidate = check_candidate(candidate)
+    outputs_path = _check_reference_outputs(reference_outputs, reference_runner,
+                                            reference=reference, model=model)
+    if outputs_path is None and reference is None and model is None:
+        raise InputError.template("{candidate}: nothing to verify against; give {-reference} "
+                                  "(a checkpoint with {-model}, a .pt2 or an .onnx) or "
+                                  "{-reference_outputs} (outputs saved by Polygraphy)",
+                                  candidate=candidate)
     if isinstance(reference, (str, Path)):
         require_exists(reference)
     check_trust(reference, model, trust_program=trust_program)
     report_paths = [Path(p) for p in reports]
-    check_report_paths(report_paths, force=force, inputs=protected_inputs(
-        candidate, *_paths(reference), options.inputs_file,
-        model=model if isinstance(model, str) else None))
+    inputs = protected_inputs(candidate, *_paths(reference), options.inputs_file, outputs_path,
+                              model=model if isinstance(model, str) else None)
+    check_report_paths(report_paths, force=force, inputs=inputs)
+    saves = check_save_paths(save_inputs, save_outputs, reports=report_paths, force=force,
+                             inputs=inputs)
     plan_providers(options.providers, cuda_tf32=options.cuda_tf32)  # fail before loading
+    recording = Recording() if any(saves) else None
+    if outputs_path is not None:
+        progress.status(f"verifying {candidate} against the outputs saved in {outputs_path}")
+        with progress.step("verifying") as callback:
+            report = verify_onnx_against_outputs(candidate, outputs_path,
+                                                 runner=reference_runner, options=options,
+                                                 progress=callback, recording=recording)
+        _finish(report, report_paths, saves, recording, force=force, progress=progress)
+        return report
     prepared = load_reference(reference, model=model, model_kwargs=model_kwargs, key=key,
                               prefix=prefix, trust_program=trust_program)
     if prepared is None:
         progress.status(f"verifying {candidate} against {reference} (ONNX Runtime CPU)")
         with progress.step("verifying") as callback:
             report = verify_onnx_against_onnx(candidate, Path(str(reference)), options=options,
-                                              progress=callback)
+                                              progress=callback, recording=recording)
     else:
         if prepared.key_change:
             progress.note(f"note: {prepared.key_change}")
@@ -83,9 +113,81 @@ def verify(candidate: Path | str,
             report = verify_onnx_against_torch(
                 candidate, prepared.reference, options=options,
                 reference_weights=prepared.weights, reference_info=prepared.description,
-                progress=callback)
-    report.reports_written = write_reports(report, report_paths, force=force)
+                progress=callback, recording=recording)
+    _finish(report, report_paths, saves, recording, force=force, progress=progress)
     return report
+
+
+def _finish(report: VerificationReport, report_paths: Sequence[Path],
+            saves: tuple[Path | None, Path | None], recording: Recording | None, *,
+            force: bool, progress: Progress) -> None:
+    """Write the reports and the Polygraphy files, whether the check passed or not."""
+    from ..verification.report import write_reports
+
+    report.reports_written = write_reports(report, report_paths, force=force)
+    if recording is not None:
+        write_recording(recording, *saves, force=force, progress=progress)
+
+
+def _check_reference_outputs(path: Path | str | None, runner: str | None, *,
+                             reference: object, model: object) -> Path | None:
+    """The Polygraphy outputs file that is the reference, refused next to another reference
+    (``runner`` without it is refused as ignored)."""
+    from ..formats.files import require_exists
+
+    if path is None:
+        if runner is not None:
+            raise InputError.template("{-reference_runner} picks a runner of "
+                                      "{-reference_outputs}; drop it")
+        return None
+    if reference is not None or model is not None:
+        raise InputError.template("{-reference_outputs=path}: the saved outputs are the "
+                                  "reference; drop {-reference}/{-model}", path=path)
+    if Path(path).suffix.lower() != ".json":
+        raise InputError.template("{-reference_outputs=path}: expected a Polygraphy outputs "
+                                  "file (.json, polygraphy run --save-outputs)", path=path)
+    return require_exists(path)
+
+
+def check_save_paths(save_inputs: Path | str | None, save_outputs: Path | str | None, *,
+                     reports: Sequence[Path] = (), force: bool,
+                     inputs: Sequence[Path] = ()) -> tuple[Path | None, Path | None]:
+    """``save_inputs``/``save_outputs`` as paths, refused before any work when not ``.json``,
+    the same file as each other or a report, an input, or existing without ``force``."""
+    from ..formats.atomic import check_output, same_file
+
+    paths = (None if save_inputs is None else Path(save_inputs),
+             None if save_outputs is None else Path(save_outputs))
+    taken = list(reports)
+    for label, path in zip(("save_inputs", "save_outputs"), paths, strict=True):
+        if path is None:
+            continue
+        if path.suffix.lower() != ".json":
+            raise InputError.template("{-" + label + "=path}: Polygraphy data is JSON; name "
+                                      "the file .json", path=path)
+        if any(same_file(path, other) or path == other for other in taken):
+            raise InputError.template("{-" + label + "=path}: already written as another "
+                                      "output of this job; give each output its own file",
+                                      path=path)
+        check_output(path, force=force, inputs=inputs)
+        taken.append(path)
+    return paths
+
+
+def write_recording(recording: Recording, save_inputs: Path | None, save_outputs: Path | None,
+                    *, force: bool, progress: Progress = SILENT) -> None:
+    """Write what a verification recorded as Polygraphy files (see :func:`verify`)."""
+    from ..formats.polygraphy_json import write_feeds, write_run_results
+
+    if save_inputs is not None:
+        write_feeds(save_inputs, recording.feeds, force=force)
+        progress.note(f"saved {len(recording.feeds)} feed(s) to {save_inputs} (Polygraphy "
+                      "inputs)")
+    if save_outputs is not None:
+        runners = recording.runners()
+        write_run_results(save_outputs, runners, runtimes=recording.runtimes, force=force)
+        progress.note(f"saved the outputs of {', '.join(name for name, _ in runners)} to "
+                      f"{save_outputs} (Polygraphy RunResults)")
 
 
 def check_candidate(candidate: Path | str) -> Path:

@@ -42,6 +42,8 @@ from .options import (
     ReportOpt,
     RtolOpt,
     RunsOpt,
+    SaveInputsOpt,
+    SaveOutputsOpt,
     SeedOpt,
     StripPrefixOpt,
     StyleChoice,
@@ -272,6 +274,8 @@ def fold(
     weights: WeightsOpt = WeightsChoice("fail"),
     tf32: Tf32Opt = False,
     report: ReportOpt = None,
+    save_inputs: SaveInputsOpt = None,
+    save_outputs: SaveOutputsOpt = None,
 ) -> None:
     """Fold every weight-norm pair and spectral norm into plain weights (w = g·v/‖v‖, W/σ;
     float64, rounded once).
@@ -315,7 +319,8 @@ def fold(
                 raise InputError(f"{path}: an .onnx input folds to .onnx; drop --to")
             folded = api.fold_onnx(path, output, verify=verify, options=options,
                                    reports=report or [], reference=reference,
-                                   reference_key=key, force=force, progress=progress,
+                                   reference_key=key, save_inputs=save_inputs,
+                                   save_outputs=save_outputs, force=force, progress=progress,
                                    precision=chosen(precision),  # type: ignore[arg-type]
                                    keep_io_types=keep_io_types)
             from ..render.graph import print_fold
@@ -332,6 +337,7 @@ def fold(
             exporter=chosen(exporter),  # type: ignore[arg-type]  # one of EXPORTERS
             prefix=parse_prefix(strip_prefix, add_prefix), verify=verify,
             options=options, reports=report or [],
+            save_inputs=save_inputs, save_outputs=save_outputs,
             trust_program=trust_program, force=force, progress=progress,
             precision=chosen(precision),  # type: ignore[arg-type]  # one of PRECISIONS
             keep_io_types=keep_io_types)

@@ -32,6 +32,8 @@ from .options import (
     ReportOpt,
     RtolOpt,
     RunsOpt,
+    SaveInputsOpt,
+    SaveOutputsOpt,
     SeedOpt,
     StripPrefixOpt,
     Tf32Opt,
@@ -51,7 +53,8 @@ from .parse import parse_dynamic_axis, parse_input_spec, parse_model_kwargs, par
         "  wnconvert verify model.onnx --reference generator.pt --model models.py:build \\\n"
         "      --input 1x80x200 --report verify.json\n"
         "  wnconvert verify folded.onnx --reference original.onnx \\\n"
-        "      --provider cpu --provider cuda --report junit.xml"
+        "      --provider cpu --provider cuda --report junit.xml\n"
+        "  wnconvert verify model.onnx --load-inputs in.json --load-outputs trt_out.json"
     ),
 )
 def verify(
@@ -59,10 +62,10 @@ def verify(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx",
                                                help="The ONNX model to check.")],
     reference: Annotated[
-        Path,
+        Path | None,
         typer.Option("--reference", "-r", help="Checkpoint (with --model), .pt2 program, or "
                      "another .onnx model (run on ONNX Runtime CPU)."),
-    ],
+    ] = None,
     model: ModelOpt = None,
     model_kwargs: ModelKwargsOpt = None,
     key: KeyOpt = None,
@@ -81,6 +84,19 @@ def verify(
     weights: WeightsOpt = WeightsChoice("fail"),
     tf32: Tf32Opt = False,
     report: ReportOpt = None,
+    save_inputs: SaveInputsOpt = None,
+    save_outputs: SaveOutputsOpt = None,
+    reference_outputs: Annotated[
+        Path | None,
+        typer.Option("--load-outputs", help="Outputs saved by Polygraphy (polygraphy run "
+                     "--save-outputs, e.g. from TensorRT) as the reference, instead of "
+                     "--reference; needs --load-inputs FILE.json, the inputs they came from."),
+    ] = None,
+    reference_runner: Annotated[
+        str | None,
+        typer.Option("--runner", help="The runner of --load-outputs to use as the reference "
+                     "(needed when the file holds several)."),
+    ] = None,
     strip_prefix: StripPrefixOpt = None,
     add_prefix: AddPrefixOpt = None,
     trust_program: TrustProgramOpt = False,
@@ -111,7 +127,9 @@ def verify(
                             options=options, reports=report or [],
                             prefix=parse_prefix(strip_prefix, add_prefix),
                             trust_program=trust_program, force=force,
-                            progress=CliProgress(quiet=quiet))
+                            reference_outputs=reference_outputs,
+                            reference_runner=reference_runner, save_inputs=save_inputs,
+                            save_outputs=save_outputs, progress=CliProgress(quiet=quiet))
         emit_result(json_out=json_out, quiet=quiet,
                     data={"verification": result.to_dict(), "passed": result.passed},
                     report=result)

@@ -29,7 +29,9 @@ FLAGS: dict[str, str] = {
     "prefix": "--strip-prefix/--add-prefix", "reference": "--reference",
     "reference_key": "--key", "model": "--model", "model_kwargs": "--model-kwargs",
     "inputs": "--input", "input": "--input", "input_specs": "--input",
-    "inputs_file": "--inputs", "dynamic": "--dynamic",
+    "inputs_file": "--load-inputs", "dynamic": "--dynamic",
+    "reference_outputs": "--load-outputs", "reference_runner": "--runner",
+    "save_inputs": "--save-inputs", "save_outputs": "--save-outputs",
     "opset": "--opset", "exporter": "--exporter", "trust_program": "--trust-program",
     "no_verify": "--no-verify", "verify": "--verify", "options": "the verification flags",
     "providers": "--provider", "seed": "--seed", "runs": "--runs", "atol": "--atol",
@@ -90,6 +92,12 @@ USED_BY: dict[str, tuple[frozenset[str], str]] = {
                     "verification"),
     "dynamic": (frozenset({"export", "verification"}), "dynamic axes of export and "
                 "verification"),
+    "reference_outputs": (frozenset({"verify"}), "a reference saved by Polygraphy (verify)"),
+    "reference_runner": (frozenset({"verify"}), "picking the runner of --load-outputs (verify)"),
+    "save_inputs": (frozenset({"verification"}), "saving what verification ran (Polygraphy "
+                    "data), which runs with fold --to onnx, fold of an .onnx model and verify"),
+    "save_outputs": (frozenset({"verification"}), "saving what verification ran (Polygraphy "
+                     "data), which runs with fold --to onnx, fold of an .onnx model and verify"),
     "opset": (frozenset({"export"}), "the ONNX export (fold --to onnx)"),
     "exporter": (frozenset({"export"}), "the ONNX export (fold --to onnx)"),
     "trust_program": (frozenset({"export", "verify"}), "running a .pt2 program"),
@@ -269,8 +277,21 @@ InputOpt = Annotated[
 ]
 InputsOpt = Annotated[
     Path | None,
-    typer.Option("--inputs", help=".npz file with real input arrays (named after the inputs, or "
-                 "in order)."),
+    typer.Option("--load-inputs", "--inputs",
+                 help="Real input data: an .npz file (one array per input, named after it or in "
+                 "order), or a Polygraphy inputs file (.json, polygraphy run --save-inputs): "
+                 "each of its feeds is one run."),
+]
+SaveInputsOpt = Annotated[
+    Path | None,
+    typer.Option("--save-inputs", help="Write the inputs of every verification run as a "
+                 "Polygraphy inputs file (.json; polygraphy run --load-inputs reads it)."),
+]
+SaveOutputsOpt = Annotated[
+    Path | None,
+    typer.Option("--save-outputs", help="Write the reference's and each provider's outputs as "
+                 "Polygraphy RunResults (.json; polygraphy run --load-outputs compares against "
+                 "them)."),
 ]
 DynamicOpt = Annotated[
     list[str] | None,

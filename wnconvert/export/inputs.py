@@ -130,7 +130,7 @@ def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
     Sizes are checked from what the archive declares before anything is decompressed: each
     member's uncompressed size (zip central directory) and its ``.npy`` header's shape and
     dtype, at most :data:`MAX_INPUT_BYTES` each and, all together, half the machine's memory
-    (:func:`_npz_memory_budget`). The header must match the member's size, and decompression
+    (:func:`npz_memory_budget`). The header must match the member's size, and decompression
     stops at that size, so a small archive cannot inflate into more than it declares; every
     damaged or unexpected member is an :class:`InputError`.
     """
@@ -158,7 +158,7 @@ def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
                 if info.flag_bits & 0x1:  # zipfile would ask for a password (RuntimeError)
                     raise ValueError(f"member {info.filename!r} is encrypted")
                 with archive.open(info) as member:
-                    arrays[name] = _read_npy(member, info.file_size)
+                    arrays[name] = read_npy(member, info.file_size)
     except InputError:
         raise
     except (ValueError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
@@ -175,7 +175,7 @@ def load_inputs_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _npz_memory_budget() -> int | None:
+def npz_memory_budget() -> int | None:
     """Bytes all arrays of an inputs file may take together: half the physical memory (None
     where the OS does not say). The inputs stay in memory while the reference and every
     provider run and keep their outputs, which are often as large."""
@@ -191,7 +191,7 @@ def _check_declared_sizes(path: Path, members: Sequence[Any]) -> None:
     """Refuse, from the zip central directory alone, members that would decompress to more
     than :data:`MAX_INPUT_BYTES` each or to more than the memory budget together."""
     total = 0
-    budget = _npz_memory_budget()
+    budget = npz_memory_budget()
     for info in members:
         if info.file_size > MAX_INPUT_BYTES:
             raise InputError(
@@ -212,19 +212,26 @@ def _gib(nbytes: int) -> str:
     return f"{nbytes / 1024**3:.1f} GiB" if nbytes >= 1024**3 else f"{nbytes:,} bytes"
 
 
-def _read_npy(member: IO[bytes], size: int) -> np.ndarray:
+def read_npy(member: IO[bytes], size: int) -> np.ndarray:
     """One ``.npy`` member of ``size`` bytes; ValueError if it is not a plain numeric array
     whose data fills the member exactly."""
+    import tokenize
+
     import numpy as np
     from numpy.lib import format as npy
 
     version = npy.read_magic(member)
-    if version == (1, 0):
-        shape, fortran_order, dtype = npy.read_array_header_1_0(member)
-    elif version == (2, 0):
-        shape, fortran_order, dtype = npy.read_array_header_2_0(member)
-    else:  # 3.0 exists only for structured dtypes with non-ASCII field names
-        raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+    try:
+        if version == (1, 0):
+            shape, fortran_order, dtype = npy.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = npy.read_array_header_2_0(member)
+        else:  # 3.0 exists only for structured dtypes with non-ASCII field names
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+    except (SyntaxError, tokenize.TokenError) as exc:
+        # numpy reads the header with Python's tokenizer and literal_eval: a damaged one
+        # raises their errors, not ValueError.
+        raise ValueError(f"the .npy header is not a valid header ({exc})") from None
     if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
         raise ValueError(f"dtype {dtype} is not a plain numeric type")
     count = 1

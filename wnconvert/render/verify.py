@@ -107,6 +107,9 @@ def print_report(report: VerificationReport) -> None:
                       "checkpoint has g/v pairs (computed at run time from the original g, v)")
     elif weight_norm == "as built":
         console.print("reference: the PyTorch model as built, weight norm computed at run time")
+    if report.reference.get("kind") == "polygraphy":
+        console.print(escape(f"reference: runner {report.reference.get('runner')} of "
+                             f"{report.reference.get('path')} (outputs saved by Polygraphy)"))
     if report.output_matching == "position":
         console.print("outputs matched to the reference by position (names differ)")
     for provider in report.providers:

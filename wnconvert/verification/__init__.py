@@ -34,7 +34,13 @@ from .compare import (
     dtype_name,
     json_number,
 )
-from .orchestrate import ProgressCallback, verify_onnx_against_onnx, verify_onnx_against_torch
+from .orchestrate import (
+    ProgressCallback,
+    verify_onnx_against_onnx,
+    verify_onnx_against_outputs,
+    verify_onnx_against_torch,
+)
+from .polygraphy import REFERENCE_RUNNER, RecordedRunner, Recording, provider_runner
 from .providers import (
     CPU,
     CUDA,
@@ -86,5 +92,6 @@ __all__ = [
     "check_report_paths", "compare_arrays", "compare_weights", "default_tolerance", "describe",
     "dtype_name", "json_number", "onnx_initializers", "plan_providers", "probe_provider",
     "resolve_providers", "to_json", "to_junit_xml", "verify_onnx_against_onnx",
-    "verify_onnx_against_torch", "write_reports",
+    "verify_onnx_against_outputs", "verify_onnx_against_torch", "write_reports",
+    "REFERENCE_RUNNER", "RecordedRunner", "Recording", "provider_runner",
 ]

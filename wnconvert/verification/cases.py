@@ -31,6 +31,14 @@ class CasePlan:
     def __init__(self, signature: Sequence[InputSignature], options: VerifyOptions) -> None:
         self._options = options
         self._arrays: dict[str, np.ndarray] | None = None
+        self._feeds: list[dict[str, np.ndarray]] | None = None
+        self._second: dict[str, tuple[int, ...]] | None = None
+        if options.inputs_file is not None and options.inputs_file.suffix.lower() == ".json":
+            # A Polygraphy file's feeds are the cases, exactly: no second size is added, so
+            # outputs Polygraphy saved for the same feeds line up one to one.
+            self._feeds = _polygraphy_feeds(signature, options.inputs_file)
+            self._groups = {}
+            return
         if options.inputs_file is not None:
             self._arrays = _file_inputs(signature, options.inputs_file)
             self._shapes = {name: tuple(a.shape) for name, a in self._arrays.items()}
@@ -41,7 +49,6 @@ class CasePlan:
                 check_input_size(f"{name!r} ({_dims_text(shape)})", shape, self._dtypes[name],
                                  given=False)
         self._groups = _dynamic_groups(signature, options)
-        self._second: dict[str, tuple[int, ...]] | None = None
         if self._groups:
             second = _resize(self._shapes, self._groups, grow=self._arrays is None)
             if second != self._shapes:
@@ -52,11 +59,17 @@ class CasePlan:
                                          shape, self._dtypes[name], given=False)
 
     def __len__(self) -> int:
+        if self._feeds is not None:
+            return len(self._feeds)
         first = 1 if self._arrays is not None else self._options.runs
         return first + (self._second is not None)
 
     def __iter__(self) -> Iterator[InputCase]:
         options, second = self._options, self._second
+        if self._feeds is not None:
+            for index, feeds in enumerate(self._feeds):
+                yield _case(f"feed {index}", "file", feeds, None)
+            return
         if self._arrays is not None:
             arrays = self._arrays
             yield _case("inputs file", "file", arrays, None)
@@ -171,28 +184,48 @@ def _random_feeds(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, st
     return {name: random_array(rng, shape, dtypes[name]) for name, shape in shapes.items()}
 
 
+def _polygraphy_feeds(signature: Sequence[InputSignature],
+                      path: Path) -> list[dict[str, np.ndarray]]:
+    from ..formats.polygraphy_json import load_feeds
+
+    feeds = load_feeds(path)
+    # Polygraphy names every array after its input: no positional fallback, which would feed
+    # a renamed model's inputs silently.
+    return [_matched_arrays(signature, path, feed, f"feed {index}: ", by_position=False)
+            for index, feed in enumerate(feeds)]
+
+
 def _file_inputs(signature: Sequence[InputSignature], path: Path) -> dict[str, np.ndarray]:
-    data = load_inputs_npz(path)
+    return _matched_arrays(signature, path, load_inputs_npz(path), "", by_position=True)
+
+
+def _matched_arrays(signature: Sequence[InputSignature], path: Path,
+                    data: Mapping[str, np.ndarray], where: str, *,
+                    by_position: bool) -> dict[str, np.ndarray]:
+    """``data`` as the model's inputs: by name, else (``by_position``) in order when the
+    counts agree; each
+    array of the input's dtype and shape (``where`` says which feed, for messages)."""
+    path_where = f"{path}: {where}"
     names = [sig.name for sig in signature]
     if set(data) == set(names):
         arrays = {name: data[name] for name in names}
-    elif len(data) == len(names):
+    elif by_position and len(data) == len(names):
         # np.savez(path, a, b) stores arr_0, arr_1...: use file order as positional order.
         arrays = dict(zip(names, data.values(), strict=True))
     else:
         raise InputError(
-            f"{path}: holds {len(data)} arrays ({', '.join(data)}) but the model has "
+            f"{path_where}holds {len(data)} arrays ({', '.join(data)}) but the model has "
             f"{len(names)} inputs ({', '.join(names)}); save one array per input, named after it"
         )
     for sig in signature:
         array = arrays[sig.name]
         if dtype_name(array) != sig.dtype:
-            raise InputError(f"{path}: array for input {sig.name!r} is {dtype_name(array)}, the "
-                             f"model takes {sig.dtype}; convert it with numpy .astype")
+            raise InputError(f"{path_where}array for input {sig.name!r} is {dtype_name(array)}, "
+                             f"the model takes {sig.dtype}; convert it with numpy .astype")
         if len(array.shape) != len(sig.dims) or any(
             isinstance(d, int) and d != s for d, s in zip(sig.dims, array.shape, strict=True)
         ):
-            raise InputError(f"{path}: array for input {sig.name!r} has shape "
+            raise InputError(f"{path_where}array for input {sig.name!r} has shape "
                              f"{list(array.shape)}, the model takes {_dims_text(sig.dims)}")
     return arrays
 

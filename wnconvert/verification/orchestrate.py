@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from ..dtypes import from_onnx_code
 from ..errors import InputError, InputNotFound
 from .cases import CasePlan, InputCase
 from .compare import ArrayComparison, compare_arrays, dtype_name
+from .polygraphy import RecordedRunner, Recording, provider_runner, recorded_reference
 from .providers import (
     CPU,
     ProviderFailed,
@@ -50,6 +52,7 @@ def verify_onnx_against_torch(
     reference_info: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     candidate_model: LazyModel | None = None,
+    recording: Recording | None = None,
 ) -> VerificationReport:
     """Verify ``candidate`` (ONNX on each provider) against ``module`` run in PyTorch on CPU.
 
@@ -69,7 +72,7 @@ def verify_onnx_against_torch(
                                   options=options)
     info = {"kind": "pytorch", **(reference_info or {})}
     return _verify(candidate, signature, reference, info, weights, options, progress,
-                   candidate_model=candidate_model)
+                   recording, candidate_model=candidate_model)
 
 
 def verify_onnx_against_onnx(
@@ -80,6 +83,7 @@ def verify_onnx_against_onnx(
     progress: ProgressCallback | None = None,
     candidate_model: LazyModel | None = None,
     reference_model: LazyModel | None = None,
+    recording: Recording | None = None,
 ) -> VerificationReport:
     """Verify ``candidate`` on each provider against ``reference`` run on ONNX Runtime CPU.
 
@@ -113,7 +117,32 @@ def verify_onnx_against_onnx(
                                   options=options)
     info = {"kind": "onnx", "path": str(reference), "provider": CPU}
     return _verify(candidate, signature, ref_runner, info, weights, options, progress,
-                   candidate_model=candidate_model)
+                   recording, candidate_model=candidate_model)
+
+
+def verify_onnx_against_outputs(
+    candidate: Path,
+    outputs: Path,
+    *,
+    runner: str | None = None,
+    options: VerifyOptions,
+    progress: ProgressCallback | None = None,
+    recording: Recording | None = None,
+) -> VerificationReport:
+    """Verify ``candidate`` on each provider against outputs Polygraphy saved (``RunResults``,
+    e.g. from TensorRT): the iterations of ``runner`` (needed when the file holds several),
+    computed from the feeds of ``options.inputs_file``, a Polygraphy inputs file. No weights
+    are compared (there are none on that side)."""
+    if options.inputs_file is None or options.inputs_file.suffix.lower() != ".json":
+        raise InputError.template(
+            "{path}: saved outputs need the inputs they were computed from; give them with "
+            "{-inputs_file} FILE.json (polygraphy run --save-inputs)", path=outputs)
+    signature = _candidate_signature(candidate)
+    reference = recorded_reference(outputs, runner)
+    if recording is not None:
+        recording.reference_name = reference.name
+    info = {"kind": "polygraphy", "path": str(outputs), "runner": reference.name}
+    return _verify(candidate, signature, reference, info, None, options, progress, recording)
 
 
 def check_inputs(model: Path, options: VerifyOptions, *, read: LazyModel | None = None
@@ -207,6 +236,7 @@ def _verify(
     weights: WeightsReport | None,
     options: VerifyOptions,
     progress: ProgressCallback | None,
+    recording: Recording | None = None,
     *,
     candidate_model: LazyModel | None = None,
 ) -> VerificationReport:
@@ -219,6 +249,8 @@ def _verify(
     # the caller has it: initializer types are in the proto without their bytes).
     narrow = (computes_in(candidate_model.proto) if candidate_model is not None
               else file_computes_in(candidate))
+    if isinstance(reference, RecordedRunner):
+        reference.check_cases(len(cases))
     runs: list[_ProviderRun] = []
     for spec in plan.specs:
         state = _ProviderRun(spec)
@@ -240,6 +272,7 @@ def _verify(
     for case in cases:
         infos.append(case.info)
         outs: dict[int, dict[str, np.ndarray] | None] = {}
+        seconds: dict[int, float] = {}
         for state in runs:  # an ONNX reference knows its outputs before it runs
             if state.runner is not None and state.mapping is None and reference.output_names:
                 matching = _map_outputs(state, reference)
@@ -249,17 +282,26 @@ def _verify(
         # kept for our own output by one capture around both runs, as a capture redirects the
         # process's file descriptor, which two threads cannot each do.
         with captured_output("stdout") as captured, ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(_run_reference, reference, case, widen=narrow is not None)
+            pending = pool.submit(_timed_reference, reference, case, widen=narrow is not None)
             for index, state in enumerate(runs):
                 if state.runner is not None:
+                    started = time.perf_counter()
                     outs[index] = _run_candidate(state, case)
-            ref = pending.result()
+                    seconds[index] = time.perf_counter() - started
+            ref, ref_seconds = pending.result()
         if isinstance(reference, OrtRunner):  # ONNX Runtime's words: the runs' messages
             for state in runs:
                 if state.runner is not None:
                     state.runner.messages.extend(captured.lines)
         else:
             printed.extend(captured.lines)
+        if recording is not None:  # what ran, for Polygraphy: the reference, then each provider
+            recording.feeds.append(case.feeds)
+            recording.add(recording.reference_name, ref, ref_seconds)
+            for index, state in enumerate(runs):
+                out = outs.get(index)
+                if out is not None:
+                    recording.add(provider_runner(state.spec.name), out, seconds[index])
         done += 1
         if progress:
             progress("reference", done, total)
@@ -326,6 +368,14 @@ def _run_candidate(state: _ProviderRun, case: InputCase) -> dict[str, np.ndarray
         state.fail(f"ONNX Runtime failed on {case.info.label}: {first_line(exc)}",
                    runner.messages)
     return None
+
+
+def _timed_reference(reference: Runner, case: InputCase, *, widen: bool = False
+                     ) -> tuple[dict[str, np.ndarray], float]:
+    """:func:`_run_reference` and the seconds it took (for a Polygraphy outputs file)."""
+    started = time.perf_counter()
+    outputs = _run_reference(reference, case, widen=widen)
+    return outputs, time.perf_counter() - started
 
 
 def _run_reference(reference: Runner, case: InputCase, *, widen: bool = False

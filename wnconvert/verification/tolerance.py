@@ -157,8 +157,8 @@ class VerifyOptions:
     ``providers``: ONNX Runtime provider names or aliases (``cpu``, ``cuda``, ``tensorrt`` or the
     full ``CUDAExecutionProvider``); empty means CPU plus CUDA when usable.
     ``input_specs`` / ``inputs_file``: the inputs (shapes for random data, or real data in an
-    ``.npz``); with neither, shapes come from the candidate model (symbolic axes get
-    ``default_dim``).
+    ``.npz``, or the feeds of a Polygraphy inputs ``.json``, one case each); with neither,
+    shapes come from the candidate model (symbolic axes get ``default_dim``).
     ``dynamic_axes``: axes to re-verify at a second size (symbolic axes of the candidate's
     inputs are added automatically).
     ``weights``: compare weights by name; ``"fail"`` makes a mismatch (or nothing matched) fail
@@ -224,11 +224,22 @@ class VerifyOptions:
         if self.input_specs and self.inputs_file is not None:
             raise InputError.template("{-input_specs} and {-inputs_file} both given; use shapes "
                                       "(random data) or a .npz file (real data), not both")
-        if self.inputs_file is not None and self.inputs_file.suffix.lower() != ".npz":
+        suffix = self.inputs_file.suffix.lower() if self.inputs_file is not None else None
+        if suffix not in (None, ".npz", ".json"):
             raise InputError(
                 f"{self.inputs_file}: inputs must be an .npz archive (numpy.savez(path, "
-                "name=array, ...)), one array per model input; save it as .npz"
+                "name=array, ...)), one array per model input, or a Polygraphy inputs file "
+                "(.json); save it as one of them"
             )
+        if suffix == ".json" and (self.runs != 1 or self.seed != 0):
+            # Each feed of a Polygraphy file is one run: draws and their seed would be ignored.
+            raise InputError.template(
+                "{path}: every feed of a Polygraphy inputs file is one run; drop {-runs}/{-seed}",
+                path=self.inputs_file)
+        if suffix == ".json" and self.dynamic_axes:
+            raise InputError.template(
+                "{path}: the feeds of a Polygraphy inputs file are the runs, at their own sizes "
+                "(no second size is added); drop {-dynamic}", path=self.inputs_file)
 
     def tolerance_for(self, output: str, dtype: str, *, tf32: bool = False,
                       computes_in: str | None = None) -> Tolerance:
