@@ -30,6 +30,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .api import (
         SILENT,
+        CheckBatch,
         CheckpointInspection,
         ConversionResult,
         ExportOutcome,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         OnnxFoldResult,
         Progress,
         check_onnx,
+        check_onnx_files,
         decompose_checkpoint,
         export_onnx,
         fold_checkpoint,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
         fold_onnx,
         inspect_checkpoint,
         inspect_onnx,
+        onnx_files,
         restyle_checkpoint,
         save_checkpoint,
         verify,
@@ -93,6 +96,9 @@ _LAZY = {
     "check_onnx": "api",
     "fold_onnx": "api",
     "OnnxFoldResult": "api",
+    "onnx_files": "api",
+    "check_onnx_files": "api",
+    "CheckBatch": "api",
     "Inspection": "onnx_graph",
     "CheckResult": "onnx_graph",
     # export and verification
@@ -119,7 +125,8 @@ __all__ = [
     "fold_checkpoint", "decompose_checkpoint", "restyle_checkpoint", "save_checkpoint",
     "CheckpointInspection", "ConversionResult", "find_pairs", "Pair", "fold_state_dict",
     "decompose_state_dict", "restyle_state_dict", "PrefixChange", "fold_module",
-    "ModuleFoldResult", "inspect_onnx", "check_onnx",
+    "ModuleFoldResult", "inspect_onnx", "check_onnx", "onnx_files", "check_onnx_files",
+    "CheckBatch",
     "fold_onnx", "OnnxFoldResult", "Inspection", "CheckResult", "export_onnx", "ExportOutcome",
     "InputSpec", "DynamicAxis", "verify", "VerifyOptions", "ToleranceOverride",
     "VerificationReport", "Progress", "SILENT", "fold", "decompose", "infer_dim",

@@ -235,3 +235,21 @@ def print_check(result: dict[str, Any]) -> None:
             f"{escape(' → '.join(site['ops']))} "
             f"[dim]nodes {escape(', '.join(site['nodes']))}[/]"
         )
+
+
+def print_check_batch(batch: dict[str, Any]) -> None:
+    """``check`` of several models: one line per model, then a summary line."""
+    console = stdout()
+    for entry in batch["files"]:
+        code = entry["exit_code"]
+        if code == 0:
+            console.print(f"[green]clean[/]: {escape(entry['path'])}")
+        elif code == 1:
+            console.print(f"[red]not clean[/]: {escape(entry['message'] or entry['path'])}")
+        else:
+            console.print(f"[red]unreadable[/]: {escape(entry['message'] or entry['path'])}")
+    counts = batch["summary"]
+    console.print(
+        f"checked {counts['files']} model(s) in {batch['seconds']:.2f} s: {counts['clean']} "
+        f"clean, {counts['failed']} not clean, {counts['errors']} could not be read"
+    )
