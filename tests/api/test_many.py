@@ -127,3 +127,40 @@ def test_bad_report_names_are_refused_before_any_model_is_read(
     with pytest.raises(InputError, match="old.md"):
         wnconvert.check_onnx_files([zoo], reports=[tmp_path / "old.md"])
     assert (tmp_path / "old.md").read_text() == "keep"
+
+
+def test_inspect_files_takes_models_and_checkpoints_and_keeps_errors(
+        zoo: Path, tmp_path: Path, save_pt) -> None:
+    import torch
+
+    checkpoint = save_pt({"w": torch.ones(2, 2)}, "plain.pt")
+    batch = wnconvert.inspect_files([zoo / "a.onnx", checkpoint, zoo / "broken.onnx"])
+    assert [entry.exit_code for entry in batch.files] == [0, 0, 2]
+    data = batch.to_dict()
+    assert data["job"] == "inspect" and data["exit_code"] == 2
+    assert data["files"][0]["result"]["model"] == str(zoo / "a.onnx")
+    assert data["files"][1]["result"] is not None and data["files"][2]["result"] is None
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_fold_onnx_files_folds_each_next_to_its_input(zoo: Path, tmp_path: Path) -> None:
+    report = tmp_path / "fold.md"
+    options = wnconvert.VerifyOptions(providers=("cpu",))
+    batch = wnconvert.fold_onnx_files([zoo / "b", zoo / "a.onnx", zoo / "broken.onnx"],
+                                      options=options, reports=[report])
+    assert [entry.exit_code for entry in batch.files] == [0, 0, 2]
+    assert (zoo / "b" / "dirty.folded.onnx").is_file() and (zoo / "a.folded.onnx").is_file()
+    assert wnconvert.check_onnx(zoo / "b" / "dirty.folded.onnx").clean
+    text = report.read_text()
+    assert text.startswith("## ❌ wnconvert fold: 1 of 3 file(s) failed")
+    assert text.count("verification: passed") == 2
+    # A second run over the folder does not fold its own outputs again.
+    again = wnconvert.fold_onnx_files([zoo / "b"], options=options, force=True)
+    assert [entry.path for entry in again.files] == [zoo / "b" / "dirty.onnx"]
+
+
+def test_fold_onnx_files_refuses_checkpoints_and_xml_reports(zoo: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="x.pt: several inputs are folded as .onnx models"):
+        wnconvert.fold_onnx_files([zoo / "a.onnx", tmp_path / "x.pt"])
+    with pytest.raises(InputError, match="a .json or a .md report"):
+        wnconvert.fold_onnx_files([zoo / "a.onnx"], reports=[tmp_path / "r.xml"])

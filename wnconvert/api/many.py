@@ -7,6 +7,7 @@ One process pays the start-up (Python, onnx, the graph analysis) once for all th
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from .progress import SILENT, Progress
 
 if TYPE_CHECKING:
     from ..onnx_graph import CheckResult
+    from ..verification import VerifyOptions
 
 #: Report types :func:`check_onnx_files` writes, by suffix.
 BATCH_REPORT_SUFFIXES = (".json", ".xml", ".md")
@@ -207,8 +209,6 @@ def _check_report_paths(paths: Sequence[Path]) -> None:
 
 def _write_batch_reports(batch: CheckBatch, paths: Sequence[Path], *,
                          force: bool) -> list[Path]:
-    import json
-
     from ..formats.atomic import atomic_file
     from ..verification.markdown import check_batch_markdown
 
@@ -249,3 +249,164 @@ def check_junit_xml(batch: CheckBatch) -> bytes:
         root.set(key, str(value))
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+# --------------------------------------------------------------------------------------------
+# inspect and fold of many files
+
+
+@dataclass
+class FileOutcome:
+    """One file of a :class:`FileBatch`: the job's result (anything with ``to_dict()``), or the
+    error that stopped it; ``exit_code`` is what a run on this file alone would exit with."""
+
+    path: Path
+    result: Any | None
+    error: WnConvertError | OSError | None = None
+    failure: WnConvertError | None = None  # a result that fails its check (exit 1)
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return self.error.exit_code if isinstance(self.error, WnConvertError) else 2
+        return self.failure.exit_code if self.failure is not None else 0
+
+    def message(self) -> str | None:
+        """The one line saying what went wrong (API terms), or None."""
+        if self.error is not None:
+            return _error_line(self.error)
+        return str(self.failure) if self.failure is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "exit_code": self.exit_code, "message": self.message(),
+                "result": self.result.to_dict() if self.result is not None else None}
+
+
+@dataclass
+class FileBatch:
+    """What :func:`inspect_files` or :func:`fold_onnx_files` did, one :class:`FileOutcome` per
+    file in order; ``exit_code`` is the worst of them."""
+
+    job: str
+    files: list[FileOutcome]
+    skipped: list[SkippedFile] = field(default_factory=list)
+    seconds: float = 0.0
+    reports_written: list[Path] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return max((entry.exit_code for entry in self.files), default=0)
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+    def counts(self) -> dict[str, int]:
+        codes = [entry.exit_code for entry in self.files]
+        return {"files": len(codes), "ok": codes.count(0), "failed": codes.count(1),
+                "errors": sum(code >= 2 for code in codes)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``wnconvert inspect A B --json`` / ``fold A.onnx B.onnx --json``."""
+        return {"job": self.job, "files": [entry.to_dict() for entry in self.files],
+                "exit_code": self.exit_code, "passed": self.passed, "summary": self.counts(),
+                "skipped": [entry.to_dict() for entry in self.skipped],
+                "seconds": round(self.seconds, 4)}
+
+
+def _run_each(job: str, files: list[Path], skipped: list[SkippedFile], progress: Progress,
+              one: Any) -> FileBatch:
+    """``one(path) -> (result, failure)`` on every file; errors are kept as data."""
+    started = time.perf_counter()
+    outcomes: list[FileOutcome] = []
+    for path in files:
+        progress.status(f"{job} {path}")
+        try:
+            result, failure = one(path)
+            outcomes.append(FileOutcome(path, result, None, failure))
+        except (WnConvertError, OSError) as error:
+            outcomes.append(FileOutcome(path, None, error))
+    return FileBatch(job, outcomes, skipped, time.perf_counter() - started)
+
+
+def inspect_files(paths: Sequence[Path | str], *, key: str | None = None,
+                  progress: Progress = SILENT) -> FileBatch:
+    """:func:`inspect_onnx` or :func:`inspect_checkpoint` (by suffix) on every file ``paths``
+    names; a folder stands for the ``.onnx`` models below it (:func:`onnx_files`). A file that
+    cannot be read is an outcome with its error (exit code 2); the others are still inspected.
+    ``key`` picks the state dict of every checkpoint."""
+    from .checkpoints import inspect_checkpoint
+    from .onnx_models import inspect_onnx
+
+    files, skipped = _expand(paths)
+
+    def one(path: Path) -> tuple[Any, None]:
+        if path.suffix.lower() == ".onnx":
+            return inspect_onnx(path), None
+        return inspect_checkpoint(path, key=key, progress=progress), None
+
+    return _run_each("inspect", files, skipped, progress, one)
+
+
+def fold_onnx_files(paths: Sequence[Path | str], *, verify: bool = True,
+                    options: VerifyOptions | None = None, reports: Sequence[Path | str] = (),
+                    force: bool = False, progress: Progress = SILENT) -> FileBatch:
+    """:func:`fold_onnx` on every ONNX model ``paths`` names (folders: :func:`onnx_files`,
+    leaving out the ``*.folded.onnx`` a previous run wrote), each written next to its input as
+    ``<stem>.folded.onnx`` and verified on its own. A model that fails (unreadable: exit code 2;
+    its verification failed: 1, nothing written for it) does not stop the others. ``reports``
+    (``.json``: ``to_dict()``; ``.md``: a summary table, then each model's verification)
+    cover every model."""
+    from ..formats.atomic import atomic_file, check_output
+    from .onnx_models import fold_onnx
+
+    files, skipped = _expand(paths)
+    named = {Path(p) for p in paths}
+    # What an earlier run wrote into the folder is not folded again.
+    files = [path for path in files
+             if path in named or not path.name.lower().endswith(".folded.onnx")]
+    not_onnx = [path for path in files if path.suffix.lower() != ".onnx"]
+    if not_onnx:
+        raise InputError(f"{not_onnx[0]}: several inputs are folded as .onnx models only; fold "
+                         "a checkpoint on its own")
+    report_paths = [Path(p) for p in reports]
+    for report in report_paths:
+        if report.suffix.lower() not in (".json", ".md"):
+            raise InputError.template("{-reports=path}: several models take a .json or a .md "
+                                      "report (one covering them all)", path=report)
+    _check_report_paths(report_paths)
+    for report in report_paths:
+        check_output(report, force=force, inputs=files)
+
+    def one(path: Path) -> tuple[Any, WnConvertError | None]:
+        result = fold_onnx(path, verify=verify, options=options, force=force,
+                           progress=progress)
+        return result, result.failure()
+
+    batch = _run_each("fold", files, skipped, progress, one)
+    for report in report_paths:
+        data = (fold_batch_markdown(batch) if report.suffix.lower() == ".md" else
+                json.dumps(batch.to_dict(), indent=2) + "\n")
+        with atomic_file(report, force=force) as handle:
+            handle.write(data.encode("utf-8"))
+    batch.reports_written = report_paths
+    return batch
+
+
+def fold_batch_markdown(batch: FileBatch) -> str:
+    """The Markdown report of a many-model fold: one row per model, then each verification."""
+    from ..verification.markdown import PASS, check_batch_markdown, verification_markdown
+
+    rows = {"files": [{"path": str(entry.path), "exit_code": entry.exit_code,
+                       "message": entry.message(), "check": None} for entry in batch.files],
+            "skipped": [entry.to_dict() for entry in batch.skipped]}
+    table = check_batch_markdown(rows).replace("wnconvert check", "wnconvert fold").replace(
+        f"{PASS} clean", f"{PASS} folded").replace("all clean", "all folded").replace(
+        "norm computed at run time", "verification failed")
+    parts = [table]
+    for entry in batch.files:
+        report = getattr(entry.result, "report", None)
+        if report is not None:
+            parts.append(verification_markdown(report.to_dict(),
+                                               title=f"{entry.path}: verification"))
+    return "\n".join(parts)
