@@ -67,4 +67,5 @@ def test_fold_several_models_each_next_to_its_input(cli, models, tmp_path):
 
 
 def test_fold_several_models_refuses_one_output(cli, models, assert_input_error):
-    assert_input_error(cli("fold", models[0], models[1], "-o", "x.onnx"), "-o")
+    line = assert_input_error(cli("fold", models[0], models[1], "-o", "x.onnx"), "-o")
+    assert "each is written next to its input" in line

@@ -26,4 +26,4 @@ def test_a_report_flag_on_a_checkpoint_fold_is_refused(cli, tmp_path: Path, save
 
     checkpoint = save_pt({"w": torch.ones(2, 2)}, "c.pt")
     line = assert_input_error(cli("fold", checkpoint, "--report", tmp_path / "r.md"), "--report")
-    assert "check" in line
+    assert "the report file (check;" in line
