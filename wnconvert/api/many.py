@@ -395,15 +395,10 @@ def fold_onnx_files(paths: Sequence[Path | str], *, verify: bool = True,
 
 def fold_batch_markdown(batch: FileBatch) -> str:
     """The Markdown report of a many-model fold: one row per model, then each verification."""
-    from ..verification.markdown import PASS, check_batch_markdown, verification_markdown
+    from ..verification.markdown import files_markdown, verification_markdown
 
-    rows = {"files": [{"path": str(entry.path), "exit_code": entry.exit_code,
-                       "message": entry.message(), "check": None} for entry in batch.files],
-            "skipped": [entry.to_dict() for entry in batch.skipped]}
-    table = check_batch_markdown(rows).replace("wnconvert check", "wnconvert fold").replace(
-        f"{PASS} clean", f"{PASS} folded").replace("all clean", "all folded").replace(
-        "norm computed at run time", "verification failed")
-    parts = [table]
+    parts = [files_markdown(batch.to_dict(), job="wnconvert fold", done="folded",
+                            failed="verification failed")]
     for entry in batch.files:
         report = getattr(entry.result, "report", None)
         if report is not None:

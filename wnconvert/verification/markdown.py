@@ -4,7 +4,8 @@
 Two documents, each made from the ``to_dict()`` form of a result, so that the Markdown shows the
 same data as ``--json``: :func:`verification_markdown` (a verification report: the verdict, one
 table per provider with the error figures and tolerance of each output, the weight check) and
-:func:`check_batch_markdown` (``check`` of one or many models: one row per file).
+:func:`check_batch_markdown` (``check`` of one or many models: one row per file; the table of
+any many-file run is :func:`files_markdown`).
 
 Output tables show every numeric figure the report has for an output, whatever its name, so a
 figure added to the report later gets a column without a change here.
@@ -161,23 +162,29 @@ def _weights_lines(weights: dict[str, Any] | None) -> list[str]:
 def check_batch_markdown(batch: dict[str, Any]) -> str:
     """The Markdown summary of ``check`` over one or many models (a ``CheckBatch.to_dict()``):
     the verdict and one row per file."""
+    return files_markdown(batch, job="wnconvert check", done="clean",
+                          failed="norm computed at run time", detail="places found / error")
+
+
+def files_markdown(batch: dict[str, Any], *, job: str, done: str, failed: str,
+                   detail: str = "error") -> str:
+    """The verdict and one row per file of a many-file run (``files``: ``path``,
+    ``exit_code`` 0 = ``done``, 1 = ``failed``, 2+ = could not be done, and ``message``)."""
     files = batch.get("files", [])
-    failed = sum(1 for entry in files if entry.get("exit_code"))
-    verdict = (f"{PASS} wnconvert check: {len(files)} file(s), all clean" if not failed else
-               f"{FAIL} wnconvert check: {failed} of {len(files)} file(s) failed")
+    bad = sum(1 for entry in files if entry.get("exit_code"))
+    verdict = (f"{PASS} {job}: {len(files)} file(s), all {done}" if not bad else
+               f"{FAIL} {job}: {bad} of {len(files)} file(s) failed")
     rows = []
     for entry in files:
         code = entry.get("exit_code")
         if code == 0:
-            status, detail = f"{PASS} clean", ""
+            status, text = f"{PASS} {done}", ""
         elif code == 1:
-            found = (entry.get("check") or {}).get("weight_norm", [])
-            status = f"{FAIL} norm computed at run time"
-            detail = entry.get("message") or f"{len(found)} place(s)"
+            status, text = f"{FAIL} {failed}", entry.get("message") or ""
         else:
-            status, detail = f"{ERROR} error", entry.get("message") or ""
-        rows.append([cell(entry.get("path")), status, cell(detail)])
-    lines = [f"## {verdict}", "", *_table(["file", "verdict", "places found / error"], rows)]
+            status, text = f"{ERROR} error", entry.get("message") or ""
+        rows.append([cell(entry.get("path")), status, cell(text)])
+    lines = [f"## {cell(verdict)}", "", *_table(["file", "verdict", cell(detail)], rows)]
     for skipped in batch.get("skipped", []):
         lines.append(f"\nskipped {cell(skipped.get('path'))}: {cell(skipped.get('reason'))}")
     return "\n".join(lines) + "\n"
