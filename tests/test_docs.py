@@ -453,11 +453,13 @@ def _run(command: Command, where: str) -> None:
 @pytest.mark.slow
 def test_the_readme_ci_example_runs(page_folder: Callable[[str], Path]) -> None:
     commands = ci_commands(REPO / "README.md")
-    assert [c.argv[1] for c in commands] == ["fold", "verify"]  # export, then the gate
+    # export, then the gate, then the lint
+    assert [c.argv[1] for c in commands] == ["fold", "verify", "check"]
     folder = page_folder("\n".join(c.line for c in commands))
     for command in commands:
         _run(command, "README.md CI example")
-    assert (folder / "verify.json").is_file() and (folder / "junit.xml").is_file()
+    for report in ("verify.json", "junit.xml", "verify.md", "lint.md"):
+        assert (folder / report).is_file(), report
 
 
 @pytest.mark.slow

@@ -9,8 +9,9 @@ refused (:func:`.options.refuse_unused`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -65,7 +66,8 @@ from .parse import (
 )
 
 if TYPE_CHECKING:
-    from .. import ConversionResult
+    from .. import ConversionResult, VerifyOptions
+    from ..api import FileBatch
 
 PathArg = Annotated[
     Path,
@@ -89,11 +91,18 @@ def _is_onnx(path: Path) -> bool:
 
 
 @app.command(
-    epilog="\b\nExample:\n  wnconvert inspect generator.pt --json > layout.json",
+    epilog="\b\nExamples:\n  wnconvert inspect generator.pt --json > layout.json\n"
+    "  wnconvert inspect exports/ generator.pt",
 )
 def inspect(
     ctx: typer.Context,
-    path: PathArg,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(metavar="PATH...",
+                       help="Checkpoint: .pt/.pth/.bin/.ckpt, .safetensors, "
+                       "*.safetensors.index.json; or an .onnx model. Several paths, and folders "
+                       "(every .onnx below them), in one run: one section per file."),
+    ],
     key: KeyOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -104,24 +113,61 @@ def inspect(
     from .. import api
 
     with command_context(debug=debug, quiet=quiet):
-        job = "inspect-onnx" if _is_onnx(path) else "inspect"
-        refuse_unused(ctx, job, verifying=False)
-        if job == "inspect-onnx":
+        single = len(paths) == 1 and not paths[0].is_dir()
+        onnx_only = all(_is_onnx(path) or path.is_dir() for path in paths)
+        refuse_unused(ctx, "inspect-onnx" if onnx_only else "inspect", verifying=False)
+        if not single:
+            batch = api.inspect_files(paths, key=key, progress=CliProgress(quiet=quiet))
+            _print_batch(batch, json_out=json_out, quiet=quiet, show=_print_inspection)
+            return
+        [path] = paths
+        if _is_onnx(path):
             info = api.inspect_onnx(path).to_dict()
             if json_out:
                 render.print_json(info)
             elif not quiet:
-                from ..render.graph import print_inspection
-
-                print_inspection(info)
+                _print_inspection(path, info)
             return
         report = api.inspect_checkpoint(path, key=key, progress=CliProgress(quiet=quiet))
         if json_out:
             render.print_json(report.to_dict())
         elif not quiet:
-            from ..render.checkpoint import print_inspection as print_checkpoint
+            _print_inspection(path, report.to_dict())
 
-            print_checkpoint(report.to_dict())
+
+def _print_inspection(path: Path, info: dict[str, Any]) -> None:
+    if _is_onnx(path):
+        from ..render.graph import print_inspection
+
+        print_inspection(info)
+    else:
+        from ..render.checkpoint import print_inspection as print_checkpoint
+
+        print_checkpoint(info)
+
+
+def _print_batch(batch: FileBatch, *, json_out: bool, quiet: bool,
+                 show: Callable[[Path, dict[str, Any]], None]) -> None:
+    """Several files: each one's result (or its error) under its name, a summary line, and the
+    worst exit code."""
+    for skipped in batch.skipped:
+        render.warning(f"skipped {skipped.path}: {skipped.reason}")
+    if json_out:
+        render.print_json(batch.to_dict())
+    elif not quiet:
+        from ..render.graph import print_batch_entry, print_batch_summary
+
+        for entry in batch.files:
+            print_batch_entry(entry.to_dict())
+            if entry.result is not None and entry.exit_code == 0:
+                show(entry.path, entry.result.to_dict())
+        print_batch_summary(batch.to_dict())
+    if batch.exit_code:
+        counts = batch.counts()
+        render.error(f"{counts['files'] - counts['ok']} of {counts['files']} file(s) failed "
+                     f"({counts['failed']} failed their check, {counts['errors']} could not be "
+                     "done)")
+        raise typer.Exit(batch.exit_code)
 
 
 @app.command(
@@ -201,11 +247,13 @@ def decompose(
 )
 def fold(
     ctx: typer.Context,
-    path: Annotated[
-        Path,
+    paths: Annotated[
+        list[Path],
         typer.Argument(
+            metavar="PATH...",
             help="Checkpoint (.pt, .safetensors, sharded index, .nemo), .onnx model, or .pt2 "
-            "program."
+            "program. Several .onnx models (and folders: every .onnx below them) in one run: "
+            "each written next to its input as <stem>.folded.onnx and verified on its own."
         ),
     ],
     output: OutputOpt = None,
@@ -286,6 +334,21 @@ def fold(
 
     with command_context(debug=debug, quiet=quiet):
         progress = CliProgress(quiet=quiet)
+        if len(paths) > 1 or paths[0].is_dir():
+            refuse_unused(ctx, "fold-onnx", verifying=verify)
+            _fold_many(paths, output=output, to=to, reference=reference, verify=verify,
+                       options=verify_options(
+                           providers=provider or [], seed=seed, runs=runs, atol=atol,
+                           rtol=rtol, output_tol=output_tol or [], weights=chosen(weights),
+                           tf32=tf32, debug=debug,
+                           input_shapes=[parse_input_spec(t) for t in input_shapes or []],
+                           inputs_file=inputs_file,
+                           dynamic=[parse_dynamic_axis(t) for t in dynamic or []],
+                       ) if verify else None,
+                       reports=report or [], force=force, json_out=json_out, quiet=quiet,
+                       progress=progress)
+            return
+        [path] = paths
         if _is_onnx(path):
             job = "fold-onnx"
         elif (to == "onnx" or path.suffix.lower() == ".pt2"
@@ -381,6 +444,37 @@ def restyle(
                                         key=key, to=to,  # type: ignore[arg-type]
                                         force=force, progress=CliProgress(quiet=quiet))
         _print_conversion(result, json_out=json_out, quiet=quiet)
+
+
+def _fold_many(paths: list[Path], *, output: Path | None, to: str | None,
+               reference: Path | None, verify: bool, options: VerifyOptions | None,
+               reports: list[Path], force: bool, json_out: bool, quiet: bool,
+               progress: CliProgress) -> None:
+    """``fold A.onnx B.onnx`` / ``fold exports/``: every model folded next to its input."""
+    from .. import api
+    from ..errors import InputError
+
+    if output is not None:
+        raise InputError("-o names one output; with several models each is written next to its "
+                         "input as <stem>.folded.onnx (drop -o)")
+    if reference is not None:
+        raise InputError("--reference names the initializers of one model; fold that model on "
+                         "its own")
+    if to not in (None, "onnx"):
+        raise InputError("several inputs are .onnx models, which fold to .onnx; drop --to")
+    batch = api.fold_onnx_files(paths, verify=verify, options=options, reports=reports,
+                                force=force, progress=progress)
+
+    def show(path: Path, summary: dict[str, Any]) -> None:
+        from ..render.graph import print_fold_line
+
+        print_fold_line(summary)
+
+    _print_batch(batch, json_out=json_out, quiet=quiet, show=show)
+    if not json_out and not quiet:
+        from ..render.verify import print_reports_written
+
+        print_reports_written(batch.reports_written)
 
 
 def _print_conversion(result: ConversionResult, *, json_out: bool, quiet: bool) -> None:

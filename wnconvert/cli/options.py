@@ -57,6 +57,7 @@ JOBS: dict[str, str] = {
     "decompose": "decompose",
     "restyle": "restyle",
     "verify": "verify",
+    "check": "check",
 }
 #: Jobs that run a verification (unless --no-verify).
 VERIFYING = frozenset({"fold-onnx", "export", "verify"})
@@ -111,8 +112,8 @@ USED_BY: dict[str, tuple[frozenset[str], str]] = {
        for name in ("provider", "seed", "runs", "atol", "rtol", "output_tol", "weights",
                     "tf32", "check_error_stat", "error_quantile", "min_snr")},
     # With --no-verify the library itself refuses reports (reports= needs verification).
-    "report": (frozenset(VERIFYING), "the verification report (fold --to onnx, fold of an "
-               ".onnx model, verify)"),
+    "report": (frozenset({*VERIFYING, "check"}), "the report file (check; the verification "
+               "report of fold --to onnx, fold of an .onnx model, verify)"),
 }
 
 
@@ -242,8 +243,13 @@ Tf32Opt = Annotated[
 ]
 ReportOpt = Annotated[
     list[Path] | None,
-    typer.Option("--report", help="Write the verification report: .json or .xml (JUnit); "
-                 "repeatable."),
+    typer.Option("--report", help="Write the verification report: .json, .xml (JUnit) or .md "
+                 "(Markdown, for a CI job summary); repeatable."),
+]
+CheckReportOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--report", help="Write a report covering every model: .json, .xml (JUnit, "
+                 "one test case per file) or .md (Markdown, one row per file); repeatable."),
 ]
 StripPrefixOpt = Annotated[
     str | None,

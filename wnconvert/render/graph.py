@@ -235,3 +235,51 @@ def print_check(result: dict[str, Any]) -> None:
             f"{escape(' → '.join(site['ops']))} "
             f"[dim]nodes {escape(', '.join(site['nodes']))}[/]"
         )
+
+
+def print_check_batch(batch: dict[str, Any]) -> None:
+    """``check`` of several models: one line per model, then a summary line."""
+    console = stdout()
+    for entry in batch["files"]:
+        code = entry["exit_code"]
+        if code == 0:
+            console.print(f"[green]clean[/]: {escape(entry['path'])}")
+        elif code == 1:
+            console.print(f"[red]not clean[/]: {escape(entry['message'] or entry['path'])}")
+        else:
+            console.print(f"[red]unreadable[/]: {escape(entry['message'] or entry['path'])}")
+    counts = batch["summary"]
+    console.print(
+        f"checked {counts['files']} model(s) in {batch['seconds']:.2f} s: {counts['clean']} "
+        f"clean, {counts['failed']} not clean, {counts['errors']} could not be read"
+    )
+
+
+def print_batch_entry(entry: dict[str, Any]) -> None:
+    """The line naming one file of a many-file run, with its error when it failed."""
+    console = stdout()
+    code = entry["exit_code"]
+    if code == 0:
+        console.print(f"[bold]== {escape(entry['path'])}[/]")
+    elif code == 1:
+        console.print(f"[red]failed[/]: {escape(entry['message'] or entry['path'])}")
+    else:
+        console.print(f"[red]not done[/]: {escape(entry['message'] or entry['path'])}")
+
+
+def print_batch_summary(batch: dict[str, Any]) -> None:
+    counts = batch["summary"]
+    stdout().print(
+        f"{batch['job']}: {counts['files']} file(s) in {batch['seconds']:.2f} s: "
+        f"{counts['ok']} done, {counts['failed']} failed their check, {counts['errors']} could "
+        "not be done"
+    )
+
+
+def print_fold_line(summary: dict[str, Any]) -> None:
+    """One model of a many-model fold: what was folded and where it went."""
+    layers = summary.get("layers") or []
+    verdict = "verification PASSED" if summary.get("passed") else (
+        "not verified" if summary.get("passed") is None else "verification FAILED")
+    stdout().print(f"folded {len(layers)} computation(s) → {escape(summary['output'])} "
+                   f"({verdict})")

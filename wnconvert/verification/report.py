@@ -1,7 +1,8 @@
-"""Verification reports: the JSON document (schema ``wnconvert.verify/1``) and JUnit XML.
+"""Verification reports: the JSON document (schema ``wnconvert.verify/1``), JUnit XML and a
+Markdown summary (:mod:`.markdown`).
 
-The file type follows the suffix: ``.json`` or ``.xml``. Every path is checked before anything
-is written (an existing file needs ``force``), and each file is written atomically.
+The file type follows the suffix: ``.json``, ``.xml`` or ``.md``. Every path is checked before
+anything is written (an existing file needs ``force``), and each file is written atomically.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .tolerance import REPORT_SCHEMA
 if TYPE_CHECKING:  # results.py imports this module to write its JSON form
     from .results import OutputResult, ProviderResult, VerificationReport, WeightsReport
 
-REPORT_SUFFIXES = (".json", ".xml")
+REPORT_SUFFIXES = (".json", ".xml", ".md")
 
 
 def report_dict(report: VerificationReport) -> dict[str, Any]:
@@ -203,8 +204,8 @@ def check_report_paths(paths: Sequence[Path], *, force: bool, inputs: Sequence[P
     seen: set[Path] = set()
     for path in paths:
         if path.suffix.lower() not in REPORT_SUFFIXES:
-            raise InputError.template("{-reports=path}: unknown report type; use a .json file "
-                                      "or a .xml file (JUnit)", path=path)
+            raise InputError.template("{-reports=path}: unknown report type; use a .json file, "
+                                      "a .xml file (JUnit) or a .md file (Markdown)", path=path)
         resolved = path.resolve()
         if resolved in seen:
             raise InputError.template("{-reports=path}: given twice; name each report once",
@@ -214,13 +215,22 @@ def check_report_paths(paths: Sequence[Path], *, force: bool, inputs: Sequence[P
 
 
 def write_reports(report: VerificationReport, paths: Sequence[Path], *, force: bool) -> list[Path]:
-    """Write ``report`` to every path (``.json`` or ``.xml``); returns the paths written."""
+    """Write ``report`` to every path (``.json``, ``.xml`` or ``.md``); returns the paths
+    written."""
     check_report_paths(paths, force=force)
     for path in paths:
-        data = to_junit_xml(report) if path.suffix.lower() == ".xml" else to_json(report)
+        suffix = path.suffix.lower()
+        data = (to_junit_xml(report) if suffix == ".xml" else to_markdown(report)
+                if suffix == ".md" else to_json(report))
         with atomic_file(path, force=force) as handle:
             handle.write(data)
     return list(paths)
+
+
+def to_markdown(report: VerificationReport) -> bytes:
+    from .markdown import verification_markdown
+
+    return verification_markdown(report.to_dict()).encode("utf-8")
 
 
 def to_json(report: VerificationReport) -> bytes:
