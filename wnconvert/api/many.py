@@ -19,6 +19,7 @@ from ..errors import CheckFailed, InputError, WnConvertError
 from .progress import SILENT, Progress
 
 if TYPE_CHECKING:
+    from ..choices import Precision
     from ..onnx_graph import CheckResult
     from ..verification import VerifyOptions
 
@@ -350,16 +351,18 @@ def inspect_files(paths: Sequence[Path | str], *, key: str | None = None,
 
 def fold_onnx_files(paths: Sequence[Path | str], *, verify: bool = True,
                     options: VerifyOptions | None = None, reports: Sequence[Path | str] = (),
+                    precision: Precision = "fp32", keep_io_types: bool = True,
                     force: bool = False, progress: Progress = SILENT) -> FileBatch:
     """:func:`fold_onnx` on every ONNX model ``paths`` names (folders: :func:`onnx_files`,
     leaving out the ``*.folded.onnx`` a previous run wrote), each written next to its input as
     ``<stem>.folded.onnx`` and verified on its own. A model that fails (unreadable: exit code 2;
     its verification failed: 1, nothing written for it) does not stop the others. ``reports``
     (``.json``: ``to_dict()``; ``.md``: a summary table, then each model's verification)
-    cover every model."""
+    cover every model. ``precision``/``keep_io_types``: as in :func:`fold_onnx`, for each."""
     from ..formats.atomic import atomic_file, check_output
-    from .onnx_models import fold_onnx
+    from .onnx_models import _check_precision, fold_onnx
 
+    _check_precision(precision, keep_io_types)  # once, not as an error of every model
     files, skipped = _expand(paths)
     named = {Path(p) for p in paths}
     # What an earlier run wrote into the folder is not folded again.
@@ -379,8 +382,8 @@ def fold_onnx_files(paths: Sequence[Path | str], *, verify: bool = True,
         check_output(report, force=force, inputs=files)
 
     def one(path: Path) -> tuple[Any, WnConvertError | None]:
-        result = fold_onnx(path, verify=verify, options=options, force=force,
-                           progress=progress)
+        result = fold_onnx(path, verify=verify, options=options, precision=precision,
+                           keep_io_types=keep_io_types, force=force, progress=progress)
         return result, result.failure()
 
     batch = _run_each("fold", files, skipped, progress, one)

@@ -336,16 +336,24 @@ def fold(
         progress = CliProgress(quiet=quiet)
         if len(paths) > 1 or paths[0].is_dir():
             refuse_unused(ctx, "fold-onnx", verifying=verify)
+            if save_inputs is not None or save_outputs is not None:
+                from ..errors import InputError
+
+                raise InputError("--save-inputs/--save-outputs name one file; with several "
+                                 "models fold each on its own to save its data")
             _fold_many(paths, output=output, to=to, reference=reference, verify=verify,
                        options=verify_options(
                            providers=provider or [], seed=seed, runs=runs, atol=atol,
                            rtol=rtol, output_tol=output_tol or [], weights=chosen(weights),
                            tf32=tf32, debug=debug,
+                           check_error_stat=check_error_stat or [],
+                           error_quantile=error_quantile or [], min_snr=min_snr or [],
                            input_shapes=[parse_input_spec(t) for t in input_shapes or []],
                            inputs_file=inputs_file,
                            dynamic=[parse_dynamic_axis(t) for t in dynamic or []],
                        ) if verify else None,
                        reports=report or [], force=force, json_out=json_out, quiet=quiet,
+                       precision=chosen(precision), keep_io_types=keep_io_types,
                        progress=progress)
             return
         [path] = paths
@@ -449,7 +457,7 @@ def restyle(
 def _fold_many(paths: list[Path], *, output: Path | None, to: str | None,
                reference: Path | None, verify: bool, options: VerifyOptions | None,
                reports: list[Path], force: bool, json_out: bool, quiet: bool,
-               progress: CliProgress) -> None:
+               precision: str, keep_io_types: bool, progress: CliProgress) -> None:
     """``fold A.onnx B.onnx`` / ``fold exports/``: every model folded next to its input."""
     from .. import api
     from ..errors import InputError
@@ -463,7 +471,8 @@ def _fold_many(paths: list[Path], *, output: Path | None, to: str | None,
     if to not in (None, "onnx"):
         raise InputError("several inputs are .onnx models, which fold to .onnx; drop --to")
     batch = api.fold_onnx_files(paths, verify=verify, options=options, reports=reports,
-                                force=force, progress=progress)
+                                precision=precision,  # type: ignore[arg-type]  # PRECISIONS
+                                keep_io_types=keep_io_types, force=force, progress=progress)
 
     def show(path: Path, summary: dict[str, Any]) -> None:
         from ..render.graph import print_fold_line
