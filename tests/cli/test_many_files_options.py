@@ -43,3 +43,11 @@ def test_save_flags_name_one_file(cli, two_models: Path, tmp_path: Path) -> None
     result = cli("fold", str(two_models), "--save-outputs", str(tmp_path / "o.json"))
     assert result.exit_code == 2
     assert "--save-inputs/--save-outputs name one file" in result.output
+
+
+def test_a_one_model_fold_says_which_report_it_wrote(cli, two_models: Path,
+                                                     tmp_path: Path) -> None:
+    report = tmp_path / "fold.json"
+    result = cli("fold", two_models / "a.onnx", "--report", report)
+    assert result.exit_code == 0, result.output
+    assert report.exists() and str(report) in result.output

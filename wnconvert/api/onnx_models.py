@@ -230,11 +230,14 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
                 write_recording(recording, *saves, force=force, progress=progress)
             if not report.passed:
                 written = write_reports(report, report_paths, force=force)
+                report.reports_written = written  # the CLI says which it wrote
                 return OnnxFoldResult(path, target, None, report,
                                       time.perf_counter() - started, written, converted)
         outcome = job.commit()
     seconds = time.perf_counter() - started
     written = write_reports(report, report_paths, force=force) if report is not None else []
+    if report is not None:
+        report.reports_written = written  # the CLI says which it wrote
     return OnnxFoldResult(path, target, outcome, report, seconds, written, converted)
 
 
