@@ -146,8 +146,6 @@ def test_python_m_and_the_version_in_the_installed_wheel(lint_venv: Path, tmp_pa
     assert same.stdout.split() == [__version__, __version__], same.stderr
 
 
-@pytest.mark.xfail(reason="CHANGELOG.md gets its release section when the version is released "
-                          "(proposed in issue 21's report); drop this mark then", strict=True)
 def test_the_changelog_has_a_section_for_the_version() -> None:
     heading = rf"^## \[{re.escape(__version__)}\]( - \d{{4}}-\d{{2}}-\d{{2}})?$"
     assert re.search(heading, (REPO / "CHANGELOG.md").read_text(), re.M)
