@@ -107,11 +107,11 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
     from ..formats import Checkpoint, check_output
     from ..formats.atomic import check_not_input
     from ..formats.files import require_exists
+    from ..onnx_graph.precision import check_precision
     from ..verification import Recording, VerifyOptions, plan_providers
     from ..verification.report import check_report_paths, write_reports
-    from .onnx_models import _check_precision
 
-    _check_precision(precision, keep_io_types)
+    grid = check_precision(precision, keep_io_types=keep_io_types)
     source_path = Path(checkpoint) if isinstance(checkpoint, (str, Path)) else None
     program_input = is_program(source_path)
     if source_path is not None:
@@ -215,13 +215,10 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
         if not inputs and file_of_inputs is None:
             # Verify on the shapes the model was exported with (a .pt2's example inputs).
             options = _with_specs(options, args, input_names)
-        if precision != "fp32" and not keep_io_types:
+        if grid is not None and not keep_io_types:
             # The file takes the reduced type where the model took float32: so do the checks.
-            from ..onnx_graph.precision import TARGETS
-
-            narrow = TARGETS[precision][1]
             options = dataclasses.replace(options, input_specs=tuple(
-                dataclasses.replace(spec, dtype=narrow) if spec.dtype == "float32" else spec
+                dataclasses.replace(spec, dtype=grid) if spec.dtype == "float32" else spec
                 for spec in options.input_specs))
         progress.status("verifying on ONNX Runtime")
         recording = Recording() if saving else None

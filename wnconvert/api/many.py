@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import CheckFailed, InputError, WnConvertError
 from .progress import SILENT, Progress
@@ -129,18 +129,18 @@ def _error_line(error: WnConvertError | OSError) -> str:
     return f"{where}{error.strerror or error}"
 
 
-@dataclass
-class CheckBatch:
-    """What :func:`check_onnx_files` found: one :class:`CheckedFile` per model, in order."""
+class _Batch:
+    """What the many-file results share: the worst exit code, the counts and the JSON of the
+    whole run. ``OK``: the word the counts use for a file that exited 0."""
 
-    files: list[CheckedFile]
-    skipped: list[SkippedFile] = field(default_factory=list)
-    seconds: float = 0.0
-    reports_written: list[Path] = field(default_factory=list)
+    OK: ClassVar[str] = "ok"
+    files: Sequence[CheckedFile | FileOutcome]
+    skipped: list[SkippedFile]
+    seconds: float
 
     @property
     def exit_code(self) -> int:
-        """The worst of the files' exit codes: 2 (unreadable) > 1 (not clean) > 0."""
+        """The worst of the files' exit codes: 2 (not done) > 1 (failed its check) > 0."""
         return max((entry.exit_code for entry in self.files), default=0)
 
     @property
@@ -149,15 +149,29 @@ class CheckBatch:
 
     def counts(self) -> dict[str, int]:
         codes = [entry.exit_code for entry in self.files]
-        return {"files": len(codes), "clean": codes.count(0), "failed": codes.count(1),
+        return {"files": len(codes), self.OK: codes.count(0), "failed": codes.count(1),
                 "errors": sum(code >= 2 for code in codes)}
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON of ``wnconvert check A.onnx B.onnx --json`` (one document for all files)."""
+    def _batch_dict(self) -> dict[str, Any]:
         return {"files": [entry.to_dict() for entry in self.files],
                 "exit_code": self.exit_code, "passed": self.passed, "summary": self.counts(),
                 "skipped": [entry.to_dict() for entry in self.skipped],
                 "seconds": round(self.seconds, 4)}
+
+
+@dataclass
+class CheckBatch(_Batch):
+    """What :func:`check_onnx_files` found: one :class:`CheckedFile` per model, in order."""
+
+    OK: ClassVar[str] = "clean"
+    files: list[CheckedFile]
+    skipped: list[SkippedFile] = field(default_factory=list)
+    seconds: float = 0.0
+    reports_written: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``wnconvert check A.onnx B.onnx --json`` (one document for all files)."""
+        return self._batch_dict()
 
 
 def check_onnx_files(paths: Sequence[Path | str], *, reports: Sequence[Path | str] = (),
@@ -284,7 +298,7 @@ class FileOutcome:
 
 
 @dataclass
-class FileBatch:
+class FileBatch(_Batch):
     """What :func:`inspect_files` or :func:`fold_onnx_files` did, one :class:`FileOutcome` per
     file in order; ``exit_code`` is the worst of them."""
 
@@ -294,25 +308,9 @@ class FileBatch:
     seconds: float = 0.0
     reports_written: list[Path] = field(default_factory=list)
 
-    @property
-    def exit_code(self) -> int:
-        return max((entry.exit_code for entry in self.files), default=0)
-
-    @property
-    def passed(self) -> bool:
-        return self.exit_code == 0
-
-    def counts(self) -> dict[str, int]:
-        codes = [entry.exit_code for entry in self.files]
-        return {"files": len(codes), "ok": codes.count(0), "failed": codes.count(1),
-                "errors": sum(code >= 2 for code in codes)}
-
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``wnconvert inspect A B --json`` / ``fold A.onnx B.onnx --json``."""
-        return {"job": self.job, "files": [entry.to_dict() for entry in self.files],
-                "exit_code": self.exit_code, "passed": self.passed, "summary": self.counts(),
-                "skipped": [entry.to_dict() for entry in self.skipped],
-                "seconds": round(self.seconds, 4)}
+        return {"job": self.job, **self._batch_dict()}
 
 
 def _run_each(job: str, files: list[Path], skipped: list[SkippedFile], progress: Progress,
@@ -360,9 +358,10 @@ def fold_onnx_files(paths: Sequence[Path | str], *, verify: bool = True,
     (``.json``: ``to_dict()``; ``.md``: a summary table, then each model's verification)
     cover every model. ``precision``/``keep_io_types``: as in :func:`fold_onnx`, for each."""
     from ..formats.atomic import atomic_file, check_output
-    from .onnx_models import _check_precision, fold_onnx
+    from ..onnx_graph.precision import check_precision
+    from .onnx_models import fold_onnx
 
-    _check_precision(precision, keep_io_types)  # once, not as an error of every model
+    check_precision(precision, keep_io_types=keep_io_types)  # once, not as an error of every model
     files, skipped = _expand(paths)
     named = {Path(p) for p in paths}
     # What an earlier run wrote into the folder is not folded again.

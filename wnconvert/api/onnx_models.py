@@ -144,12 +144,13 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
     """
     from ..formats.files import require_exists
     from ..onnx_graph import FoldJob, default_output
+    from ..onnx_graph.precision import check_precision
     from ..verification import Recording, VerifyOptions, plan_providers
     from ..verification.report import check_report_paths, write_reports
     from .verification import check_save_paths, protected_inputs, write_recording
 
     path = require_exists(source)
-    grid = _check_precision(precision, keep_io_types)
+    grid = check_precision(precision, keep_io_types=keep_io_types)
     if reference is not None:
         reference = require_exists(reference)
     elif reference_key is not None:
@@ -239,23 +240,6 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
     if report is not None:
         report.reports_written = written  # the CLI says which it wrote
     return OnnxFoldResult(path, target, outcome, report, seconds, written, converted)
-
-
-def _check_precision(precision: str, keep_io_types: bool) -> str | None:
-    """The numpy-style type a reduced ``precision`` rounds to (None for fp32); refuses an
-    unknown precision and ``keep_io_types=False`` without one."""
-    from ..choices import PRECISIONS
-    from ..onnx_graph.precision import TARGETS
-
-    if precision not in PRECISIONS:
-        raise InputError.template("{-precision=precision}: use one of {choices}",
-                                  precision=precision, choices=", ".join(PRECISIONS))
-    if precision == "fp32":
-        if not keep_io_types:
-            raise InputError.template("{-no_keep_io_types} applies to a reduced precision; "
-                                      "add {-precision} fp16 or bf16")
-        return None
-    return TARGETS[precision][1]
 
 
 def _convert_staged(staged: Path, precision: Precision, *, keep_io_types: bool,

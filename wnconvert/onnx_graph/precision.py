@@ -66,6 +66,22 @@ BLOCK_LIST: dict[str, str] = {
 }
 
 
+def check_precision(precision: str, *, keep_io_types: bool) -> str | None:
+    """The numpy-style type a reduced ``precision`` rounds to (None for fp32); refuses an
+    unknown precision and ``keep_io_types=False`` without one."""
+    from ..choices import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise InputError.template("{-precision=precision}: use one of {choices}",
+                                  precision=precision, choices=", ".join(PRECISIONS))
+    if precision == "fp32":
+        if not keep_io_types:
+            raise InputError.template("{-no_keep_io_types} applies to a reduced precision; "
+                                      "add {-precision} fp16 or bf16")
+        return None
+    return TARGETS[precision][1]
+
+
 @dataclass
 class PrecisionReport:
     """What the conversion did: the counts go into the job's JSON."""
