@@ -6,33 +6,20 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import wnconvert
-from tests.onnx_graph.builders import Graph, save, weight_norm_model
+from tests.onnx_graph.builders import save_clean_model, save_weight_norm_model
 from wnconvert.errors import InputError
-
-
-def _clean(path: Path) -> Path:
-    b = Graph()
-    b.init("w", np.ones((2, 3), dtype=np.float32))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save(b.model("w", (2, 3)), path)
-
-
-def _dirty(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save(weight_norm_model((6, 4, 3), 0, order="g/n*v")[0], path)
 
 
 @pytest.fixture
 def zoo(tmp_path: Path) -> Path:
     """b/dirty.onnx, a.onnx (clean), c/deep/z.onnx (clean), broken.onnx, notes.txt."""
     root = tmp_path / "zoo"
-    _dirty(root / "b" / "dirty.onnx")
-    _clean(root / "a.onnx")
-    _clean(root / "c" / "deep" / "z.onnx")
+    save_weight_norm_model(root / "b" / "dirty.onnx")
+    save_clean_model(root / "a.onnx")
+    save_clean_model(root / "c" / "deep" / "z.onnx")
     (root / "broken.onnx").write_bytes(b"\xff\xff not protobuf")
     (root / "notes.txt").write_text("not a model")
     return root
@@ -61,9 +48,9 @@ def test_a_folder_without_onnx_is_an_input_error(tmp_path: Path) -> None:
 
 
 def test_symlinks_out_of_the_folder_are_skipped(tmp_path: Path) -> None:
-    outside = _dirty(tmp_path / "elsewhere" / "secret.onnx")
+    outside = save_weight_norm_model(tmp_path / "elsewhere" / "secret.onnx")
     root = tmp_path / "zoo"
-    _clean(root / "a.onnx")
+    save_clean_model(root / "a.onnx")
     (root / "link.onnx").symlink_to(outside)
     (root / "inside.onnx").symlink_to(root / "a.onnx")  # inside: kept, but it is a.onnx again
     (root / "linked_dir").symlink_to(outside.parent, target_is_directory=True)

@@ -8,32 +8,19 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.onnx_graph.builders import Graph, save, weight_norm_model
+from tests.onnx_graph.builders import save_clean_model, save_weight_norm_model
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def _clean(path: Path) -> Path:
-    b = Graph()
-    b.init("w", np.ones((2, 3), dtype=np.float32))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save(b.model("w", (2, 3)), path)
-
-
-def _dirty(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save(weight_norm_model((6, 4, 3), 0, order="g/n*v")[0], path)
 
 
 @pytest.fixture
 def zoo(tmp_path: Path) -> Path:
     root = tmp_path / "zoo"
-    _clean(root / "a.onnx")
-    _dirty(root / "b.onnx")
-    _clean(root / "sub" / "c.onnx")
+    save_clean_model(root / "a.onnx")
+    save_weight_norm_model(root / "b.onnx")
+    save_clean_model(root / "sub" / "c.onnx")
     return root
 
 
@@ -110,7 +97,7 @@ def test_one_file_with_a_report_keeps_its_output(cli, zoo, tmp_path, assert_inpu
 
 
 def test_symlinks_out_of_a_folder_are_skipped_with_a_warning(cli, zoo, tmp_path):
-    outside = _dirty(tmp_path / "elsewhere" / "out.onnx")
+    outside = save_weight_norm_model(tmp_path / "elsewhere" / "out.onnx")
     (zoo / "link.onnx").symlink_to(outside)
     result = cli("check", zoo, "--json")
     assert result.exit_code == 1  # b.onnx; the link is not checked
@@ -147,7 +134,7 @@ def _summary_step() -> str:
 
 def test_the_readme_job_summary_step_appends_the_markdown(cli, zoo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _clean(tmp_path / "generator.onnx")
+    save_clean_model(tmp_path / "generator.onnx")
     assert cli("check", "generator.onnx", "--report", "lint.md").exit_code == 0
     summary = tmp_path / "summary.md"
     summary.write_text("earlier step\n")

@@ -10,16 +10,14 @@ from pathlib import Path
 import onnx
 import pytest
 
-from tests.onnx_graph.builders import save, weight_norm_model
+from tests.onnx_graph.builders import save_weight_norm_model
 
 
 @pytest.fixture
 def two_models(tmp_path: Path) -> Path:
     folder = tmp_path / "exports"
-    folder.mkdir()
     for name in ("a", "b"):
-        model, _, _ = weight_norm_model((6, 4, 3), 0, order="g/n*v")
-        save(model, folder / f"{name}.onnx")
+        save_weight_norm_model(folder / f"{name}.onnx")
     return folder
 
 

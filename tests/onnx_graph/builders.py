@@ -571,3 +571,17 @@ def spectral_norm_model(shape: Sequence[int], dim: int = 0, *, style: str = "par
 def expected_spectral(weight: np.ndarray, u: np.ndarray, v: np.ndarray, dim: int) -> np.ndarray:
     """PyTorch's eval-mode spectral norm in float64, rounded once (what every fold gives)."""
     return numerics.spectral_fold(weight, u, v, dim)[0]
+
+
+def save_clean_model(path: Path) -> Path:
+    """A small model computing no weight norm, saved at ``path`` (folders made)."""
+    b = Graph()
+    b.init("w", np.ones((2, 3), dtype=np.float32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save(b.model("w", (2, 3)), path)
+
+
+def save_weight_norm_model(path: Path) -> Path:
+    """A small model computing weight norm at run time, saved at ``path`` (folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save(weight_norm_model((6, 4, 3), 0, order="g/n*v")[0], path)
