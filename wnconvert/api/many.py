@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from ..onnx_graph import CheckResult
     from ..verification import VerifyOptions
 
-#: Report types :func:`check_onnx_files` writes, by suffix.
-BATCH_REPORT_SUFFIXES = (".json", ".xml", ".md")
-
 
 @dataclass(frozen=True)
 class SkippedFile:
@@ -185,16 +182,14 @@ def check_onnx_files(paths: Sequence[Path | str], *, reports: Sequence[Path | st
     ``.xml``: JUnit, one test case per file; ``.md``: a Markdown table, one row per file) are
     checked before any model is read and written at the end (an existing one needs ``force``).
     """
-    from ..formats.atomic import check_output
+    from ..verification.report import check_report_paths
     from .onnx_models import check_onnx
 
     files, skipped = _expand(paths)
     if not files:
         raise InputError("no ONNX model given; name .onnx files or folders holding them")
     report_paths = [Path(p) for p in reports]
-    _check_report_paths(report_paths)
-    for report in report_paths:
-        check_output(report, force=force, inputs=files)
+    check_report_paths(report_paths, force=force, inputs=files)
     started = time.perf_counter()
     checked: list[CheckedFile] = []
     with progress.step(f"checking {len(files)} model(s)") as bar:
@@ -208,18 +203,6 @@ def check_onnx_files(paths: Sequence[Path | str], *, reports: Sequence[Path | st
     batch = CheckBatch(checked, skipped, time.perf_counter() - started)
     batch.reports_written = _write_batch_reports(batch, report_paths, force=force)
     return batch
-
-
-def _check_report_paths(paths: Sequence[Path]) -> None:
-    seen: set[Path] = set()
-    for path in paths:
-        if path.suffix.lower() not in BATCH_REPORT_SUFFIXES:
-            raise InputError.template("{-reports=path}: unknown report type; use a .json file, "
-                                      "a .xml file (JUnit) or a .md file (Markdown)", path=path)
-        if path.resolve() in seen:
-            raise InputError.template("{-reports=path}: given twice; name each report once",
-                                      path=path)
-        seen.add(path.resolve())
 
 
 def _write_batch_reports(batch: CheckBatch, paths: Sequence[Path], *,
@@ -357,11 +340,12 @@ def fold_onnx_files(paths: Sequence[Path | str], *, verify: bool = True,
     its verification failed: 1, nothing written for it) does not stop the others. ``reports``
     (``.json``: ``to_dict()``; ``.md``: a summary table, then each model's verification)
     cover every model. ``precision``/``keep_io_types``: as in :func:`fold_onnx`, for each."""
-    from ..formats.atomic import atomic_file, check_output
+    from ..formats.atomic import atomic_file
     from ..onnx_graph.precision import check_precision
+    from ..verification.report import check_report_paths
     from .onnx_models import fold_onnx
 
-    check_precision(precision, keep_io_types=keep_io_types)  # once, not as an error of every model
+    check_precision(precision, keep_io_types=keep_io_types)  # once, not once per model
     files, skipped = _expand(paths)
     named = {Path(p) for p in paths}
     # What an earlier run wrote into the folder is not folded again.
@@ -376,9 +360,7 @@ def fold_onnx_files(paths: Sequence[Path | str], *, verify: bool = True,
         if report.suffix.lower() not in (".json", ".md"):
             raise InputError.template("{-reports=path}: several models take a .json or a .md "
                                       "report (one covering them all)", path=report)
-    _check_report_paths(report_paths)
-    for report in report_paths:
-        check_output(report, force=force, inputs=files)
+    check_report_paths(report_paths, force=force, inputs=files)
 
     def one(path: Path) -> tuple[Any, WnConvertError | None]:
         result = fold_onnx(path, verify=verify, options=options, precision=precision,
