@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..export import PreparedModel
     from ..formats import Checkpoint
     from ..keys import PrefixChange
+    from ..onnx_graph import LazyModel
     from ..verification import Recording, VerificationReport, VerifyOptions
 
     #: What builds the model: an ``nn.Module`` (copied, never changed), a callable returning
@@ -71,7 +72,9 @@ def verify(candidate: Path | str,
     from ..verification.report import check_report_paths
 
     options = options if options is not None else VerifyOptions()
-    candidate = check_candidate(candidate)
+    # The candidate is read and checked once; the verification works on that reading.
+    read = _open_candidate(candidate)
+    candidate = read.path
     outputs_path = _check_reference_outputs(reference_outputs, reference_runner,
                                             reference=reference, model=model)
     if outputs_path is None and reference is None and model is None:
@@ -83,8 +86,9 @@ def verify(candidate: Path | str,
         require_exists(reference)
     check_trust(reference, model, trust_program=trust_program)
     report_paths = [Path(p) for p in reports]
-    inputs = protected_inputs(candidate, *_paths(reference), options.inputs_file, outputs_path,
-                              model=model if isinstance(model, str) else None)
+    inputs = [candidate, *read.data_files,
+              *protected_inputs(*_paths(reference), options.inputs_file, outputs_path,
+                                model=model if isinstance(model, str) else None)]
     check_report_paths(report_paths, force=force, inputs=inputs)
     saves = check_save_paths(save_inputs, save_outputs, reports=report_paths, force=force,
                              inputs=inputs)
@@ -95,7 +99,8 @@ def verify(candidate: Path | str,
         with progress.step("verifying") as callback:
             report = verify_onnx_against_outputs(candidate, outputs_path,
                                                  runner=reference_runner, options=options,
-                                                 progress=callback, recording=recording)
+                                                 progress=callback, recording=recording,
+                                                 candidate_model=read)
         _finish(report, report_paths, saves, recording, force=force, progress=progress)
         return report
     prepared = load_reference(reference, model=model, model_kwargs=model_kwargs, key=key,
@@ -104,7 +109,8 @@ def verify(candidate: Path | str,
         progress.status(f"verifying {candidate} against {reference} (ONNX Runtime CPU)")
         with progress.step("verifying") as callback:
             report = verify_onnx_against_onnx(candidate, Path(str(reference)), options=options,
-                                              progress=callback, recording=recording)
+                                              progress=callback, recording=recording,
+                                              candidate_model=read)
     else:
         if prepared.key_change:
             progress.note(f"note: {prepared.key_change}")
@@ -113,7 +119,7 @@ def verify(candidate: Path | str,
             report = verify_onnx_against_torch(
                 candidate, prepared.reference, options=options,
                 reference_weights=prepared.weights, reference_info=prepared.description,
-                progress=callback, recording=recording)
+                progress=callback, recording=recording, candidate_model=read)
     _finish(report, report_paths, saves, recording, force=force, progress=progress)
     return report
 
@@ -194,14 +200,18 @@ def check_candidate(candidate: Path | str) -> Path:
     """The ONNX model :func:`verify` checks, refused (:class:`InputError`) when it is missing,
     not ``.onnx``, or a model ``onnx.checker`` refuses: the files ``check_onnx``, ``inspect``
     and ``fold_onnx`` refuse, with the same message (a gate on a broken file is no gate)."""
+    return _open_candidate(candidate).path
+
+
+def _open_candidate(candidate: Path | str) -> LazyModel:
+    """:func:`check_candidate`, keeping the model as read (tensor bytes not loaded)."""
     from ..formats.files import require_exists
     from ..onnx_graph import open_model
 
     path = require_exists(candidate)
     if path.suffix.lower() != ".onnx":
         raise InputError(f"{path}: expected an .onnx model to verify")
-    open_model(path)
-    return path
+    return open_model(path)
 
 
 def load_reference(reference: Path | str | Checkpoint | Mapping[str, torch.Tensor] | None, *,

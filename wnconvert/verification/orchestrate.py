@@ -128,6 +128,7 @@ def verify_onnx_against_outputs(
     options: VerifyOptions,
     progress: ProgressCallback | None = None,
     recording: Recording | None = None,
+    candidate_model: LazyModel | None = None,
 ) -> VerificationReport:
     """Verify ``candidate`` on each provider against outputs Polygraphy saved (``RunResults``,
     e.g. from TensorRT): the iterations of ``runner`` (needed when the file holds several),
@@ -137,12 +138,13 @@ def verify_onnx_against_outputs(
         raise InputError.template(
             "{path}: saved outputs need the inputs they were computed from; give them with "
             "{-inputs_file} FILE.json (polygraphy run --save-inputs)", path=outputs)
-    signature = _candidate_signature(candidate)
+    signature = _candidate_signature(candidate, candidate_model)
     reference = recorded_reference(outputs, runner)
     if recording is not None:
         recording.reference_name = reference.name
     info = {"kind": "polygraphy", "path": str(outputs), "runner": reference.name}
-    return _verify(candidate, signature, reference, info, None, options, progress, recording)
+    return _verify(candidate, signature, reference, info, None, options, progress, recording,
+                   candidate_model=candidate_model)
 
 
 def check_inputs(model: Path, options: VerifyOptions, *, read: LazyModel | None = None
