@@ -14,6 +14,10 @@ file names may repeat across folders) and are imported by name:
 ``tests/formats`` by import.
 
 Hypothesis: the ``wnconvert`` profile (no deadline, no example database on disk) is loaded here.
+
+Order: the test files that take longest run first (:func:`pytest_collection_modifyitems`), so
+that ``make test``'s workers (``--dist loadfile --no-loadscope-reorder``: one file per worker at
+a time, in collection order) do not end with one worker still running a long file alone.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -40,6 +45,39 @@ settings.register_profile("wnconvert", deadline=None, database=None, print_blob=
 settings.register_profile("fuzz", settings.get_profile("wnconvert"), derandomize=False,
                           max_examples=1000)
 settings.load_profile("wnconvert")
+
+# The files that take longest, longest first (wall seconds of each alone, measured on the 2-core
+# development machine under load: docs/performance.md, "Test suite"). Most of them wait on
+# subprocesses or on the package index, so they also overlap well with the CPU-bound files.
+# A file not listed follows them, by its number of tests marked slow; nothing depends on the order.
+LONGEST_FIRST = (
+    "tests/test_pre_commit_hook.py",  # two fresh hook environments, from the package index
+    "tests/test_packaging.py",  # a wheel and a fresh virtual environment
+    "tests/export/test_transformers_models.py",  # 13 exports of real model families
+    "tests/export/test_onnx_export.py",
+    "tests/cli/test_signals.py",  # 17 processes, each importing torch
+    "tests/test_docs.py",
+    "tests/cli/test_polygraphy_io.py",
+    "tests/test_typing.py",  # mypy --strict over wnconvert, torch and numpy
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest files first (longest-processing-time-first scheduling), each file's tests kept
+    together and in their own order. xdist schedules files in this order when told not to
+    reorder them by test count (``--no-loadscope-reorder``, which ``make test`` passes);
+    by default it runs the files with most tests first, which are among the quickest."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    slow = Counter(item.location[0] for item in items if item.get_closest_marker("slow"))
+    first_seen: dict[str, int] = {}
+    for item in items:
+        first_seen.setdefault(item.location[0], len(first_seen))
+
+    def key(item: pytest.Item) -> tuple[int, int, int]:
+        file = item.location[0]
+        return rank.get(file, len(rank)), -slow[file], first_seen[file]
+
+    items.sort(key=key)  # stable: a file's tests keep their order
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""The package as users install it (issue 21 §2, §3, §5): the wheel's contents, the lint
-install (``wnconvert[cpu]``, no torch) in a fresh virtual environment, and the pre-commit hook
-run by the real ``pre-commit try-repo``.
+"""The package as users install it (issue 21 §2, §3): the wheel's contents and the lint install
+(``wnconvert[cpu]``, no torch) in a fresh virtual environment. The pre-commit hook (§5) is
+``tests/test_pre_commit_hook.py``, which uses this module's ``run`` and ``registry``: a file of
+its own, so that another test worker builds its environments while this one builds the wheel's.
 
 The wheel is built from a copy of the checkout (nothing is written into it). The installs come
 from pip's configured index; when that cannot be reached (checked by downloading one base
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import venv
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -149,49 +149,3 @@ def test_python_m_and_the_version_in_the_installed_wheel(lint_venv: Path, tmp_pa
 def test_the_changelog_has_a_section_for_the_version() -> None:
     heading = rf"^## \[{re.escape(__version__)}\]( - \d{{4}}-\d{{2}}-\d{{2}})?$"
     assert re.search(heading, (REPO / "CHANGELOG.md").read_text(), re.M)
-
-
-@pytest.fixture(scope="module")
-def pre_commit_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One hook environment for the tests of this module (pre-commit builds it once)."""
-    return tmp_path_factory.mktemp("pre-commit-home")
-
-
-@pytest.fixture
-def try_hook(registry: None, pre_commit_home: Path, tmp_path: Path,
-             ) -> Callable[[Path], subprocess.CompletedProcess[str]]:
-    """``try_hook(file)``: ``pre-commit try-repo <this checkout> wnconvert-check --all-files``
-    in a new git repository holding only ``file``."""
-    if run(["git", "rev-parse", "HEAD"], REPO).returncode != 0:
-        pytest.skip("pre-commit try-repo needs this checkout to be a git repository")
-    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-                "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-
-    def attempt(file: Path) -> subprocess.CompletedProcess[str]:
-        repo = tmp_path / "scratch"
-        repo.mkdir()
-        shutil.copyfile(file, repo / file.name)
-        for git in (["init", "--quiet"], ["add", file.name]):
-            assert run(["git", *git], repo, **identity).returncode == 0
-        return run([sys.executable, "-m", "pre_commit", "try-repo", REPO, "wnconvert-check",
-                    "--all-files"], repo, PRE_COMMIT_HOME=str(pre_commit_home), **identity)
-
-    return attempt
-
-
-# One .onnx file per repository: pre-commit passes every matching file to one `wnconvert check`.
-@pytest.mark.slow
-@pytest.mark.parametrize(("name", "code", "says"), [
-    ("wn.onnx", 1, "computes weight norm at run time in 1 place(s)"),
-    ("clean.onnx", 0, "Passed"),
-])
-def test_the_pre_commit_hook(try_hook: Callable[[Path], subprocess.CompletedProcess[str]],
-                             tmp_path: Path, fixtures_dir: Path,
-                             name: str, code: int, says: str) -> None:
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    lint_inputs(inputs, fixtures_dir)
-    result = try_hook(inputs / name)
-    assert result.returncode == code, result.stdout + result.stderr
-    assert says in result.stdout
-    assert "wnconvert-check" in result.stdout
