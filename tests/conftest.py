@@ -15,6 +15,10 @@ file names may repeat across folders) and are imported by name:
 
 Hypothesis: the ``wnconvert`` profile (no deadline, no example database on disk) is loaded here.
 
+Exports: the first ``torch.onnx.export`` (dynamo) of a worker builds torch's table of ONNX
+translations (torchlib), and later ones reuse a copy of it (:func:`_share_torchlib_registry`):
+torch rebuilds it on every export, most of a small model's export time.
+
 Order: the test files that take longest run first (:func:`pytest_collection_modifyitems`), so
 that ``make test``'s workers (``--dist loadfile --no-loadscope-reorder``: one file per worker at
 a time, in collection order) do not end with one worker still running a long file alone.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -78,6 +83,60 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return rank.get(file, len(rank)), -slow[file], first_seen[file]
 
     items.sort(key=key)  # stable: a file's tests keep their order
+
+
+_REGISTRATION = "torch.onnx._internal.exporter._registration"
+
+
+def _share_torchlib_registry() -> bool:
+    """Make ``ONNXRegistry.from_torchlib`` (which ``torch.onnx.export(dynamo=True)`` calls on
+    every export) build the table once per process and per argument, then hand out copies.
+
+    The table is built from torchlib's functions by reading and compiling their source (about
+    0.8 CPU s each time, on exports of 1-3 s). A copy holds the same entries in new lists, so
+    what one export registers (its ``custom_translation_table``) stays out of the others: the
+    exported files are byte-identical (docs/performance.md, "Test suite"). Returns whether the
+    shared table is in place; where torch's internals are not as expected (another torch
+    version), nothing is patched and the suite is only slower.
+    """
+    registration = sys.modules.get(_REGISTRATION)
+    registry_class = getattr(registration, "ONNXRegistry", None)
+    build = getattr(registry_class, "from_torchlib", None)
+    if registry_class is None or build is None:
+        return False
+    if getattr(build, "shared_by_the_tests", False):
+        return True
+    original = build.__func__
+    built: dict[object, object] = {}
+
+    def from_torchlib(cls: type, *args: object, **kwargs: object) -> object:
+        try:
+            key = (cls, args, tuple(sorted(kwargs.items())))
+            hash(key)
+        except TypeError:
+            return original(cls, *args, **kwargs)
+        if key not in built:
+            built[key] = original(cls, *args, **kwargs)
+        table = built[key]
+        functions = getattr(table, "functions", None)
+        if not isinstance(functions, dict) or not all(
+                isinstance(entries, list) for entries in functions.values()):
+            return original(cls, *args, **kwargs)
+        copy = object.__new__(cls)
+        copy.__dict__.update(vars(table))
+        copy.functions = {target: list(entries) for target, entries in functions.items()}
+        return copy
+
+    from_torchlib.shared_by_the_tests = True  # type: ignore[attr-defined]
+    from_torchlib.unshared = original  # type: ignore[attr-defined]
+    registry_class.from_torchlib = classmethod(from_torchlib)
+    return True
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Share torchlib's table once a test has loaded torch's exporter (cheap until then)."""
+    if _REGISTRATION in sys.modules:
+        _share_torchlib_registry()
 
 
 @pytest.fixture(scope="session")
