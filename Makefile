@@ -25,11 +25,14 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash fixtures/demo.sh
 
 # Tests run on every core, one test file per worker (module fixtures that export a model are
-# built once), one math thread per worker so workers do not oversubscribe the cores.
+# built once), one math thread per worker so workers do not oversubscribe the cores. Files go
+# to the workers in collection order, which tests/conftest.py makes longest first
+# (--no-loadscope-reorder: xdist would otherwise start with the files that have most tests, and
+# end with one worker running the longest file alone).
 # `make test` (what CI runs) runs every test, ruff and mypy. `make test-fast` is the loop to run on
 # every change: every test but those marked slow (exports of real model families, fresh virtual
 # environments, a strict mypy run on a user's script, ...).
-PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	$(PYTEST)
