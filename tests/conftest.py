@@ -51,9 +51,9 @@ settings.register_profile("fuzz", settings.get_profile("wnconvert"), derandomize
                           max_examples=1000)
 settings.load_profile("wnconvert")
 
-# The files that take longest, longest first (wall seconds of each alone, measured on the 2-core
-# development machine under load: docs/performance.md, "Test suite"). Most of them wait on
-# subprocesses or on the package index, so they also overlap well with the CPU-bound files.
+# The files that take longest, longest first (wall time, measured on the 2-core development
+# machine: docs/performance.md, "Test suite"). The first two wait on the package index most of
+# the time, which the other worker's CPU-bound files fill.
 # A file not listed follows them, by its number of tests marked slow; nothing depends on the order.
 LONGEST_FIRST = (
     "tests/test_pre_commit_hook.py",  # two fresh hook environments, from the package index
@@ -63,7 +63,7 @@ LONGEST_FIRST = (
     "tests/cli/test_signals.py",  # 17 processes, each importing torch
     "tests/test_docs.py",
     "tests/cli/test_polygraphy_io.py",
-    "tests/test_typing.py",  # mypy --strict over wnconvert, torch and numpy
+    "tests/test_typing.py",  # mypy --strict over wnconvert, torch and numpy (a cold cache)
 )
 
 
