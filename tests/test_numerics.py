@@ -380,6 +380,28 @@ def test_streamed_dim0_fold_reusing_its_buffers_rounds_like_the_float64_product(
     assert stats.zero_norm_rows >= 1 and stats.nonfinite_rows >= 2  # float16 underflows more
 
 
+def test_threads_take_chunks_in_turn_results_come_in_chunk_order_and_errors_are_raised(
+        monkeypatch):
+    monkeypatch.setattr(numerics, "_THREADS", 3)
+    chunks = [(i, i + 1) for i in range(50)]
+    done: list[int] = []
+
+    def work(a: int, b: int) -> int:
+        done.append(a)
+        return a * 10
+
+    assert numerics._run_chunks(chunks, work, 1 << 30) == [i * 10 for i in range(50)]
+    assert sorted(done) == list(range(50))  # each chunk exactly once
+
+    def failing(a: int, b: int) -> int:
+        if a == 7:
+            raise ValueError("chunk 7")
+        return a
+
+    with pytest.raises(ValueError, match="chunk 7"):
+        numerics._run_chunks(chunks, failing, 1 << 30)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_float32_fold_computed_in_cache_blocks_writes_whole_chunks_with_the_same_bits(
         monkeypatch, threads):

@@ -14,11 +14,12 @@ one call; partial sums are combined in a fixed order).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,11 +174,28 @@ def _run_chunks(
     """Apply ``work(start, stop)`` to every chunk; threads for big tensors. Results in order."""
     if total < _PARALLEL_MIN or _THREADS == 1 or len(chunks) < 2:
         return [work(a, b) for a, b in chunks]
-    # One contiguous block of chunks per thread keeps memory access sequential.
-    per = -(-len(chunks) // _THREADS)
-    blocks = [chunks[i : i + per] for i in range(0, len(chunks), per)]
-    futures = [_executor().submit(lambda blk: [work(a, b) for a, b in blk], blk) for blk in blocks]
-    return [r for f in futures for r in f.result()]
+    # Each thread takes the next chunk when it is done with one (not a fixed share): a thread
+    # the system runs less (a busy machine) then does less, instead of keeping the others
+    # waiting for its share at the end of the tensor.
+    results: list[object] = [None] * len(chunks)
+    taken = itertools.count()  # next() is atomic: its C code runs under the GIL
+    failed = threading.Event()
+
+    def worker() -> None:
+        for index in taken:
+            if index >= len(chunks) or failed.is_set():
+                return
+            try:
+                results[index] = work(*chunks[index])
+            except BaseException:
+                failed.set()  # the other threads stop at their next chunk
+                raise
+
+    futures = [_executor().submit(worker) for _ in range(min(_THREADS, len(chunks)))]
+    wait(futures)  # every thread has stopped before an error is raised
+    for future in futures:
+        future.result()
+    return results
 
 
 def _as_rows(v: np.ndarray) -> np.ndarray:
