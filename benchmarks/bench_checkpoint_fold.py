@@ -133,6 +133,12 @@ def main() -> None:
         action="store_true",
         help="skip (a) and (b), which hold the whole file in memory (for --size-gb 4)",
     )
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="also run `python -m wnconvert fold` from this source tree (an older checkout: "
+        "its PYTHONPATH), interleaved with the others, to measure a change in the same rounds",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
@@ -167,6 +173,15 @@ def main() -> None:
             ),
             "start-up (wnconvert --version)": ([wnconvert, "--version"], None),
         }
+        envs: dict[str, dict[str, str]] = {}
+        if args.compare_tree:
+            older = f"wnconvert fold ({args.compare_tree.name})"
+            cases[older] = (
+                [sys.executable, "-m", "wnconvert", "fold", str(src), "-o",
+                 str(work / "old.safetensors"), "--force", "--quiet"],
+                work / "old.safetensors",
+            )
+            envs[older] = {"PYTHONPATH": str(args.compare_tree.resolve())}
         if not args.no_baselines:
             cases["(a) safetensors load+save"] = (
                 [sys.executable, "-c", BASELINE_A, str(src), str(work / "a.safetensors")],
@@ -177,15 +192,15 @@ def main() -> None:
                 work / "b.safetensors",
             )
         env = child_environment(work)
-        for cmd, output in cases.values():
-            run(cmd, output, env)  # warm-up: page cache, bytecode
+        for name, (cmd, output) in cases.items():
+            run(cmd, output, env | envs.get(name, {}))  # warm-up: page cache, bytecode
         # Round-robin (cp, w, api, ..., cp, w, api, ...) rather than all runs of one case in a
         # row: on a shared machine a noisy minute then hurts every case alike, and the ratio
         # of each round compares runs made seconds apart.
         samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cases}
         for _ in range(args.repeat):
             for name, (cmd, output) in cases.items():
-                samples[name].append(run(cmd, output, env))
+                samples[name].append(run(cmd, output, env | envs.get(name, {})))
         results = {
             name: {
                 "seconds": spread([t for t, _, _ in runs]),
@@ -195,21 +210,22 @@ def main() -> None:
             for name, runs in samples.items()
         }
         floor = samples["cp (floor)"]
+        folds = ["wnconvert fold", "wnconvert.fold_checkpoint", *envs]
         ratios = {
             name: spread([t / c for (t, _, _), (c, _, _) in zip(samples[name], floor, strict=True)])
-            for name in ("wnconvert fold", "wnconvert.fold_checkpoint")
+            for name in folds
         }
         cpu_ratios = {
             name: spread([t / max(c, 0.01)
                           for (_, t, _), (_, c, _) in zip(samples[name], floor, strict=True)])
-            for name in ("wnconvert fold", "wnconvert.fold_checkpoint")
+            for name in folds
         }
         ulps = _check_same(work, with_torch=not args.no_baselines)
     finally:
         if not args.keep and args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
         else:
-            for name in ("cp", "w", "api", "a", "b"):
+            for name in ("cp", "w", "api", "old", "a", "b"):
                 (work / f"{name}.safetensors").unlink(missing_ok=True)
 
     w, api = results["wnconvert fold"], results["wnconvert.fold_checkpoint"]
@@ -253,6 +269,13 @@ def main() -> None:
     if not args.no_baselines:
         print(f"wnconvert / (a) = {summary['wnconvert_vs_a']}, "
               f"wnconvert / (b) = {summary['wnconvert_vs_b']} (medians)")
+    for older in (n for n in ratios if n.startswith("wnconvert fold (")):
+        paired = list(zip(samples["wnconvert fold"], samples[older], strict=True))
+        wall = spread([a[0] / b[0] for a, b in paired])
+        cpu = spread([a[1] / b[1] for a, b in paired])
+        print(f"wnconvert fold / {older}, per round (min / median / max): wall "
+              f"{wall['min']:.2f} / {wall['median']:.2f} / {wall['max']:.2f}, CPU seconds "
+              f"{cpu['min']:.2f} / {cpu['median']:.2f} / {cpu['max']:.2f}")
     print("max ulp vs an independent float64 fold: "
           + ", ".join(f"{k} {v:.0f}" for k, v in ulps.items()))
     for target, ok in summary["targets_met"].items():  # type: ignore[union-attr]
@@ -286,6 +309,9 @@ def _check_same(work: Path, *, with_torch: bool) -> dict[str, float]:
 
     if not filecmp.cmp(work / "api.safetensors", work / "w.safetensors", shallow=False):
         raise SystemExit("wnconvert.fold_checkpoint and wnconvert fold wrote different files")
+    older = work / "old.safetensors"
+    if older.exists() and not filecmp.cmp(older, work / "w.safetensors", shallow=False):
+        raise SystemExit("wnconvert fold and the --compare-tree one wrote different files")
     names = {"wnconvert": "w"} | ({"torch": "b"} if with_torch else {})
     worst = dict.fromkeys(names, 0.0)
     with safe_open(str(work / "in.safetensors"), "numpy") as src:
