@@ -21,6 +21,7 @@ Performance row.
 Targets (issue 22): wnconvert fold <= 1.0x cp, peak RSS <= 100 MB, on 1 GB and 4 GB.
 
     python benchmarks/bench_checkpoint_fold.py [--size-gb 1.0] [--repeat 5] [--no-baselines]
+        [--compare-tree OLDER_CHECKOUT]
 """
 
 from __future__ import annotations
