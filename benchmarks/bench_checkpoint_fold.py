@@ -195,13 +195,20 @@ def main() -> None:
         env = child_environment(work)
         for name, (cmd, output) in cases.items():
             run(cmd, output, env | envs.get(name, {}))  # warm-up: page cache, bytecode
+            if output is not None:
+                output.unlink()
         # Round-robin (cp, w, api, ..., cp, w, api, ...) rather than all runs of one case in a
         # row: on a shared machine a noisy minute then hurts every case alike, and the ratio
-        # of each round compares runs made seconds apart.
+        # of each round compares runs made seconds apart. Each output is deleted once measured
+        # (the last round's folds are kept for the checks below): five 4 GB outputs in the page
+        # cache of a 24 GB machine would evict the input, and every run would read the disk.
         samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cases}
-        for _ in range(args.repeat):
+        for round_number in range(args.repeat):
             for name, (cmd, output) in cases.items():
                 samples[name].append(run(cmd, output, env | envs.get(name, {})))
+                last = round_number == args.repeat - 1
+                if output is not None and (not last or name == "cp (floor)"):
+                    output.unlink()
         results = {
             name: {
                 "seconds": spread([t for t, _, _ in runs]),
