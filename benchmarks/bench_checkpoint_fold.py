@@ -11,13 +11,17 @@ Compares, each in a fresh subprocess (so start-up and imports count, as for a us
 
 Reports wall time (min / median / max), CPU seconds (user + system) and peak RSS (from the
 kernel, via os.wait4) of each over --repeat rounds after one warm-up run each (so the input is
-in the page cache for everybody, as it is for cp). The runs are interleaved round-robin, and
-each run's time is also divided by cp's in the same round: the ratio is what holds on a
-shared, noisy machine. Every run starts after `sync` with its output deleted, so no run pays
-for another's write-back.
+in the page cache for everybody, as it is for cp, and the bytecode of every module is cached,
+as it is after `pip install`: the children run without PYTHONDONTWRITEBYTECODE, with their
+cache in the work folder). The runs are interleaved round-robin, and each run's wall time and
+CPU seconds are also divided by cp's in the same round: the ratio is what holds on a shared,
+noisy machine (CPU seconds do not depend on the load). Every run starts after `sync` with its
+output deleted, so no run pays for another's write-back. The last line is the README's
+Performance row.
 Targets (issue 22): wnconvert fold <= 1.0x cp, peak RSS <= 100 MB, on 1 GB and 4 GB.
 
     python benchmarks/bench_checkpoint_fold.py [--size-gb 1.0] [--repeat 5] [--no-baselines]
+        [--compare-tree OLDER_CHECKOUT]
 """
 
 from __future__ import annotations
@@ -83,7 +87,21 @@ def make_checkpoint(path: Path, size_gb: float) -> int:
     return path.stat().st_size
 
 
-def run(cmd: list[str], output: Path | None) -> tuple[float, float, float]:
+def child_environment(work: Path) -> dict[str, str]:
+    """The children's environment: bytecode written and read (in ``work/pycache``).
+
+    A development shell often sets PYTHONDONTWRITEBYTECODE, which makes every run compile
+    wnconvert's modules again (0.2 CPU s here, a third of the start-up); a user's installed
+    package has its bytecode cached, and so do the runs measured here after the warm-up.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    return env
+
+
+def run(cmd: list[str], output: Path | None,
+        env: dict[str, str] | None = None) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds (user + system, all threads) and peak RSS (MB) of one child.
 
     As benchmarks/measure.py's run_measured, plus the CPU time: on a loaded machine the wall
@@ -94,7 +112,7 @@ def run(cmd: list[str], output: Path | None) -> tuple[float, float, float]:
         output.unlink(missing_ok=True)
     os.sync()
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -115,6 +133,12 @@ def main() -> None:
         "--no-baselines",
         action="store_true",
         help="skip (a) and (b), which hold the whole file in memory (for --size-gb 4)",
+    )
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="also run `python -m wnconvert fold` from this source tree (an older checkout: "
+        "its PYTHONPATH), interleaved with the others, to measure a change in the same rounds",
     )
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -150,6 +174,15 @@ def main() -> None:
             ),
             "start-up (wnconvert --version)": ([wnconvert, "--version"], None),
         }
+        envs: dict[str, dict[str, str]] = {}
+        if args.compare_tree:
+            older = f"wnconvert fold ({args.compare_tree.name})"
+            cases[older] = (
+                [sys.executable, "-m", "wnconvert", "fold", str(src), "-o",
+                 str(work / "old.safetensors"), "--force", "--quiet"],
+                work / "old.safetensors",
+            )
+            envs[older] = {"PYTHONPATH": str(args.compare_tree.resolve())}
         if not args.no_baselines:
             cases["(a) safetensors load+save"] = (
                 [sys.executable, "-c", BASELINE_A, str(src), str(work / "a.safetensors")],
@@ -159,15 +192,23 @@ def main() -> None:
                 [sys.executable, "-c", BASELINE_B, str(src), str(work / "b.safetensors")],
                 work / "b.safetensors",
             )
-        for cmd, output in cases.values():
-            run(cmd, output)  # warm-up: page cache, .pyc files
+        env = child_environment(work)
+        for name, (cmd, output) in cases.items():
+            run(cmd, output, env | envs.get(name, {}))  # warm-up: page cache, bytecode
+            if output is not None:
+                output.unlink()
         # Round-robin (cp, w, api, ..., cp, w, api, ...) rather than all runs of one case in a
         # row: on a shared machine a noisy minute then hurts every case alike, and the ratio
-        # of each round compares runs made seconds apart.
+        # of each round compares runs made seconds apart. Each output is deleted once measured
+        # (the last round's folds are kept for the checks below): five 4 GB outputs in the page
+        # cache of a 24 GB machine would evict the input, and every run would read the disk.
         samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cases}
-        for _ in range(args.repeat):
+        for round_number in range(args.repeat):
             for name, (cmd, output) in cases.items():
-                samples[name].append(run(cmd, output))
+                samples[name].append(run(cmd, output, env | envs.get(name, {})))
+                last = round_number == args.repeat - 1
+                if output is not None and (not last or name == "cp (floor)"):
+                    output.unlink()
         results = {
             name: {
                 "seconds": spread([t for t, _, _ in runs]),
@@ -176,17 +217,23 @@ def main() -> None:
             }
             for name, runs in samples.items()
         }
-        floor = [t for t, _, _ in samples["cp (floor)"]]
+        floor = samples["cp (floor)"]
+        folds = ["wnconvert fold", "wnconvert.fold_checkpoint", *envs]
         ratios = {
-            name: spread([t / c for (t, _, _), c in zip(samples[name], floor, strict=True)])
-            for name in ("wnconvert fold", "wnconvert.fold_checkpoint")
+            name: spread([t / c for (t, _, _), (c, _, _) in zip(samples[name], floor, strict=True)])
+            for name in folds
+        }
+        cpu_ratios = {
+            name: spread([t / max(c, 0.01)
+                          for (_, t, _), (_, c, _) in zip(samples[name], floor, strict=True)])
+            for name in folds
         }
         ulps = _check_same(work, with_torch=not args.no_baselines)
     finally:
         if not args.keep and args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
         else:
-            for name in ("cp", "w", "api", "a", "b"):
+            for name in ("cp", "w", "api", "old", "a", "b"):
                 (work / f"{name}.safetensors").unlink(missing_ok=True)
 
     w, api = results["wnconvert fold"], results["wnconvert.fold_checkpoint"]
@@ -196,6 +243,7 @@ def main() -> None:
         "rounds": args.repeat,
         "results": results,
         "ratio_vs_cp_per_round": ratios,
+        "cpu_ratio_vs_cp_per_round": cpu_ratios,
         "max_ulp_vs_float64_fold": ulps,
         "targets_met": {
             "wnconvert fold <= 1.0x cp (median of the per-round ratios)":
@@ -221,16 +269,43 @@ def main() -> None:
         t = r["seconds"]
         print(f"{name:32} {t['min']:7.2f} {t['median']:9.2f} {t['max']:7.2f} "
               f"{r['cpu_seconds']['median']:15.2f} {r['peak_rss_mb']:12.0f}")
-    print("ratio to cp in the same round (min / median / max):")
+    print("ratio to cp in the same round (min / median / max), wall time | CPU seconds:")
     for name, ratio in ratios.items():
-        print(f"  {name:30} {ratio['min']:.2f} / {ratio['median']:.2f} / {ratio['max']:.2f}")
+        cpu = cpu_ratios[name]
+        print(f"  {name:30} {ratio['min']:.2f} / {ratio['median']:.2f} / {ratio['max']:.2f} | "
+              f"{cpu['min']:.2f} / {cpu['median']:.2f} / {cpu['max']:.2f}")
     if not args.no_baselines:
         print(f"wnconvert / (a) = {summary['wnconvert_vs_a']}, "
               f"wnconvert / (b) = {summary['wnconvert_vs_b']} (medians)")
+    for older in (n for n in ratios if n.startswith("wnconvert fold (")):
+        paired = list(zip(samples["wnconvert fold"], samples[older], strict=True))
+        wall = spread([a[0] / b[0] for a, b in paired])
+        cpu = spread([a[1] / b[1] for a, b in paired])
+        print(f"wnconvert fold / {older}, per round (min / median / max): wall "
+              f"{wall['min']:.2f} / {wall['median']:.2f} / {wall['max']:.2f}, CPU seconds "
+              f"{cpu['min']:.2f} / {cpu['median']:.2f} / {cpu['max']:.2f}")
     print("max ulp vs an independent float64 fold: "
           + ", ".join(f"{k} {v:.0f}" for k, v in ulps.items()))
     for target, ok in summary["targets_met"].items():  # type: ignore[union-attr]
         print(f"  {'met' if ok else 'MISSED':6} {target}")
+    print("README row:")
+    print(readme_row(size, args.repeat, results, ratios, cpu_ratios))
+
+
+def readme_row(size: int, rounds: int, results: dict[str, dict], ratios: dict[str, dict],
+               cpu_ratios: dict[str, dict]) -> str:
+    """The README Performance table's row for this run."""
+    w, api, cp = (results[n] for n in ("wnconvert fold", "wnconvert.fold_checkpoint", "cp (floor)"))
+    r, c, a = ratios["wnconvert fold"], cpu_ratios["wnconvert fold"], ratios[
+        "wnconvert.fold_checkpoint"]
+    return (
+        f"| `wnconvert fold` of a {size / 1e9:.1f} GB safetensors checkpoint | "
+        f"{w['seconds']['median']:.2f} s, {w['peak_rss_mb']:.0f} MB peak: "
+        f"{r['min']:.2f}x / {r['median']:.2f}x / {r['max']:.2f}x the time of `cp` (min / median "
+        f"/ max of {rounds} interleaved rounds; CPU seconds {c['median']:.2f}x; the library "
+        f"call {a['median']:.2f}x) | `cp` of the same file "
+        f"({cp['seconds']['median']:.2f} s, {cp['cpu_seconds']['median']:.2f} CPU s) |"
+    )
 
 
 def _check_same(work: Path, *, with_torch: bool) -> dict[str, float]:
@@ -242,6 +317,9 @@ def _check_same(work: Path, *, with_torch: bool) -> dict[str, float]:
 
     if not filecmp.cmp(work / "api.safetensors", work / "w.safetensors", shallow=False):
         raise SystemExit("wnconvert.fold_checkpoint and wnconvert fold wrote different files")
+    older = work / "old.safetensors"
+    if older.exists() and not filecmp.cmp(older, work / "w.safetensors", shallow=False):
+        raise SystemExit("wnconvert fold and the --compare-tree one wrote different files")
     names = {"wnconvert": "w"} | ({"torch": "b"} if with_torch else {})
     worst = dict.fromkeys(names, 0.0)
     with safe_open(str(work / "in.safetensors"), "numpy") as src:

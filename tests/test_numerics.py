@@ -380,6 +380,57 @@ def test_streamed_dim0_fold_reusing_its_buffers_rounds_like_the_float64_product(
     assert stats.zero_norm_rows >= 1 and stats.nonfinite_rows >= 2  # float16 underflows more
 
 
+def test_threads_take_chunks_in_turn_results_come_in_chunk_order_and_errors_are_raised(
+        monkeypatch):
+    monkeypatch.setattr(numerics, "_THREADS", 3)
+    chunks = [(i, i + 1) for i in range(50)]
+    done: list[int] = []
+
+    def work(a: int, b: int) -> int:
+        done.append(a)
+        return a * 10
+
+    assert numerics._run_chunks(chunks, work, 1 << 30) == [i * 10 for i in range(50)]
+    assert sorted(done) == list(range(50))  # each chunk exactly once
+
+    def failing(a: int, b: int) -> int:
+        if a == 7:
+            raise ValueError("chunk 7")
+        return a
+
+    with pytest.raises(ValueError, match="chunk 7"):
+        numerics._run_chunks(chunks, failing, 1 << 30)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_float32_fold_computed_in_cache_blocks_writes_whole_chunks_with_the_same_bits(
+        monkeypatch, threads):
+    """A float32 chunk is computed in smaller cache-sized blocks of rows (the last one
+    partial) but handed over whole: one piece per chunk, and the bits of the float64 product
+    rounded once, zero-norm and non-finite rows counted across blocks."""
+    rng = np.random.default_rng(29)
+    v = (rng.standard_normal((23, 9)) * np.logspace(-30, 30, 23)[:, None]).astype(np.float32)
+    v[4] = 0.0
+    v[9, 3] = np.nan
+    g = rng.uniform(-2.0, 2.0, (23, 1)).astype(np.float32)  # negative g: signs of zeros
+    monkeypatch.setattr(numerics, "_CHUNK_ELEMENTS", 9 * 7)  # 7 rows a chunk: 4 chunks
+    monkeypatch.setattr(numerics, "_BLOCK_ELEMENTS", 9 * 3)  # 3 rows a block: 3 per chunk
+    monkeypatch.setattr(numerics, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(numerics, "_THREADS", threads)
+    pieces: list[tuple[int, bytes]] = []
+    stats = numerics.fold_into(g, v, 0, lambda offset, piece: pieces.append(
+        (offset, piece.tobytes())))
+    assert sorted(offset for offset, _ in pieces) == [0, 7 * 36, 14 * 36, 21 * 36]
+    x = numerics.as_float64(v)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(norms == 0, 0.0, numerics.as_float64(g)[:, 0] / np.where(
+            norms == 0, 1.0, norms))
+        expected = (x * scale[:, None]).astype(np.float32)
+    assert b"".join(data for _, data in sorted(pieces)) == expected.tobytes()
+    assert stats == numerics.FoldStats(zero_norm_rows=1, nonfinite_rows=1)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
 @pytest.mark.parametrize(("shape", "dim"), [((37, 5, 6), 0), ((37, 5, 6), 1), ((37, 5, 6), 2),
                                             ((37, 5, 6), None), ((9,), 0), ((), None)])
