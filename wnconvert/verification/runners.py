@@ -52,10 +52,12 @@ class OrtRunner:
     and after any run that ended on another provider.
     """
 
-    def __init__(self, path: Path, provider: ProviderSpec, *, ort_logging: bool = False) -> None:
+    def __init__(self, path: Path, provider: ProviderSpec, *, ort_logging: bool = False,
+                 capture: bool = True) -> None:
         self.path = path
         self.provider = provider
-        self.session, messages = create_session(str(path), provider, ort_logging=ort_logging)
+        self.session, messages = create_session(str(path), provider, ort_logging=ort_logging,
+                                                capture=capture)
         self.messages: list[str] = list(messages)
         self.options = applied_options(self.session, provider)
         self.output_names = [o.name for o in self.session.get_outputs()]
