@@ -96,20 +96,27 @@ def test_the_weight_diff_runs_while_the_candidate_runs(wn_model, tmp_path, monke
 
 def test_a_big_model_holds_one_session_at_a_time(wn_model, tmp_path, sessions, monkeypatch):
     """Above SIDE_BY_SIDE_BYTES of weights the candidate's session waits for the reference's
-    runs to end (its session is then gone): two sessions would each hold the weights."""
+    runs to end (its session is then gone) and for the weight diff: two sessions would each
+    hold the weights, and the diff holds float64 copies of the largest."""
     monkeypatch.setattr(orchestrate, "SIDE_BY_SIDE_BYTES", 0)
-    alive_at_candidate: list[list[str]] = []
-    real = runners.OrtRunner.__init__
+    events: list[tuple[str, object]] = []
+    real, real_weights = runners.OrtRunner.__init__, orchestrate.compare_weights
 
     def init(self, path, *args, **kwargs):
         if threading.current_thread().name != THREAD:
-            alive_at_candidate.append(_threads_left())
+            events.append(("candidate session; reference threads", _threads_left()))
         real(self, path, *args, **kwargs)
 
+    def weights(*args, **kwargs):
+        events.append(("weights", threading.current_thread().name))
+        return real_weights(*args, **kwargs)
+
     monkeypatch.setattr(runners.OrtRunner, "__init__", init)
+    monkeypatch.setattr(orchestrate, "compare_weights", weights)
     result = wnconvert.fold_onnx(wn_model, tmp_path / "out.onnx")
-    assert result.passed
-    assert alive_at_candidate == [[]]
+    assert result.passed and result.report is not None and result.report.weights is not None
+    assert events == [("weights", threading.main_thread().name),
+                      ("candidate session; reference threads", [])]
 
 
 def test_a_failed_verification_still_fails_with_the_reference_ahead(tmp_path, monkeypatch):

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 #: where the verification holds one case at a time.
 MAX_CASES = 4
 #: A model with more tensor bytes than this has its candidate session wait for the reference's
-#: runs to end: each session holds the weights, and peak memory counts more than the time saved.
+#: runs to end and the weight diff (float64 copies of the largest tensors) run before it: each
+#: session holds the weights, and peak memory counts more than the time saved (measured on 1 GB
+#: of weights: 1.46x the model side by side, 0.3 s faster).
 SIDE_BY_SIDE_BYTES = 256 * 2**20
 
 

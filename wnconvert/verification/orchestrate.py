@@ -102,12 +102,17 @@ def verify_onnx_against_onnx(
     """
     signature = _candidate_signature(candidate, candidate_model)
     quiet_ort_logger(enabled=options.ort_logging)
+    # Big weights (or sizes not known without reading the files): one session holds them at a
+    # time, and the weight diff (float64 copies of the largest tensors) does not run beside a
+    # session either.
+    sizes = [model.tensor_nbytes() for model in (reference_model, candidate_model)
+             if model is not None]
+    one_at_a_time = not sizes or max(sizes) > SIDE_BY_SIDE_BYTES
     ref_runner: Runner | None = None
     if reference_ahead is not None and reference_ahead.path == reference:
         ref_runner = reference_ahead.runner(signature)
-        if ref_runner is not None and reference_model is not None and \
-                reference_model.tensor_nbytes() > SIDE_BY_SIDE_BYTES:
-            reference_ahead.close()  # big weights: one session holds them at a time
+        if ref_runner is not None and one_at_a_time:
+            reference_ahead.close()
     if ref_runner is None:
         try:
             session = OrtRunner(reference, _spec(CPU, cuda_tf32=False, explicit=True),
@@ -123,21 +128,26 @@ def verify_onnx_against_onnx(
                 "inputs")
         ref_runner = session
     info = {"kind": "onnx", "path": str(reference), "provider": CPU}
-    if options.weights == "off":
-        return _verify(candidate, signature, ref_runner, info, None, options, progress,
+    if options.weights == "off" or one_at_a_time:
+        weights = None
+        if options.weights != "off":
+            weights = compare_weights(onnx_initializers(candidate_model or candidate),
+                                      onnx_initializers(reference_model or reference),
+                                      options=options)
+        return _verify(candidate, signature, ref_runner, info, weights, options, progress,
                        recording, candidate_model=candidate_model)
     # The weight diff (Python and numpy) runs while ONNX Runtime runs the candidate (it
     # releases the GIL); its errors come first, as when it ran before the runs.
     with ThreadPoolExecutor(1) as pool:
-        weights = pool.submit(compare_weights, onnx_initializers(candidate_model or candidate),
-                              onnx_initializers(reference_model or reference), options=options)
+        diff = pool.submit(compare_weights, onnx_initializers(candidate_model or candidate),
+                           onnx_initializers(reference_model or reference), options=options)
         try:
             report = _verify(candidate, signature, ref_runner, info, None, options, progress,
                              recording, candidate_model=candidate_model)
         except BaseException:
-            weights.result()
+            diff.result()
             raise
-        report.weights = weights.result()
+        report.weights = diff.result()
     return report
 
 
