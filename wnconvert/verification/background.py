@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cases import CasePlan
-from .providers import CPU, _spec
+from .providers import CPU, _spec, quiet_ort_logger
 from .runners import InputSignature, OrtRunner
 
 if TYPE_CHECKING:
@@ -86,6 +86,8 @@ class ReferenceAhead:
         # Any failure only means "not ahead": the verification then builds the reference
         # session itself and reports what goes wrong in its own words.
         try:
+            # ORT's process-wide logger as the verification sets it, before this first session.
+            quiet_ort_logger(enabled=self._options.ort_logging)
             # Not captured: a capture redirects the process's stdout, which the caller's
             # thread may be using; the CPU provider with ORT's logger at fatal prints nothing.
             runner = OrtRunner(self.path, _spec(CPU, cuda_tf32=False, explicit=True),
