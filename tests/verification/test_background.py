@@ -186,3 +186,23 @@ def test_many_cases_are_not_run_ahead(tmp_path):
     with background.ReferenceAhead(model, VerifyOptions(runs=runs)) as ahead:
         assert ahead.runner([InputSignature("x", "float32", (1, "time", 4))]) is None
         assert ahead.unused is not None and "input cases" in ahead.unused
+
+
+@pytest.mark.parametrize("side_by_side, threads", [(True, [1, 1]), (False, [0, 0])])
+def test_sessions_side_by_side_take_one_cpu_thread_each(wn_model, tmp_path, monkeypatch,
+                                                        side_by_side, threads):
+    """Beside other work (the other session, the fold, the weight diff) each session takes
+    one core; a big model's sessions run alone, with ONNX Runtime's default pool."""
+    if not side_by_side:
+        monkeypatch.setattr(orchestrate, "SIDE_BY_SIDE_BYTES", 0)
+        monkeypatch.setattr(background, "SIDE_BY_SIDE_BYTES", 0)
+    pools: list[int] = []
+    real = runners.OrtRunner.__init__
+
+    def init(self, path, *args, **kwargs):
+        real(self, path, *args, **kwargs)
+        pools.append(self.session.get_session_options().intra_op_num_threads)
+
+    monkeypatch.setattr(runners.OrtRunner, "__init__", init)
+    assert wnconvert.fold_onnx(wn_model, tmp_path / "out.onnx").passed
+    assert pools == threads

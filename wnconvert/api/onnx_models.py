@@ -194,10 +194,12 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
     def run_reference_ahead(model: LazyModel) -> None:
         # The original's outputs do not depend on the fold: computed in the background while
         # it works, once the input passed onnx.checker (the context waits for the thread).
-        from ..verification.background import ReferenceAhead
+        from ..verification.background import ReferenceAhead, side_by_side_threads
 
         assert options is not None
-        ahead.append(background.enter_context(ReferenceAhead(model.path, options)))
+        threads = side_by_side_threads(model.tensor_nbytes())
+        ahead.append(background.enter_context(
+            ReferenceAhead(model.path, options, intra_op_threads=threads)))
 
     with contextlib.ExitStack() as background, FoldJob(
             path, target, force=force, reference=reference, reference_key=reference_key,

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..capture import captured_output
 from ..dtypes import from_onnx_code
 from ..errors import InputError, InputNotFound
-from .background import SIDE_BY_SIDE_BYTES, AheadRunner, ReferenceAhead
+from .background import (
+    SIDE_BY_SIDE_BYTES,
+    AheadRunner,
+    ReferenceAhead,
+    side_by_side_threads,
+)
 from .cases import CasePlan, InputCase
 from .compare import ArrayComparison, compare_arrays, dtype_name
 from .polygraphy import RecordedRunner, Recording, provider_runner, recorded_reference
@@ -108,6 +113,7 @@ def verify_onnx_against_onnx(
     sizes = [model.tensor_nbytes() for model in (reference_model, candidate_model)
              if model is not None]
     one_at_a_time = not sizes or max(sizes) > SIDE_BY_SIDE_BYTES
+    threads = None if one_at_a_time else side_by_side_threads(max(sizes))
     ref_runner: Runner | None = None
     if reference_ahead is not None and reference_ahead.path == reference:
         ref_runner = reference_ahead.runner(signature)
@@ -116,7 +122,7 @@ def verify_onnx_against_onnx(
     if ref_runner is None:
         try:
             session = OrtRunner(reference, _spec(CPU, cuda_tf32=False, explicit=True),
-                                ort_logging=options.ort_logging)
+                                ort_logging=options.ort_logging, intra_op_threads=threads)
         except ProviderFailed as exc:
             raise InputError(f"{reference}: the reference model does not load: {exc.reason}") \
                 from None
@@ -143,7 +149,8 @@ def verify_onnx_against_onnx(
                            onnx_initializers(reference_model or reference), options=options)
         try:
             report = _verify(candidate, signature, ref_runner, info, None, options, progress,
-                             recording, candidate_model=candidate_model)
+                             recording, candidate_model=candidate_model,
+                             cpu_threads=threads)
         except BaseException:
             diff.result()
             raise
@@ -272,7 +279,10 @@ def _verify(
     recording: Recording | None = None,
     *,
     candidate_model: LazyModel | None = None,
+    cpu_threads: int | None = None,
 ) -> VerificationReport:
+    """``cpu_threads``: ONNX Runtime's thread pool for a candidate on CPU (None: its default);
+    see :func:`.background.side_by_side_threads`."""
     quiet_ort_logger(enabled=options.ort_logging)
     plan = plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
     cases = CasePlan(signature, options)  # validates shapes before any session starts
@@ -288,7 +298,9 @@ def _verify(
     for spec in plan.specs:
         state = _ProviderRun(spec)
         try:
-            state.runner = OrtRunner(candidate, spec, ort_logging=options.ort_logging)
+            state.runner = OrtRunner(
+                candidate, spec, ort_logging=options.ort_logging,
+                intra_op_threads=cpu_threads if spec.name == CPU else None)
             state.applied = state.runner.options
         except ProviderFailed as exc:
             state.fail(exc.reason, exc.messages)
