@@ -128,7 +128,9 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
 
     With ``verify`` (the default) the folded model is checked on ONNX Runtime against
     ``source`` (``options``: providers, tolerances, inputs) *before* it is moved into place; a
-    failed check writes nothing and returns a result with ``passed == False``. ``reports``
+    failed check writes nothing and returns a result with ``passed == False``. The original's
+    reference outputs are computed in a background thread while the fold works, once the input
+    passed ``onnx.checker`` (the call returns with that thread ended). ``reports``
     (``.json``, ``.xml``) get the verification report either way. ``reference`` is a
     checkpoint whose tensor names go to initializers of equal value (``reference_key`` picks
     its state dict). A graph with nothing to fold is "already clean": an unchanged copy is
