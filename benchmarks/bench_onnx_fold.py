@@ -28,7 +28,8 @@ Measured too (no output model; for the peak-RSS figures of issue 10):
               pays (start-up, and onnx's import of ml_dtypes), for the profile in
               docs/performance.md
 
-Reports wall time and peak RSS (from the kernel, via os.wait4), min / median / max of --repeat
+Reports wall time, CPU seconds (user + system of every thread: the figure that does not depend
+on the machine's load) and peak RSS (from the kernel, via os.wait4), min / median / max of --repeat
 rounds after a warm-up round (so the input is in the page cache for everybody; the tools take
 turns, so all see the same background load), whether each output still computes
 weight norm at run time (wnconvert's own lint), and the largest output difference from the
@@ -50,9 +51,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-
-from measure import run_measured  # benchmarks/measure.py (same folder)
 
 ORT_OFFLINE = """
 import sys, onnxruntime as ort
@@ -115,8 +115,25 @@ def model_bytes(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def run(cmd: list[str], output: Path) -> tuple[float, float]:
-    return run_measured(cmd, [output, output.with_name(output.name + ".data")])
+def run(cmd: list[str], output: Path) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MB) and CPU seconds (user + system, every thread) of one run.
+
+    CPU seconds do not depend on what else the machine runs, where wall seconds do: on a
+    shared machine they are the figure to compare. Every tool here is one process (wnconvert
+    runs its reference in a thread, not a child), so ``wait4`` covers all of it.
+    """
+    outputs = [output, output.with_name(output.name + ".data")]
+    for stale in outputs:
+        stale.unlink(missing_ok=True)
+    os.sync()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed ({status}): {err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def check_output(original: Path, output: Path) -> dict[str, object]:
@@ -226,6 +243,7 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     results: list[dict[str, object]] = []
     ratios: dict[tuple[str, str], list[float]] = {}
+    cpu_ratios: dict[tuple[str, str], list[float]] = {}
     try:
         if not all(p.exists() for p in inputs.values()):
             # Made in a child so this process stays small.
@@ -237,7 +255,8 @@ def main() -> None:
             commands = {tool: command(tool, src, work, layout, bin_dir) for tool in tools}
             # Round-robin (one warm-up round, then --repeat rounds), so every tool samples the
             # same background load.
-            samples: dict[str, list[tuple[float, float]]] = {tool: [] for tool in commands}
+            samples: dict[str, list[tuple[float, float, float]]] = {
+                tool: [] for tool in commands}
             for round_ in range(args.repeat + 1):
                 for tool, (cmd, out) in commands.items():
                     sample = run(cmd, out)
@@ -249,12 +268,16 @@ def main() -> None:
                         ratios[(layout, tool)] = [
                             ours[0] / slim[0] for ours, slim in
                             zip(samples[tool], samples["onnxslim"], strict=True)]
+                        cpu_ratios[(layout, tool)] = [
+                            ours[2] / slim[2] for ours, slim in
+                            zip(samples[tool], samples["onnxslim"], strict=True)]
             for tool, (_, out) in commands.items():
-                times, rss = zip(*samples[tool], strict=True)
+                times, rss, cpu = zip(*samples[tool], strict=True)
                 low, mid, high = spread(list(times))
                 row = {"tool": tool, "layout": layout, "model_mb": round(size / 1e6, 1),
                        "min_s": round(low, 2), "median_s": round(mid, 2),
-                       "max_s": round(high, 2), "peak_rss_mb": round(max(rss)),
+                       "max_s": round(high, 2), "median_cpu_s": round(spread(list(cpu))[1], 2),
+                       "peak_rss_mb": round(max(rss)),
                        "rss_over_model": round(max(rss) * 2**20 / size, 2)}
                 if tool not in MEASURE_ONLY:
                     row.update(check_output(src, out))  # the last round's output
@@ -272,13 +295,14 @@ def main() -> None:
           f"minutes), {args.repeat} rounds after a warm-up, tools interleaved; model: "
           f"{args.model}")
     header = (f"{'tool':18} {'layout':9} {'model MB':>9} {'min s':>6} {'median s':>8} "
-              f"{'max s':>6} {'peak RSS MB':>12} {'RSS/model':>9} {'WN left':>7} "
+              f"{'max s':>6} {'CPU s':>6} {'peak RSS MB':>12} {'RSS/model':>9} {'WN left':>7} "
               f"{'max |diff|':>10}")
     print(header)
     for r in results:
         print(f"{r['tool']:18} {r['layout']:9} {r['model_mb']:9.1f} {r['min_s']:6.2f} "
-              f"{r['median_s']:8.2f} {r['max_s']:6.2f} {r['peak_rss_mb']:12.0f} "
-              f"{r['rss_over_model']:9.2f} {r['weight_norm_left']:7d} {r['max_abs_diff']:10.2g}")
+              f"{r['median_s']:8.2f} {r['max_s']:6.2f} {r['median_cpu_s']:6.2f} "
+              f"{r['peak_rss_mb']:12.0f} {r['rss_over_model']:9.2f} "
+              f"{r['weight_norm_left']:7d} {r['max_abs_diff']:10.2g}")
     goal_tool, goal = GOALS[args.model]
     rss_tool, rss_goal = RSS_GOALS[args.model]
     for (layout, tool), values in ratios.items():
@@ -288,6 +312,9 @@ def main() -> None:
             verdict = f" (goal <= {goal}: {'met' if mid <= goal else 'MISSED'} at the median)"
         print(f"{layout}: {tool} / onnxslim, round by round: min {low:.2f} median {mid:.2f} "
               f"max {high:.2f}{verdict}")
+        low, mid, high = spread(cpu_ratios[(layout, tool)])
+        print(f"{layout}: {tool} / onnxslim in CPU seconds (user + system), round by round: "
+              f"min {low:.2f} median {mid:.2f} max {high:.2f}")
     for r in results:
         if r["tool"] == rss_tool:
             ok = float(r["rss_over_model"]) <= rss_goal  # type: ignore[arg-type]
@@ -298,7 +325,10 @@ def main() -> None:
         args.json.write_text(json.dumps({"cpus": os.cpu_count(), "model": args.model,
                                          "results": results,
                                          "ratios": {f"{k[0]}/{k[1]}": v
-                                                    for k, v in ratios.items()}}, indent=2))
+                                                    for k, v in ratios.items()},
+                                         "cpu_ratios": {f"{k[0]}/{k[1]}": v
+                                                        for k, v in cpu_ratios.items()}},
+                                        indent=2))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ moved into place: a model that fails the check is never written.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from ..onnx_graph import CheckResult, FoldOutcome, Inspection, LazyModel
     from ..onnx_graph.precision import PrecisionReport
     from ..verification import Recording, VerificationReport, VerifyOptions
+    from ..verification.background import ReferenceAhead
 
 
 def inspect_onnx(path: Path | str) -> Inspection:
@@ -126,7 +128,9 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
 
     With ``verify`` (the default) the folded model is checked on ONNX Runtime against
     ``source`` (``options``: providers, tolerances, inputs) *before* it is moved into place; a
-    failed check writes nothing and returns a result with ``passed == False``. ``reports``
+    failed check writes nothing and returns a result with ``passed == False``. The original's
+    reference outputs are computed in a background thread while the fold works, once the input
+    passed ``onnx.checker`` (the call returns with that thread ended). ``reports``
     (``.json``, ``.xml``) get the verification report either way. ``reference`` is a
     checkpoint whose tensor names go to initializers of equal value (``reference_key`` picks
     its state dict). A graph with nothing to fold is "already clean": an unchanged copy is
@@ -182,8 +186,26 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
         plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
 
     started = time.perf_counter()
-    with FoldJob(path, target, force=force, reference=reference,
-                 reference_key=reference_key, grid=grid) as job:
+    ahead: list[ReferenceAhead] = []
+    # Ahead only where the verification feeds the original what the candidate gets: float32
+    # (a narrow candidate may take other input types) and generated inputs (a user's inputs
+    # file is read once, by the verification).
+    early = verify and precision == "fp32" and options is not None \
+        and options.inputs_file is None
+
+    def run_reference_ahead(model: LazyModel) -> None:
+        # The original's outputs do not depend on the fold: computed in the background while
+        # it works, once the input passed onnx.checker (the context waits for the thread).
+        from ..verification.background import ReferenceAhead, side_by_side_threads
+
+        assert options is not None
+        threads = side_by_side_threads(model.tensor_nbytes())
+        ahead.append(background.enter_context(
+            ReferenceAhead(model.path, options, intra_op_threads=threads)))
+
+    with contextlib.ExitStack() as background, FoldJob(
+            path, target, force=force, reference=reference, reference_key=reference_key,
+            grid=grid, on_validated=run_reference_ahead if early else None) as job:
         assert job.original is not None
         check_report_paths(report_paths, force=force, inputs=job.original.data_files)
         check_save_paths(save_inputs, save_outputs, reports=report_paths, force=force,
@@ -226,7 +248,8 @@ def fold_onnx(source: Path | str, output: Path | str | None = None, *, verify: b
         if verify:
             assert options is not None
             report = _verify_staged(staged, job.original, options, final=target,
-                                    progress=progress, recording=recording)
+                                    progress=progress, recording=recording,
+                                    ahead=ahead[0] if ahead else None)
             if recording is not None:
                 write_recording(recording, *saves, force=force, progress=progress)
             if not report.passed:
@@ -277,7 +300,8 @@ def _nothing_to_fold(path: Path, skipped: list[Any], unrecognized: list[str]) ->
 
 
 def _verify_staged(staged: Path, original: LazyModel, options: VerifyOptions, *, final: Path,
-                   progress: Progress, recording: Recording | None = None) -> VerificationReport:
+                   progress: Progress, recording: Recording | None = None,
+                   ahead: ReferenceAhead | None = None) -> VerificationReport:
     """``staged`` against the input model, read once by the fold: the input is not parsed
     again (ONNX Runtime loads both files), the staged output once, here."""
     from ..onnx_graph import load_model
@@ -287,7 +311,8 @@ def _verify_staged(staged: Path, original: LazyModel, options: VerifyOptions, *,
     with progress.step("verifying") as callback:
         report = verify_onnx_against_onnx(staged, original.path, options=options,
                                           progress=callback, candidate_model=load_model(staged),
-                                          reference_model=original, recording=recording)
+                                          reference_model=original, recording=recording,
+                                          reference_ahead=ahead)
     # The staged file is moved to `final`; the report names the file the user gets.
     report.candidate["path"] = str(final)
     return report

@@ -242,8 +242,12 @@ class FoldJob:
     """
 
     def __init__(self, path: Path, output: Path, *, force: bool, reference: Path | None = None,
-                 reference_key: str | None = None, grid: str | None = None) -> None:
+                 reference_key: str | None = None, grid: str | None = None,
+                 on_validated: Callable[[LazyModel], None] | None = None) -> None:
         self.path, self.output, self.force = Path(path), Path(output), force
+        # Called with the input once it is read and validated (onnx.checker), before the fold:
+        # work on the original model can start then (verification's reference run).
+        self.on_validated = on_validated
         self.grid = grid  # reduced precision: see LayerFold.grid
         self.reference, self.reference_key = reference, reference_key
         self.model: LazyModel | None = None
@@ -263,6 +267,8 @@ class FoldJob:
         # Fail fast, before reading a large model, on an output that may not be written.
         check_output(self.output, force=self.force, inputs=protected)
         self.model = open_model(self.path)
+        if self.on_validated is not None:
+            self.on_validated(self.model)
         self.original = snapshot(self.model)
         reference = self._reference_source()
         if reference is not None:

@@ -19,7 +19,8 @@ time) is that provider's failed result; CUDA/TensorRT run with TF32 off unless a
 
 One module per job: :mod:`.tolerance` (rule, defaults, options), :mod:`.compare`,
 :mod:`.providers` and :mod:`.runners` (sessions), :mod:`.cases` (inputs), :mod:`.weights`,
-:mod:`.results` and :mod:`.report` (JSON, JUnit), :mod:`.orchestrate` (the run).
+:mod:`.results` and :mod:`.report` (JSON, JUnit), :mod:`.orchestrate` (the run),
+:mod:`.background` (an ONNX reference run ahead while its candidate is made).
 """
 
 from __future__ import annotations

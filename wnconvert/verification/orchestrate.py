@@ -14,6 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..capture import captured_output
 from ..dtypes import from_onnx_code
 from ..errors import InputError, InputNotFound
+from .background import (
+    SIDE_BY_SIDE_BYTES,
+    AheadRunner,
+    ReferenceAhead,
+    side_by_side_threads,
+)
 from .cases import CasePlan, InputCase
 from .compare import ArrayComparison, compare_arrays, dtype_name
 from .polygraphy import RecordedRunner, Recording, provider_runner, recorded_reference
@@ -84,6 +90,7 @@ def verify_onnx_against_onnx(
     candidate_model: LazyModel | None = None,
     reference_model: LazyModel | None = None,
     recording: Recording | None = None,
+    reference_ahead: ReferenceAhead | None = None,
 ) -> VerificationReport:
     """Verify ``candidate`` on each provider against ``reference`` run on ONNX Runtime CPU.
 
@@ -94,30 +101,61 @@ def verify_onnx_against_onnx(
 
     ``candidate_model`` and ``reference_model``: the files as already read
     (:func:`wnconvert.onnx_graph.load_model`), so a caller that read them does not pay for
-    parsing them again; ONNX Runtime still loads the files themselves.
+    parsing them again; ONNX Runtime still loads the files themselves. ``reference_ahead``:
+    ``reference`` already running in the background (:mod:`.background`), its outputs used
+    when they were computed on the very inputs this verification feeds.
     """
     signature = _candidate_signature(candidate, candidate_model)
     quiet_ort_logger(enabled=options.ort_logging)
-    try:
-        ref_runner = OrtRunner(reference, _spec(CPU, cuda_tf32=False, explicit=True),
-                               ort_logging=options.ort_logging)
-    except ProviderFailed as exc:
-        raise InputError(f"{reference}: the reference model does not load: {exc.reason}") \
-            from None
-    ref_names = [sig.name for sig in ref_runner.inputs]
-    if sorted(ref_names) != sorted(sig.name for sig in signature):
-        raise InputError(
-            f"{reference}: inputs {', '.join(ref_names)} differ from the candidate's "
-            f"({', '.join(sig.name for sig in signature)}); compare models with the same inputs"
-        )
-    weights = None
-    if options.weights != "off":
-        weights = compare_weights(onnx_initializers(candidate_model or candidate),
-                                  onnx_initializers(reference_model or reference),
-                                  options=options)
+    # Big weights (or sizes not known without reading the files): one session holds them at a
+    # time, and the weight diff (float64 copies of the largest tensors) does not run beside a
+    # session either.
+    sizes = [model.tensor_nbytes() for model in (reference_model, candidate_model)
+             if model is not None]
+    one_at_a_time = not sizes or max(sizes) > SIDE_BY_SIDE_BYTES
+    threads = None if one_at_a_time else side_by_side_threads(max(sizes))
+    ref_runner: Runner | None = None
+    if reference_ahead is not None and reference_ahead.path == reference:
+        ref_runner = reference_ahead.runner(signature)
+        if ref_runner is not None and one_at_a_time:
+            reference_ahead.close()
+    if ref_runner is None:
+        try:
+            session = OrtRunner(reference, _spec(CPU, cuda_tf32=False, explicit=True),
+                                ort_logging=options.ort_logging, intra_op_threads=threads)
+        except ProviderFailed as exc:
+            raise InputError(f"{reference}: the reference model does not load: {exc.reason}") \
+                from None
+        ref_names = [sig.name for sig in session.inputs]
+        if sorted(ref_names) != sorted(sig.name for sig in signature):
+            raise InputError(
+                f"{reference}: inputs {', '.join(ref_names)} differ from the candidate's "
+                f"({', '.join(sig.name for sig in signature)}); compare models with the same "
+                "inputs")
+        ref_runner = session
     info = {"kind": "onnx", "path": str(reference), "provider": CPU}
-    return _verify(candidate, signature, ref_runner, info, weights, options, progress,
-                   recording, candidate_model=candidate_model)
+    if options.weights == "off" or one_at_a_time:
+        weights = None
+        if options.weights != "off":
+            weights = compare_weights(onnx_initializers(candidate_model or candidate),
+                                      onnx_initializers(reference_model or reference),
+                                      options=options)
+        return _verify(candidate, signature, ref_runner, info, weights, options, progress,
+                       recording, candidate_model=candidate_model)
+    # The weight diff (Python and numpy) runs while ONNX Runtime runs the candidate (it
+    # releases the GIL); its errors come first, as when it ran before the runs.
+    with ThreadPoolExecutor(1) as pool:
+        diff = pool.submit(compare_weights, onnx_initializers(candidate_model or candidate),
+                           onnx_initializers(reference_model or reference), options=options)
+        try:
+            report = _verify(candidate, signature, ref_runner, info, None, options, progress,
+                             recording, candidate_model=candidate_model,
+                             cpu_threads=threads)
+        except BaseException:
+            diff.result()
+            raise
+        report.weights = diff.result()
+    return report
 
 
 def verify_onnx_against_outputs(
@@ -241,7 +279,10 @@ def _verify(
     recording: Recording | None = None,
     *,
     candidate_model: LazyModel | None = None,
+    cpu_threads: int | None = None,
 ) -> VerificationReport:
+    """``cpu_threads``: ONNX Runtime's thread pool for a candidate on CPU (None: its default);
+    see :func:`.background.side_by_side_threads`."""
     quiet_ort_logger(enabled=options.ort_logging)
     plan = plan_providers(options.providers, cuda_tf32=options.cuda_tf32)
     cases = CasePlan(signature, options)  # validates shapes before any session starts
@@ -257,7 +298,9 @@ def _verify(
     for spec in plan.specs:
         state = _ProviderRun(spec)
         try:
-            state.runner = OrtRunner(candidate, spec, ort_logging=options.ort_logging)
+            state.runner = OrtRunner(
+                candidate, spec, ort_logging=options.ort_logging,
+                intra_op_threads=cpu_threads if spec.name == CPU else None)
             state.applied = state.runner.options
         except ProviderFailed as exc:
             state.fail(exc.reason, exc.messages)
@@ -291,7 +334,7 @@ def _verify(
                     outs[index] = _run_candidate(state, case)
                     seconds[index] = time.perf_counter() - started
             ref, ref_seconds = pending.result()
-        if isinstance(reference, OrtRunner):  # ONNX Runtime's words: the runs' messages
+        if isinstance(reference, (OrtRunner, AheadRunner)):  # ONNX Runtime's words
             for state in runs:
                 if state.runner is not None:
                     state.runner.messages.extend(captured.lines)
@@ -377,6 +420,8 @@ def _timed_reference(reference: Runner, case: InputCase, *, widen: bool = False
     """:func:`_run_reference` and the seconds it took (for a Polygraphy outputs file)."""
     started = time.perf_counter()
     outputs = _run_reference(reference, case, widen=widen)
+    if isinstance(reference, AheadRunner):  # it ran earlier, in the background
+        return outputs, reference.last_seconds
     return outputs, time.perf_counter() - started
 
 

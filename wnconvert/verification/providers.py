@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from ..capture import captured_output
+from ..capture import Captured, captured_output
 from ..errors import InputError
 from .tolerance import TF32_TOLERANCE
 
@@ -246,9 +246,13 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
-def create_session(model: str | bytes, spec: ProviderSpec, *, ort_logging: bool = False
+def create_session(model: str | bytes, spec: ProviderSpec, *, ort_logging: bool = False,
+                   capture: bool = True, intra_op_threads: int | None = None
                    ) -> tuple[Any, tuple[str, ...]]:
-    """An ``InferenceSession`` on ``spec`` with fallback off; returns it and what ORT printed.
+    """An ``InferenceSession`` on ``spec`` with fallback off; returns it and what ORT printed
+    (with ``capture``, the default: a caller in a background thread may not redirect the
+    process's stdout, which another thread may be using). ``intra_op_threads``: the size of
+    ORT's CPU thread pool (None: ORT's default, one per core).
 
     Raises :class:`ProviderFailed` when ORT raises (any type: ``RuntimeError``, ``Fail``,
     ``EPFail`` are unrelated classes) or the session's first provider is not the one asked for.
@@ -263,8 +267,11 @@ def create_session(model: str | bytes, spec: ProviderSpec, *, ort_logging: bool 
     # wait for work take the cores the other session needs (and other processes' on a busy
     # machine). Spinning changes no result.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
     session = None
-    with provider_environment(spec), captured_output("stdout") as captured:
+    with provider_environment(spec), (captured_output("stdout") if capture
+                                      else contextlib.nullcontext(Captured())) as captured:
         try:
             # enable_fallback=0 keeps the constructor from retrying on other providers.
             session = ort.InferenceSession(model, sess_options=options,

@@ -52,10 +52,13 @@ class OrtRunner:
     and after any run that ended on another provider.
     """
 
-    def __init__(self, path: Path, provider: ProviderSpec, *, ort_logging: bool = False) -> None:
+    def __init__(self, path: Path, provider: ProviderSpec, *, ort_logging: bool = False,
+                 capture: bool = True, intra_op_threads: int | None = None) -> None:
         self.path = path
         self.provider = provider
-        self.session, messages = create_session(str(path), provider, ort_logging=ort_logging)
+        self.session, messages = create_session(str(path), provider, ort_logging=ort_logging,
+                                                capture=capture,
+                                                intra_op_threads=intra_op_threads)
         self.messages: list[str] = list(messages)
         self.options = applied_options(self.session, provider)
         self.output_names = [o.name for o in self.session.get_outputs()]
