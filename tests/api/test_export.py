@@ -141,3 +141,25 @@ def test_the_reference_runs_once_before_the_export_and_its_prints_are_noted(
     assert outcome.report is not None
     assert any("the reference printed 1 line(s)" in note and "hello from the model" in note
                for note in outcome.report.notes), outcome.report.notes
+
+
+def test_the_imports_ahead_of_the_export_are_only_a_head_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private torch module that moved (or a missing package) is left to the step that needs
+    it: importing ahead never fails the export."""
+    import importlib
+
+    from wnconvert.api.export import _export_imports
+
+    real = importlib.import_module
+    tried: list[str] = []
+
+    def moved(name: str, package: str | None = None) -> object:
+        tried.append(name)
+        if name.startswith("torch.onnx._internal"):
+            raise ModuleNotFoundError(name)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", moved)
+    _export_imports("auto")
+    assert "torch.onnx._internal.exporter._compat" in tried

@@ -249,16 +249,21 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
 
 
 def _export_imports(exporter: Exporter) -> None:
-    """Import what the export and its verification will import (Python work under the GIL)."""
-    import onnx  # noqa: F401
-    import onnxruntime  # noqa: F401
+    """Import what the export and its verification will import (Python work under the GIL).
 
-    from ..onnx_graph import load_model  # noqa: F401
-    from ..verification import orchestrate  # noqa: F401
+    Only a head start: a module that is missing, or private and moved in another torch
+    version, is left for the step that needs it (which says what is wrong).
+    """
+    import contextlib
+    import importlib
 
-    if exporter != "legacy":
-        import onnxscript.function_libs.torch_lib.ops  # noqa: F401  # the exporter's op table
-        from torch.onnx._internal.exporter import _compat  # noqa: F401
+    modules = ["onnx", "onnxruntime", "wnconvert.onnx_graph", "wnconvert.verification.orchestrate"]
+    if exporter != "legacy":  # the dynamo exporter and its op table
+        modules += ["onnxscript.function_libs.torch_lib.ops",
+                    "torch.onnx._internal.exporter._compat"]
+    for name in modules:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def _precision_step(precision: Precision, keep_io_types: bool,
