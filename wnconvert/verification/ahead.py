@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .tolerance import VerifyOptions
 
 
-class ReferenceAhead:
+class TorchReferenceAhead:
     """The reference's outputs on one case, computed before verification asks for them."""
 
     def __init__(self, feeds: dict[str, np.ndarray], input_names: Sequence[str]) -> None:
@@ -51,14 +51,14 @@ class ReferenceAhead:
     def runner(self, module: torch.nn.Module, *, input_names: Sequence[str]) -> TorchRunner:
         """The reference runner for verification: these outputs for these feeds (once), the
         module's own run for any other."""
-        return _AheadRunner(module, input_names=input_names, ahead=self)
+        return _TorchAheadRunner(module, input_names=input_names, ahead=self)
 
 
-class _AheadRunner(TorchRunner):
+class _TorchAheadRunner(TorchRunner):
     def __init__(self, module: torch.nn.Module, *, input_names: Sequence[str],
-                 ahead: ReferenceAhead) -> None:
+                 ahead: TorchReferenceAhead) -> None:
         super().__init__(module, input_names=input_names)
-        self._ahead: ReferenceAhead | None = ahead
+        self._ahead: TorchReferenceAhead | None = ahead
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         ahead = self._ahead
@@ -77,7 +77,7 @@ class _AheadRunner(TorchRunner):
 
 def run_reference_ahead(module: torch.nn.Module, input_names: Sequence[str],
                         args: Sequence[torch.Tensor], options: VerifyOptions, *,
-                        meanwhile: Callable[[], Any]) -> ReferenceAhead | None:
+                        meanwhile: Callable[[], Any]) -> TorchReferenceAhead | None:
     """Run the reference on verification's first case in a thread while ``meanwhile`` runs
     here; return once both are done (None when that case cannot be known before the export:
     ``meanwhile`` has still run).
@@ -92,7 +92,7 @@ def run_reference_ahead(module: torch.nn.Module, input_names: Sequence[str],
         return None
     from ..capture import captured_output
 
-    ahead = ReferenceAhead(feeds, input_names)
+    ahead = TorchReferenceAhead(feeds, input_names)
 
     def compute() -> None:
         runner = TorchRunner(module, input_names=input_names)

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..onnx_graph.protoio import LazyModel
-    from .ahead import ReferenceAhead
+    from .ahead import TorchReferenceAhead
 
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -54,7 +54,7 @@ def verify_onnx_against_torch(
     progress: ProgressCallback | None = None,
     candidate_model: LazyModel | None = None,
     recording: Recording | None = None,
-    reference_ahead: ReferenceAhead | None = None,
+    reference_ahead: TorchReferenceAhead | None = None,
 ) -> VerificationReport:
     """Verify ``candidate`` (ONNX on each provider) against ``module`` run in PyTorch on CPU.
 
