@@ -108,3 +108,58 @@ def test_verification_reads_the_exported_file_once(tmp_path: Path, monkeypatch) 
     assert outcome.passed and outcome.report is not None
     assert outcome.report.weights is not None and outcome.report.weights.compared
     assert read.count(out) == 1
+
+
+_CALLS: list[str] = []
+
+
+class _RecordsCalls(torch.nn.Module):
+    """Records whether each forward ran eagerly or under the exporter's tracer, and prints."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        _CALLS.append("traced" if isinstance(x, FakeTensor) else "eager")
+        print("hello from the model")
+        return self.conv(x)
+
+
+def test_the_reference_runs_once_before_the_export_and_its_prints_are_noted(
+        tmp_path: Path) -> None:
+    """Issue 22: the verification's reference case runs ahead (beside the export's imports),
+    not after the export; its outputs are used, and what it printed is still reported."""
+    _CALLS.clear()
+    torch.manual_seed(0)
+    outcome = wnconvert.export_onnx(output=tmp_path / "r.onnx", model=_RecordsCalls(),
+                                    inputs=[wnconvert.InputSpec(SPEC)], options=CPU)
+    assert outcome.passed, outcome.failure()
+    assert _CALLS[0] == "eager" and _CALLS.count("eager") == 1, _CALLS
+    assert outcome.report is not None
+    assert any("the reference printed 1 line(s)" in note and "hello from the model" in note
+               for note in outcome.report.notes), outcome.report.notes
+
+
+def test_the_imports_ahead_of_the_export_are_only_a_head_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private torch module that moved (or a missing package) is left to the step that needs
+    it: importing ahead never fails the export."""
+    import importlib
+
+    from wnconvert.api.export import _export_imports
+
+    real = importlib.import_module
+    tried: list[str] = []
+
+    def moved(name: str, package: str | None = None) -> object:
+        tried.append(name)
+        if name.startswith("torch.onnx._internal"):
+            raise ModuleNotFoundError(name)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", moved)
+    _export_imports("auto")
+    assert "torch.onnx._internal.exporter._compat" in tried

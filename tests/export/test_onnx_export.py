@@ -584,3 +584,51 @@ def test_auto_exporter_falls_back_when_the_dynamic_axis_does_not_work(tmp_path: 
     # torch 2.13's dynamo graph fails at other lengths here, so auto must have fallen back.
     assert result.exporter == "legacy"
     assert any("changes size" in note for note in result.notes)
+
+
+class _CountsEagerCalls(nn.Module):
+    """Two outputs; counts the forwards that ran on real tensors (not under the tracer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.eager_calls = 0
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        if not isinstance(x, FakeTensor):
+            self.eager_calls += 1
+        y = self.proj(x)
+        return y, y.sum(-1)
+
+
+def test_the_dynamo_export_learns_the_outputs_from_its_trace_not_an_extra_forward(
+        tmp_path: Path) -> None:
+    """Issue 22: the model ran once eagerly before the export only to learn its outputs'
+    structure (a whole forward of a vocoder); the trace records it, with the same names."""
+    torch.manual_seed(0)
+    module = _CountsEagerCalls().eval()
+    x = torch.randn(2, 4)
+    result = ex.export_onnx(module, [x], output=tmp_path / "two.onnx", exporter="dynamo")
+    assert module.eager_calls == 0
+    assert result.exporter == "dynamo"
+    assert result.output_names == ["output_0", "output_1"]
+    session = ort.InferenceSession(str(tmp_path / "two.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["output_0", "output_1"]
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = module(x)
+    for array, tensor in zip(got, expected, strict=True):
+        np.testing.assert_allclose(array, tensor.numpy(), atol=1e-6)
+
+
+def test_a_model_that_fails_under_the_exporter_and_eagerly_is_an_input_error(
+        tmp_path: Path) -> None:
+    class Fails(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("bad input")
+
+    with pytest.raises(InputError, match="the model fails on example inputs .*bad input"):
+        ex.export_onnx(Fails(), [torch.randn(2, 4)], output=tmp_path / "f.onnx")
+    assert not (tmp_path / "f.onnx").exists()

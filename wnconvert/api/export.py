@@ -197,6 +197,19 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
     args, input_names = _export_inputs(prepared, list(inputs), file_of_inputs,
                                        seed=options.seed)
     axes = list(dynamic) if dynamic else list(prepared.dynamic_axes)
+    if verify and not inputs and file_of_inputs is None:
+        # Verify on the shapes the model is exported with (a .pt2's example inputs).
+        options = _with_specs(options, args, input_names)
+    ahead = None
+    if verify and precision == "fp32":
+        from ..verification.ahead import run_reference_ahead
+
+        # The reference's first verification case does not need the exported file: it runs
+        # now, in a thread, while the imports the export needs run here (a forward beside the
+        # export itself would go through its tracer).
+        progress.status("running the reference (PyTorch)")
+        ahead = run_reference_ahead(prepared.reference, input_names, args, options,
+                                    meanwhile=lambda: _export_imports(exporter))
     progress.status(f"exporting to {output} (torch.onnx, opset {opset or DEFAULT_OPSET})")
     converted: list[PrecisionReport] = []
     convert = None
@@ -212,9 +225,6 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
         warnings.warn(note, WeightNormWarning, stacklevel=2)
     report = None
     if verify:
-        if not inputs and file_of_inputs is None:
-            # Verify on the shapes the model was exported with (a .pt2's example inputs).
-            options = _with_specs(options, args, input_names)
         if grid is not None and not keep_io_types:
             # The file takes the reduced type where the model took float32: so do the checks.
             options = dataclasses.replace(options, input_specs=tuple(
@@ -230,11 +240,30 @@ def export_onnx(checkpoint: Path | str | Checkpoint | Mapping[str, torch.Tensor]
             report = verify_onnx_against_torch(
                 output, prepared.reference, options=options, reference_weights=prepared.weights,
                 reference_info=prepared.description, progress=callback,
-                candidate_model=load_model(output), recording=recording)
+                candidate_model=load_model(output), recording=recording,
+                reference_ahead=ahead)
         report.reports_written = write_reports(report, report_paths, force=force)
         if recording is not None:
             write_recording(recording, *saves, force=force, progress=progress)
     return ExportOutcome(result, report, notes, converted[0] if converted else None)
+
+
+def _export_imports(exporter: Exporter) -> None:
+    """Import what the export and its verification will import (Python work under the GIL).
+
+    Only a head start: a module that is missing, or private and moved in another torch
+    version, is left for the step that needs it (which says what is wrong).
+    """
+    import contextlib
+    import importlib
+
+    modules = ["onnx", "onnxruntime", "wnconvert.onnx_graph", "wnconvert.verification.orchestrate"]
+    if exporter != "legacy":  # the dynamo exporter and its op table
+        modules += ["onnxscript.function_libs.torch_lib.ops",
+                    "torch.onnx._internal.exporter._compat"]
+    for name in modules:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def _precision_step(precision: Precision, keep_io_types: bool,

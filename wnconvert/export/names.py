@@ -56,9 +56,11 @@ def restore_parameter_names(model: ir.Model, parameters: Mapping[str, torch.Tens
     graph = model.graph
     params = {k: tensor_to_numpy(t) for k, t in parameters.items()
               if t.dtype.is_floating_point}
+    # Each tensor is hashed once: a parameter's fingerprint is looked up, not computed again.
+    param_prints = {key: fingerprint(array) for key, array in params.items()}
     by_print: dict[tuple[str, tuple[int, ...], str], list[str]] = {}
-    for key, array in params.items():
-        by_print.setdefault(fingerprint(array), []).append(key)
+    for key, fp in param_prints.items():
+        by_print.setdefault(fp, []).append(key)
     transposed: dict[tuple[str, tuple[int, ...], str], list[str]] = {}
     for key, array in params.items():
         if array.ndim == 2:
@@ -82,7 +84,8 @@ def restore_parameter_names(model: ir.Model, parameters: Mapping[str, torch.Tens
     misnamed: dict[str, str] = {}  # old name -> new name
     for name, array in floating.items():
         claimed = name.removeprefix(prefix)
-        if claimed not in params or holds_value(array, params[claimed]):
+        if claimed not in params or prints[name] == param_prints[claimed] or holds_value(
+                array, params[claimed]):
             continue
         fusion = fusions.get(name)
         # dw.weight+bn: the parameter and the BatchNorm's own attribute name, which is what
@@ -109,7 +112,7 @@ def restore_parameter_names(model: ir.Model, parameters: Mapping[str, torch.Tens
         candidates = [name.removeprefix(prefix)] if name.startswith(prefix) else []
         candidates += by_print.get(fp, [])
         new = next((k for k in candidates if k in params and k not in taken
-                    and fingerprint(params[k]) == fp), None)
+                    and param_prints[k] == fp), None)
         if new is not None:
             value.name = new
             taken.add(new)

@@ -40,20 +40,42 @@ DEFAULT_OPSET = 18
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 
 
-def _make_flat_wrapper(module: torch.nn.Module) -> torch.nn.Module:
+@dataclass
+class _SeenOutputs:
+    """What the wrapped module returned the last time its forward ran (while it was traced).
+
+    Kept outside the wrapper's ``__dict__``: torch.export puts a module's attributes back as
+    they were once it has traced, which would erase a record kept there.
+    """
+
+    names: list[str] | None = None  # flattened output names (flatten_outputs)
+
+
+def _make_flat_wrapper(module: torch.nn.Module,
+                       seen: _SeenOutputs | None = None) -> torch.nn.Module:
+    import torch
     from torch import nn
 
     class FlatOutputs(nn.Module):
-        """Returns the wrapped module's outputs as a flat tuple (the exported output order)."""
+        """Returns the wrapped module's outputs as a flat tuple (the exported output order), a
+        single tensor as it is (the graph of the module itself)."""
 
         def __init__(self, inner: nn.Module) -> None:
             super().__init__()
             setattr(self, WRAPPER_ATTR, inner)
 
-        def forward(self, *args: Any) -> tuple[Any, ...]:
-            return tuple(t for _, t in flatten_outputs(getattr(self, WRAPPER_ATTR)(*args)))
+        def forward(self, *args: Any) -> Any:
+            result = getattr(self, WRAPPER_ATTR)(*args)
+            flat = flatten_outputs(result)
+            if seen is not None:
+                seen.names = [name for name, _ in flat]
+            return result if isinstance(result, torch.Tensor) else tuple(t for _, t in flat)
 
-    return FlatOutputs(module).eval()
+    wrapper = FlatOutputs(module)
+    # Its own flag only: eval() would recurse into the wrapped module, whose mode is the
+    # caller's (and a program from a .pt2 refuses train()/eval()).
+    wrapper.training = False
+    return wrapper
 
 
 @dataclass
@@ -152,45 +174,39 @@ def export_onnx(
     external = output.with_name(output.name + ".data")
     check_output(output, force=force)
     args = tuple(args)
-    try:
-        # no_grad, not inference_mode: a model that caches a tensor on its first forward (a
-        # position table) would keep an inference tensor that the tracer cannot save.
-        with torch.no_grad():
-            sample = module(*args)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's model may raise anything
-        shapes = ", ".join(f"{list(a.shape)} {str(a.dtype).removeprefix('torch.')}" for a in args)
-        raise InputError.template(
-            "the model fails on example inputs {shapes}: {error}; check {-inputs}",
-            shapes=shapes,
-            error=f"{type(exc).__name__}: {_exporter_message(exc).partition(': ')[2]}",
-        ) from None
-    flat = flatten_outputs(sample)
-    if not flat:
-        raise InputError("the model returns no tensors; nothing to export")
-    single = isinstance(sample, torch.Tensor)
-    export_module = module if single else _make_flat_wrapper(module)
     input_names = list(input_names or forward_input_names(module, len(args)))
     if len(input_names) != len(args):
         raise InputError(f"{len(input_names)} input names ({', '.join(input_names)}) for "
                          f"{len(args)} inputs; give one name per input")
-    out_names = output_names(flat, input_names)
     dyn = _dynamic_by_input(dynamic, input_names, args)
     parameters = dict(parameters if parameters is not None else module.state_dict())
     notes: list[str] = []
     failures: list[str] = []  # each exporter's own failure, in the order tried
     model = None
     used = exporter
+    out_names: list[str] = []
+    sample: Any = None  # the model's outputs from an eager forward, once one ran
     if exporter in ("auto", "dynamo"):
+        # No eager forward first: the trace itself tells the outputs' structure (the wrapper
+        # records it), and the model runs eagerly only when the export fails, to tell a model
+        # that fails on its inputs (InputError) from one the exporter cannot convert.
+        seen = _SeenOutputs()
         try:
-            model = _export_dynamo(export_module, args, input_names=input_names,
-                                   output_names=out_names, dynamic=dyn, opset=opset,
-                                   single=single)
+            model = _export_dynamo(_make_flat_wrapper(module, seen), args,
+                                   input_names=input_names, dynamic=dyn, opset=opset)
             used = "dynamo"
+            flat_names = seen.names if seen.names is not None else _eager_output_names(module,
+                                                                                      args)
+            if not flat_names:
+                raise InputError("the model returns no tensors; nothing to export")
+            out_names = output_names([(name, None) for name in flat_names], input_names)
+            _rename_outputs(model, out_names)
             problem = _fails_at_second_size(model, args, input_names, dyn) if dyn else None
             if problem is not None:
                 raise ExportFailed(f"its graph fails when a dynamic axis changes size: {problem}")
         except ExportFailed as exc:
             model = None
+            sample = _eager_outputs(module, args)  # InputError when the model itself fails
             failures.append(f"the torch.export-based exporter failed: {exc}")
             if exporter == "auto":
                 notes.append(
@@ -199,6 +215,13 @@ def export_onnx(
                     "through Python control flow"
                 )
     if model is None and exporter in ("auto", "legacy"):
+        # The TorchScript exporter takes the output names before it traces: learn them from
+        # one eager forward (which also refuses a model that fails on its inputs).
+        if sample is None:
+            sample = _eager_outputs(module, args)
+        out_names = output_names(flatten_outputs(sample), input_names)
+        export_module = (module if isinstance(sample, torch.Tensor)
+                         else _make_flat_wrapper(module))
         try:
             model = _export_legacy(export_module, args, input_names=input_names,
                                    output_names=out_names, dynamic=dyn, opset=opset)
@@ -251,6 +274,39 @@ def export_onnx(
         external_data=external if use_external else None, size_bytes=size,
         runtime_weight_norm=leftover, notes=notes,
     )
+
+
+def _eager_outputs(module: torch.nn.Module, args: Sequence[torch.Tensor]) -> Any:
+    """One forward of ``module`` on ``args``; InputError (naming the inputs) when it fails, or
+    when it returns no tensors or something that cannot be an ONNX output."""
+    import torch
+
+    try:
+        # no_grad, not inference_mode: a model that caches a tensor on its first forward (a
+        # position table) would keep an inference tensor that the tracer cannot save.
+        with torch.no_grad():
+            sample = module(*args)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's model may raise anything
+        shapes = ", ".join(f"{list(a.shape)} {str(a.dtype).removeprefix('torch.')}" for a in args)
+        raise InputError.template(
+            "the model fails on example inputs {shapes}: {error}; check {-inputs}",
+            shapes=shapes,
+            error=f"{type(exc).__name__}: {_exporter_message(exc).partition(': ')[2]}",
+        ) from None
+    if not flatten_outputs(sample):
+        raise InputError("the model returns no tensors; nothing to export")
+    return sample
+
+
+def _eager_output_names(module: torch.nn.Module, args: Sequence[torch.Tensor]) -> list[str]:
+    return [name for name, _ in flatten_outputs(_eager_outputs(module, args))]
+
+
+def _rename_outputs(model: ir.Model, names: Sequence[str]) -> None:
+    """Name the graph's outputs ``names``, as torch.onnx.export does with ``output_names``."""
+    for value, name in zip(model.graph.outputs, names, strict=False):
+        value.metadata_props["pkg.torch.onnx.original_node_name"] = str(value.name)
+        value.name = name
 
 
 def _eval_batchnorms(module: torch.nn.Module) -> dict[str, float]:
@@ -339,8 +395,11 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def _export_dynamo(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *,
-                   input_names: Sequence[str], output_names: Sequence[str],
-                   dynamic: Mapping[str, Mapping[int, str]], opset: int, single: bool) -> ir.Model:
+                   input_names: Sequence[str], dynamic: Mapping[str, Mapping[int, str]],
+                   opset: int) -> ir.Model:
+    """``module`` (the flat-output wrapper, which takes ``*args``) exported by torch.export;
+    its outputs keep torch's names (the caller names them once the trace told their
+    structure)."""
     import torch
 
     dims: dict[str, Any] = {}
@@ -353,15 +412,16 @@ def _export_dynamo(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *,
     dynamic_shapes: Any = None
     if dynamic:
         # The flat-output wrapper takes *args, which torch.export sees as one tuple argument.
-        dynamic_shapes = tuple(specs) if single else (tuple(specs),)
+        dynamic_shapes = (tuple(specs),)
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
                 module, args, dynamo=True, verbose=False, opset_version=opset,
-                input_names=list(input_names), output_names=list(output_names),
-                dynamic_shapes=dynamic_shapes, optimize=True, report=False,
+                input_names=list(input_names), dynamic_shapes=dynamic_shapes,
+                optimize=True, report=False,
             )
-    except Exception as exc:  # noqa: BLE001 - torch.export raises many error types
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - torch.export raises many types;
+        # the traced forward is the user's code, which may exit (reported like an eager one)
         raise ExportFailed(_exporter_message(exc)) from None
     if program is None:
         raise ExportFailed("torch.onnx.export returned no program")

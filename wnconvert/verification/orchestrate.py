@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..onnx_graph.protoio import LazyModel
+    from .ahead import TorchReferenceAhead
 
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -59,18 +60,23 @@ def verify_onnx_against_torch(
     progress: ProgressCallback | None = None,
     candidate_model: LazyModel | None = None,
     recording: Recording | None = None,
+    reference_ahead: TorchReferenceAhead | None = None,
 ) -> VerificationReport:
     """Verify ``candidate`` (ONNX on each provider) against ``module`` run in PyTorch on CPU.
 
     ``module`` is the reference as the user built it (weight norm computed at run time when it
     has it). ``reference_weights`` (e.g. the checkpoint's state dict) are compared by name with
     the candidate's initializers. ``candidate_model``: the file as already read, not parsed
-    again (ONNX Runtime still loads the file).
+    again (ONNX Runtime still loads the file). ``reference_ahead``: the module's outputs on a
+    case, computed before the candidate existed (:mod:`wnconvert.verification.ahead`; used for
+    that case only).
     """
     with contextlib.suppress(NotImplementedError):  # programs from .pt2 refuse eval()
         module.eval()
     signature = _candidate_signature(candidate, candidate_model)
-    reference = TorchRunner(module, input_names=[sig.name for sig in signature])
+    names = [sig.name for sig in signature]
+    reference = (reference_ahead.runner(module, input_names=names) if reference_ahead is not None
+                 else TorchRunner(module, input_names=names))
     weights = None
     if reference_weights is not None and options.weights != "off":
         ref_np = {k: torch_to_numpy(v) for k, v in reference_weights.items()}
