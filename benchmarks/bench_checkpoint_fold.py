@@ -35,8 +35,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from measure import Measured, run_measured
 
 BASELINE_A = """
 import sys
@@ -101,24 +102,11 @@ def child_environment(work: Path) -> dict[str, str]:
 
 
 def run(cmd: list[str], output: Path | None,
-        env: dict[str, str] | None = None) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds (user + system, all threads) and peak RSS (MB) of one child.
-
-    As benchmarks/measure.py's run_measured, plus the CPU time: on a loaded machine the wall
-    time of a job that keeps two cores busy suffers more than that of a one-core ``cp``, and
-    the CPU seconds show the work each one does whatever the load.
-    """
-    if output is not None:
-        output.unlink(missing_ok=True)
-    os.sync()
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} failed: {err[-2000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: KiB
+        env: dict[str, str] | None = None) -> Measured:
+    """One child's wall seconds, CPU seconds and peak RSS: on a loaded machine the wall time
+    of a job that keeps two cores busy suffers more than that of a one-core ``cp``, and the CPU
+    seconds show the work each one does whatever the load."""
+    return run_measured(cmd, [output] if output is not None else [], env)
 
 
 def spread(values: list[float]) -> dict[str, float]:

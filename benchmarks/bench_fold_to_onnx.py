@@ -31,11 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from measure import run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # speecht5_model
@@ -137,27 +138,6 @@ def speecht5_checkpoint(folder: Path) -> Path:
     checkpoint = folder / "speecht5.safetensors"
     save_file(weight_normed_state_dict(), str(checkpoint))
     return checkpoint
-
-
-def run_timed(cmd: list[str], outputs: list[Path]) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds (user + system, every thread) and peak RSS (MB) of one child.
-
-    CPU seconds hardly depend on what else runs on the machine; wall seconds do. (As
-    ``measure.run_measured``, with the CPU time the kernel reports alongside.)
-    """
-    for stale in outputs:
-        stale.unlink(missing_ok=True)
-    os.sync()
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} failed: {err[-2000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # Linux: KiB
-
-
 def compare(folder: Path, repeat: int) -> dict[str, object]:
     """wnconvert and the hand-written path, interleaved: one warm-up round, then ``repeat``
     (the order within a round alternates, so neither always runs first)."""
@@ -174,7 +154,7 @@ def compare(folder: Path, repeat: int) -> dict[str, object]:
     for round_ in range(repeat + 1):
         order = list(commands) if round_ % 2 else list(reversed(commands))
         for tool in order:
-            sample = run_timed(commands[tool], [outputs[tool],
+            sample = run_measured(commands[tool], [outputs[tool],
                                                 outputs[tool].with_suffix(".onnx.data")])
             if round_:
                 samples[tool].append(sample)

@@ -51,8 +51,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from measure import run_measured
 
 ORT_OFFLINE = """
 import sys, onnxruntime as ort
@@ -122,18 +123,8 @@ def run(cmd: list[str], output: Path) -> tuple[float, float, float]:
     shared machine they are the figure to compare. Every tool here is one process (wnconvert
     runs its reference in a thread, not a child), so ``wait4`` covers all of it.
     """
-    outputs = [output, output.with_name(output.name + ".data")]
-    for stale in outputs:
-        stale.unlink(missing_ok=True)
-    os.sync()
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} failed ({status}): {err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    wall, cpu, peak = run_measured(cmd, [output, output.with_name(output.name + ".data")])
+    return wall, peak, cpu
 
 
 def check_output(original: Path, output: Path) -> dict[str, object]:

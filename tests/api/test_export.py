@@ -79,35 +79,15 @@ def test_no_output_and_no_input_file_is_refused() -> None:
         wnconvert.export_onnx(model=_net(), inputs=[wnconvert.InputSpec(SPEC)])
 
 
-def test_verification_reads_the_exported_file_once(tmp_path: Path, monkeypatch) -> None:
+def test_verification_reads_the_exported_file_once(tmp_path: Path, model_reads) -> None:
     """The signature and the weight diff share one read of the file just written (ONNX Runtime
     loads it for its session)."""
-    import builtins
-
-    import onnx
-
-    from wnconvert.onnx_graph import protoio
-
     out = tmp_path / "net.onnx"
-    read: list[Path] = []
-
-    def counting_open(file, *args, **kwargs):  # protoio opens a model to scan it
-        read.append(Path(file))
-        return builtins.open(file, *args, **kwargs)
-
-    def counting_load(file, *args, **kwargs):
-        read.append(Path(file))
-        return real_load(file, *args, **kwargs)
-
-    real_load = onnx.load
-    monkeypatch.setattr(protoio, "open", counting_open, raising=False)
-    monkeypatch.setattr(onnx, "load", counting_load)
-    monkeypatch.setattr(onnx, "load_model", counting_load)
     outcome = wnconvert.export_onnx(output=out, model=_net(),
                                     inputs=[wnconvert.InputSpec(SPEC)], options=CPU)
     assert outcome.passed and outcome.report is not None
     assert outcome.report.weights is not None and outcome.report.weights.compared
-    assert read.count(out) == 1
+    assert model_reads.count(out) == 1
 
 
 _CALLS: list[str] = []

@@ -62,33 +62,15 @@ def test_inspect_and_check(wn_model):
         wnconvert.inspect_onnx(wn_model[0].with_name("missing.onnx"))
 
 
-def test_fold_onnx_parses_the_input_once(wn_model, tmp_path, monkeypatch):
+def test_fold_onnx_parses_the_input_once(wn_model, tmp_path, model_reads):
     """The graph that is checked is the one folded and verified against: the input model is
     parsed by Python once per fold (ONNX Runtime still loads the file for its session)."""
-    import builtins
-
-    from wnconvert.onnx_graph import protoio
-
     path = wn_model[0]
-    parsed: list[Path] = []
-
-    def counting_open(file, *args, **kwargs):  # protoio opens a model to scan it
-        parsed.append(Path(file))
-        return builtins.open(file, *args, **kwargs)
-
-    def counting_load(file, *args, **kwargs):
-        parsed.append(Path(file))
-        return real_load(file, *args, **kwargs)
-
-    real_load = onnx.load
-    monkeypatch.setattr(protoio, "open", counting_open, raising=False)
-    monkeypatch.setattr(onnx, "load", counting_load)
-    monkeypatch.setattr(onnx, "load_model", counting_load)
     result = wnconvert.fold_onnx(path, tmp_path / "out.onnx", reports=[tmp_path / "r.json"])
     assert result.passed and result.report is not None and result.report.weights is not None
-    assert parsed.count(path) == 1
+    assert model_reads.count(path) == 1
     # The output is read once too, from the staging folder, before it is moved into place.
-    assert len(parsed) == 2
+    assert len(model_reads) == 2
 
 
 def test_fold_onnx_does_not_import_torch(wn_model, tmp_path):

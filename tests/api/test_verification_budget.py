@@ -43,31 +43,11 @@ def test_a_rule_for_an_output_the_model_lacks_is_an_input_error(pair) -> None:
         wnconvert.verify(*pair, options=options)
 
 
-def test_verify_reads_the_candidate_once(pair, monkeypatch) -> None:
+def test_verify_reads_the_candidate_once(pair, model_reads) -> None:
     """The candidate is parsed once (checked, then verified on that reading): its signature,
     weights and precision come from it, not from the file again (ONNX Runtime loads it itself)."""
-    import builtins
-
-    import onnx
-
-    from wnconvert.onnx_graph import protoio
-
     candidate, reference = pair
-    parsed: list[Path] = []
-
-    def counting_open(file, *args, **kwargs):
-        parsed.append(Path(file))
-        return builtins.open(file, *args, **kwargs)
-
-    def counting_load(file, *args, **kwargs):
-        parsed.append(Path(file))
-        return real_load(file, *args, **kwargs)
-
-    real_load = onnx.load
-    monkeypatch.setattr(protoio, "open", counting_open, raising=False)
-    monkeypatch.setattr(onnx, "load", counting_load)
-    monkeypatch.setattr(onnx, "load_model", counting_load)
     options = wnconvert.VerifyOptions(providers=("cpu",), check_error_stat="median",
                                       weights="report")
     assert wnconvert.verify(candidate, reference, options=options).passed
-    assert parsed.count(candidate) == 1
+    assert model_reads.count(candidate) == 1

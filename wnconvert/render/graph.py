@@ -241,13 +241,8 @@ def print_check_batch(batch: dict[str, Any]) -> None:
     """``check`` of several models: one line per model, then a summary line."""
     console = stdout()
     for entry in batch["files"]:
-        code = entry["exit_code"]
-        if code == 0:
-            console.print(f"[green]clean[/]: {escape(entry['path'])}")
-        elif code == 1:
-            console.print(f"[red]not clean[/]: {escape(entry['message'] or entry['path'])}")
-        else:
-            console.print(f"[red]unreadable[/]: {escape(entry['message'] or entry['path'])}")
+        console.print(_entry_line(entry, "[green]clean[/]: {}", "[red]not clean[/]: {}",
+                                  "[red]unreadable[/]: {}"))
     counts = batch["summary"]
     console.print(
         f"checked {counts['files']} model(s) in {batch['seconds']:.2f} s: {counts['clean']} "
@@ -257,14 +252,17 @@ def print_check_batch(batch: dict[str, Any]) -> None:
 
 def print_batch_entry(entry: dict[str, Any]) -> None:
     """The line naming one file of a many-file run, with its error when it failed."""
-    console = stdout()
+    stdout().print(_entry_line(entry, "[bold]== {}[/]", "[red]failed[/]: {}",
+                               "[red]not done[/]: {}"))
+
+
+def _entry_line(entry: dict[str, Any], passed: str, failed: str, error: str) -> str:
+    """One file of a many-file run: its path in ``passed`` (exit code 0), else its message
+    (which names the file) in ``failed`` (exit code 1) or ``error`` (any other)."""
     code = entry["exit_code"]
     if code == 0:
-        console.print(f"[bold]== {escape(entry['path'])}[/]")
-    elif code == 1:
-        console.print(f"[red]failed[/]: {escape(entry['message'] or entry['path'])}")
-    else:
-        console.print(f"[red]not done[/]: {escape(entry['message'] or entry['path'])}")
+        return passed.format(escape(entry["path"]))
+    return (failed if code == 1 else error).format(escape(entry["message"] or entry["path"]))
 
 
 def print_batch_summary(batch: dict[str, Any]) -> None:

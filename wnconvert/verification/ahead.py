@@ -40,13 +40,9 @@ class TorchReferenceAhead:
 
     def matches(self, feeds: Mapping[str, np.ndarray], input_names: Sequence[str]) -> bool:
         """Whether ``feeds`` are the ones computed on (same names, dtypes, shapes and bits)."""
-        import numpy as np
+        from .cases import same_feeds
 
-        if list(input_names) != self.input_names or set(feeds) != set(self.feeds):
-            return False
-        return all(feeds[name].dtype == self.feeds[name].dtype
-                   and feeds[name].shape == self.feeds[name].shape
-                   and np.array_equal(feeds[name], self.feeds[name]) for name in feeds)
+        return list(input_names) == self.input_names and same_feeds(self.feeds, feeds)
 
     def runner(self, module: torch.nn.Module, *, input_names: Sequence[str]) -> TorchRunner:
         """The reference runner for verification: these outputs for these feeds (once), the

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cases import CasePlan
+from .cases import CasePlan, same_feeds
 from .providers import CPU, _spec, quiet_ort_logger
 from .runners import InputSignature, OrtRunner
 
@@ -172,15 +172,9 @@ class AheadRunner:
 
     def _computed(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         for index, done in enumerate(self._runs):
-            if _same_feeds(done.feeds, feeds):
+            if same_feeds(done.feeds, feeds):
                 del self._runs[index]  # each case is asked for once: free its outputs after
                 self.last_seconds = done.seconds
                 return done.outputs
         return None
 
-
-def _same_feeds(done: Mapping[str, np.ndarray], asked: Mapping[str, np.ndarray]) -> bool:
-    """The same arrays, bit for bit (any dtype, NaN included)."""
-    return done.keys() == asked.keys() and all(
-        done[name].dtype == asked[name].dtype and done[name].shape == asked[name].shape
-        and done[name].tobytes() == asked[name].tobytes() for name in asked)

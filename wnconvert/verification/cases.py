@@ -87,6 +87,15 @@ class CasePlan:
                         (options.seed, options.runs))
 
 
+def same_feeds(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    """Whether two cases' feeds are the same arrays, bit for bit (names, dtypes, shapes and
+    bytes: NaN payloads and signed zeros included). Outputs computed ahead on ``a`` serve
+    ``b`` only then."""
+    return a.keys() == b.keys() and all(
+        a[name].dtype == b[name].dtype and a[name].shape == b[name].shape
+        and a[name].tobytes() == b[name].tobytes() for name in b)
+
+
 def build_cases(signature: Sequence[InputSignature], options: VerifyOptions) -> list[InputCase]:
     """Every input case at once: ``runs`` draws (or the file's data) plus one at a second size.
 
