@@ -140,19 +140,19 @@ def verify_onnx_against_onnx(
                 "inputs")
         ref_runner = session
     info = {"kind": "onnx", "path": str(reference), "provider": CPU}
+
+    def weight_diff() -> WeightsReport:
+        return compare_weights(onnx_initializers(candidate_model or candidate),
+                               onnx_initializers(reference_model or reference), options=options)
+
     if options.weights == "off" or one_at_a_time:
-        weights = None
-        if options.weights != "off":
-            weights = compare_weights(onnx_initializers(candidate_model or candidate),
-                                      onnx_initializers(reference_model or reference),
-                                      options=options)
+        weights = weight_diff() if options.weights != "off" else None
         return _verify(candidate, signature, ref_runner, info, weights, options, progress,
                        recording, candidate_model=candidate_model)
     # The weight diff (Python and numpy) runs while ONNX Runtime runs the candidate (it
     # releases the GIL); its errors come first, as when it ran before the runs.
     with ThreadPoolExecutor(1) as pool:
-        diff = pool.submit(compare_weights, onnx_initializers(candidate_model or candidate),
-                           onnx_initializers(reference_model or reference), options=options)
+        diff = pool.submit(weight_diff)
         try:
             report = _verify(candidate, signature, ref_runner, info, None, options, progress,
                              recording, candidate_model=candidate_model,
